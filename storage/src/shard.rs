@@ -1,0 +1,927 @@
+//! One shard's log: its segments (see [`crate::segment`] for the format), the writer thread that appends
+//! to it with group commit, and reads.
+//!
+//! # Write path
+//!
+//! Each open shard has one writer thread. Producers send append requests over a bounded channel (that is the
+//! backpressure); the writer takes every request waiting, up to [`GROUP_BYTES_MAX`], encodes them into one
+//! buffer, writes it with one `write`, and with fsync policy `always` calls `fdatasync` once for the whole
+//! group. Only then does it publish the new durable length to readers and answer the requests. So:
+//!
+//! - an append that returned `Ok` is on disk (policy `always`);
+//! - readers never see a record that a crash could take back (policy `always`), so a sequence number once read
+//!   is never reused for another record;
+//! - a failed write (disk full) is cut back to the last whole frame before anything is answered, and the store
+//!   keeps working when space returns.
+//!
+//! With policies `interval` and `never`, records are visible and acknowledged once written to the page cache;
+//! a crash of the machine (not of the process) may lose the most recent of them.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::error::{StoreError, StoreResult};
+use crate::segment::{self, CorruptRange, IndexEntry};
+use crate::types::{PutRecord, ReadLimits, Record, SequenceNumber, ShardId};
+
+/// Most bytes of record data one group commit takes.
+pub const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Bytes read from a segment file per read call when the limit allows.
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// When the writer calls fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy", content = "interval_ms")]
+pub enum FsyncPolicy {
+    /// Once per group, before any append of the group is acknowledged. The default.
+    Always,
+    /// At most once per interval; appends are acknowledged when written, not when synced.
+    Interval(u64),
+    /// Never; the OS decides. Appends are acknowledged when written.
+    Never,
+}
+
+/// Settings of a shard's log.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub fsync: FsyncPolicy,
+    pub segment_bytes_max: u64,
+    /// A segment older than this (by its first record) is sealed at the next append, so that age-based
+    /// retention can delete whole segments of slow shards.
+    pub segment_age_max_ms: i64,
+    pub index_interval_bytes: u64,
+    pub writer_queue_depth: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::Always,
+            segment_bytes_max: 64 * 1024 * 1024,
+            segment_age_max_ms: 60 * 60 * 1000,
+            index_interval_bytes: 64 * 1024,
+            writer_queue_depth: 1024,
+        }
+    }
+}
+
+/// A segment as the shard knows it in memory.
+#[derive(Debug)]
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Readers see bytes up to here only.
+    durable_len: u64,
+    index: Vec<IndexEntry>,
+    first: Option<IndexEntry>,
+    last: Option<IndexEntry>,
+    records: u64,
+    corrupt: Vec<CorruptRange>,
+}
+
+/// The newest durable state of a shard, for readers waiting at the tip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tip {
+    pub last_seq: Option<u64>,
+    pub last_arrival_ms: i64,
+    pub closed: bool,
+}
+
+/// The part of a shard that readers, the writer and retention share.
+#[derive(Debug)]
+pub struct ShardCore {
+    pub id: ShardId,
+    pub dir: PathBuf,
+    segments: Mutex<VecDeque<Segment>>,
+    tip: watch::Sender<Tip>,
+}
+
+/// What the stream keeps per shard: the shared core and, while the shard is open, its writer.
+#[derive(Debug)]
+pub struct Shard {
+    pub core: Arc<ShardCore>,
+    writer: Option<mpsc::Sender<WriterMsg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type AppendReply = oneshot::Sender<StoreResult<AppendOutcome>>;
+
+/// Sequence numbers given to one append request, in request order, and their shared arrival time.
+#[derive(Debug)]
+pub struct AppendOutcome {
+    pub first_seq: u64,
+    pub count: usize,
+    pub arrival_ms: i64,
+}
+
+impl AppendOutcome {
+    pub fn seqs(&self) -> impl Iterator<Item = SequenceNumber> + '_ {
+        (0..self.count as u64).map(|i| SequenceNumber(self.first_seq + i))
+    }
+}
+
+#[derive(Debug)]
+enum WriterMsg {
+    Append {
+        records: Vec<PutRecord>,
+        reply: AppendReply,
+    },
+    /// Seal the active segment (when it holds records) and start a new one.
+    Roll { reply: oneshot::Sender<StoreResult<()>> },
+}
+
+fn fsync_dir(dir: &Path) -> StoreResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::from_io(dir, "syncing directory", e))
+}
+
+/// Create an empty segment file with its header, durable (file and directory synced).
+fn create_segment(dir: &Path, base: u64) -> StoreResult<(PathBuf, File)> {
+    let path = segment::path(dir, base);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        file.write_all(segment::MAGIC)?;
+        file.sync_all()?;
+        Ok(file)
+    })();
+    match result {
+        Ok(file) => {
+            fsync_dir(dir)?;
+            Ok((path, file))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(StoreError::from_io(&path, "creating segment", e))
+        }
+    }
+}
+
+impl ShardCore {
+    /// Create the directory and first segment of a new shard.
+    pub fn create(id: ShardId, dir: PathBuf, base: u64) -> StoreResult<Arc<Self>> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::from_io(&dir, "creating shard directory", e))?;
+        if let Some(parent) = dir.parent() {
+            fsync_dir(parent)?;
+        }
+        let (path, file) = create_segment(&dir, base)?;
+        let segment = Segment {
+            base,
+            path,
+            file: Arc::new(file),
+            durable_len: segment::HEADER_BYTES,
+            index: Vec::new(),
+            first: None,
+            last: None,
+            records: 0,
+            corrupt: Vec::new(),
+        };
+        Ok(Self::with_segments(id, dir, VecDeque::from([segment]), false))
+    }
+
+    /// Open an existing shard: scan every segment, truncate torn tails, report corruption.
+    pub fn recover(
+        id: ShardId,
+        dir: PathBuf,
+        index_interval_bytes: u64,
+        closed: bool,
+    ) -> StoreResult<Arc<Self>> {
+        let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+            .map_err(|e| StoreError::from_io(&dir, "listing shard directory", e))?
+            .filter_map(|entry| {
+                entry
+                    .ok()?
+                    .file_name()
+                    .to_str()
+                    .and_then(segment::parse_file_name)
+            })
+            .collect();
+        bases.sort_unstable();
+        let mut segments = VecDeque::new();
+        let mut min_seq = 0;
+        let count = bases.len();
+        for (i, base) in bases.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let path = segment::path(&dir, base);
+            let contents = Bytes::from(
+                std::fs::read(&path).map_err(|e| StoreError::from_io(&path, "reading segment", e))?,
+            );
+            let scan = segment::scan(&contents, min_seq.max(base), index_interval_bytes);
+            if !scan.header_ok && scan.corrupt.is_empty() {
+                // A crash while creating the file. Only the newest segment can be in this state.
+                if !is_last {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: "segment without header before the newest segment".into(),
+                    });
+                }
+                tracing::warn!(path = %path.display(), "rewriting the header of a segment cut short by a crash");
+                drop(create_segment(&dir, base)?);
+            } else if !scan.header_ok {
+                return Err(StoreError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: "not a freshet segment".into(),
+                });
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::from_io(&path, "opening segment", e))?;
+            if scan.torn_tail_bytes > 0 && scan.header_ok {
+                tracing::warn!(
+                    path = %path.display(),
+                    kept_bytes = scan.valid_len,
+                    cut_bytes = scan.torn_tail_bytes,
+                    "truncating a torn tail to the last whole record"
+                );
+                file.set_len(scan.valid_len)
+                    .map_err(|e| StoreError::from_io(&path, "truncating segment", e))?;
+                file.sync_all()
+                    .map_err(|e| StoreError::from_io(&path, "syncing segment", e))?;
+            }
+            for bad in &scan.corrupt {
+                tracing::error!(
+                    path = %path.display(),
+                    start = bad.start,
+                    end = bad.end,
+                    reason = %bad.reason,
+                    "corrupt bytes in a segment; they are skipped and never returned as records"
+                );
+            }
+            if let Some(last) = scan.last {
+                min_seq = last.seq + 1;
+            }
+            segments.push_back(Segment {
+                base,
+                path,
+                file: Arc::new(file),
+                durable_len: scan.valid_len.max(segment::HEADER_BYTES),
+                index: scan.index,
+                first: scan.first,
+                last: scan.last,
+                records: scan.records,
+                corrupt: scan.corrupt,
+            });
+        }
+        if segments.is_empty() && !closed {
+            return Err(StoreError::Corrupt {
+                path: dir,
+                offset: 0,
+                reason: "open shard has no segment file".into(),
+            });
+        }
+        Ok(Self::with_segments(id, dir, segments, closed))
+    }
+
+    fn with_segments(id: ShardId, dir: PathBuf, segments: VecDeque<Segment>, closed: bool) -> Arc<Self> {
+        let last = segments.iter().rev().find_map(|s| s.last);
+        let tip = Tip {
+            last_seq: last.map(|l| l.seq),
+            last_arrival_ms: last.map_or(0, |l| l.arrival_ms),
+            closed,
+        };
+        Arc::new(Self {
+            id,
+            dir,
+            segments: Mutex::new(segments),
+            tip: watch::channel(tip).0,
+        })
+    }
+
+    pub fn tip(&self) -> Tip {
+        *self.tip.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Tip> {
+        self.tip.subscribe()
+    }
+
+    /// The smallest sequence number this shard's segments can hold (the base of its newest segment), used to
+    /// restore the stream's sequence counter on open.
+    pub fn next_seq_floor(&self) -> u64 {
+        let segments = self.segments.lock().unwrap();
+        let newest_base = segments.back().map_or(0, |s| s.base);
+        let last = segments
+            .iter()
+            .rev()
+            .find_map(|s| s.last)
+            .map_or(0, |l| l.seq + 1);
+        newest_base.max(last)
+    }
+
+    /// The oldest sequence number still held, if any record is held.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.segments
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|s| s.first)
+            .map(|f| f.seq)
+    }
+
+    /// Total bytes of segment files.
+    pub fn bytes(&self) -> u64 {
+        self.segments.lock().unwrap().iter().map(|s| s.durable_len).sum()
+    }
+
+    pub fn corrupt_ranges(&self) -> usize {
+        self.segments
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.corrupt.len())
+            .sum()
+    }
+
+    fn mark_closed(&self) {
+        self.tip.send_modify(|t| t.closed = true);
+    }
+
+    /// Read records with sequence numbers `>= from`, within `limits`. Returns the records and the next
+    /// position. At least one record is returned when one is available, however large.
+    pub fn read(&self, from: u64, limits: ReadLimits) -> StoreResult<(Vec<Record>, u64)> {
+        let mut records = Vec::new();
+        let mut data_bytes = 0usize;
+        let mut next = from;
+        'segments: loop {
+            let located = {
+                let segments = self.segments.lock().unwrap();
+                // The newest segment whose base is <= next; or the oldest, if `next` was trimmed away.
+                let i = segments.partition_point(|s| s.base <= next).saturating_sub(1);
+                segments.get(i).map(|s| {
+                    let start = s
+                        .index
+                        .partition_point(|e| e.seq <= next)
+                        .checked_sub(1)
+                        .map_or(segment::HEADER_BYTES, |j| s.index[j].offset);
+                    let is_newest = i + 1 == segments.len();
+                    let next_base = segments.get(i + 1).map(|n| n.base);
+                    (
+                        s.file.clone(),
+                        s.path.clone(),
+                        start,
+                        s.durable_len,
+                        s.corrupt.clone(),
+                        is_newest,
+                        next_base,
+                    )
+                })
+            };
+            let Some((file, path, mut offset, end, corrupt, is_newest, next_base)) = located else {
+                break;
+            };
+            while offset < end {
+                if let Some(bad) = corrupt.iter().find(|c| c.start <= offset && offset < c.end) {
+                    offset = bad.end;
+                    continue;
+                }
+                // Read up to the next corrupt range or the end, in chunks.
+                let stop = corrupt
+                    .iter()
+                    .map(|c| c.start)
+                    .filter(|&s| s > offset)
+                    .min()
+                    .unwrap_or(end)
+                    .min(end);
+                let want =
+                    ((stop - offset) as usize).min(READ_CHUNK_BYTES.max(limits.bytes_max.min(8 << 20)));
+                let mut chunk = read_at(&file, &path, offset, want)?;
+                let mut pos = 0usize;
+                loop {
+                    if pos == chunk.len() {
+                        break;
+                    }
+                    let frame = match segment::decode_frame(&chunk.slice(pos..)) {
+                        Ok(frame) => frame,
+                        Err(segment::FrameError::Incomplete { needed })
+                            if offset + (pos + needed) as u64 <= stop =>
+                        {
+                            // The frame straddles the chunk: read it whole.
+                            chunk = read_at(&file, &path, offset + pos as u64, needed)?;
+                            offset += pos as u64;
+                            pos = 0;
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(StoreError::Corrupt {
+                                path,
+                                offset: offset + pos as u64,
+                                reason: format!("{e:?}"),
+                            });
+                        }
+                    };
+                    pos += frame.len;
+                    if frame.seq < next {
+                        continue;
+                    }
+                    let size = frame.data.len() + frame.partition_key.len();
+                    if !records.is_empty()
+                        && (records.len() >= limits.records_max || data_bytes + size > limits.bytes_max)
+                    {
+                        break 'segments;
+                    }
+                    data_bytes += size;
+                    next = frame.seq + 1;
+                    records.push(Record {
+                        sequence_number: SequenceNumber(frame.seq),
+                        partition_key: frame.partition_key,
+                        data: frame.data,
+                        arrival_ms: frame.arrival_ms,
+                    });
+                    if records.len() >= limits.records_max || data_bytes >= limits.bytes_max {
+                        break 'segments;
+                    }
+                }
+                offset += chunk.len() as u64;
+            }
+            match next_base {
+                Some(base) if !is_newest => next = next.max(base),
+                _ => break,
+            }
+        }
+        Ok((records, next))
+    }
+
+    /// The sequence number of the first record that arrived at or after `at_ms`, or `None` if none has.
+    pub fn seq_at_timestamp(&self, at_ms: i64) -> StoreResult<Option<u64>> {
+        let start = {
+            let segments = self.segments.lock().unwrap();
+            let Some(segment) = segments
+                .iter()
+                .find(|s| s.last.is_some_and(|l| l.arrival_ms >= at_ms))
+            else {
+                return Ok(None);
+            };
+            let j = segment.index.partition_point(|e| e.arrival_ms < at_ms);
+            // Start at the last index entry before the time (or the segment's first record).
+            j.checked_sub(1).map_or(segment.base, |j| segment.index[j].seq)
+        };
+        let mut from = start;
+        loop {
+            let (records, next) = self.read(
+                from,
+                ReadLimits {
+                    records_max: 1_000,
+                    bytes_max: 4 << 20,
+                },
+            )?;
+            if let Some(r) = records.iter().find(|r| r.arrival_ms >= at_ms) {
+                return Ok(Some(r.sequence_number.0));
+            }
+            if records.is_empty() {
+                return Ok(None);
+            }
+            from = next;
+        }
+    }
+
+    /// Delete sealed segments whose every record is older than `cutoff_ms`, then, when `bytes_max` is set,
+    /// the oldest sealed segments until the shard fits. Returns the segments deleted and whether the newest
+    /// segment is expired too (so the caller should roll it). `keep_newest` keeps the newest segment even when
+    /// expired (an open shard appends to it).
+    pub fn expire(
+        &self,
+        cutoff_ms: i64,
+        bytes_max: Option<u64>,
+        keep_newest: bool,
+    ) -> StoreResult<(usize, bool)> {
+        let mut removed = Vec::new();
+        let newest_expired;
+        {
+            let mut segments = self.segments.lock().unwrap();
+            let expired = |s: &Segment| s.last.is_none_or(|l| l.arrival_ms < cutoff_ms);
+            let keep = usize::from(keep_newest);
+            while segments.len() > keep && segments.front().is_some_and(&expired) {
+                removed.push(segments.pop_front().unwrap());
+            }
+            if let Some(max) = bytes_max {
+                while segments.len() > keep.max(1)
+                    && segments.iter().map(|s| s.durable_len).sum::<u64>() > max
+                {
+                    removed.push(segments.pop_front().unwrap());
+                }
+            }
+            newest_expired = segments
+                .back()
+                .is_some_and(|s| s.last.is_some_and(|l| l.arrival_ms < cutoff_ms));
+        }
+        for segment in &removed {
+            std::fs::remove_file(&segment.path)
+                .map_err(|e| StoreError::from_io(&segment.path, "deleting expired segment", e))?;
+        }
+        if !removed.is_empty() {
+            fsync_dir(&self.dir)?;
+        }
+        Ok((removed.len(), newest_expired))
+    }
+}
+
+fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> StoreResult<Bytes> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| StoreError::from_io(path, "reading segment", e))?;
+    Ok(Bytes::from(buf))
+}
+
+impl Shard {
+    /// Start the writer thread of an open shard.
+    pub fn open(
+        core: Arc<ShardCore>,
+        counter: Arc<AtomicU64>,
+        clock: Arc<dyn Clock>,
+        config: &LogConfig,
+    ) -> StoreResult<Self> {
+        let (path, active_len, active_first_ms, last_ms) = {
+            let segments = core.segments.lock().unwrap();
+            let active = segments.back().expect("an open shard has a segment");
+            let last_ms = segments
+                .iter()
+                .rev()
+                .find_map(|s| s.last)
+                .map_or(i64::MIN, |l| l.arrival_ms);
+            (
+                active.path.clone(),
+                active.durable_len,
+                active.first.map(|f| f.arrival_ms),
+                last_ms,
+            )
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::from_io(&path, "opening segment for append", e))?;
+        let (tx, rx) = mpsc::channel(config.writer_queue_depth.max(1));
+        let mut writer = Writer {
+            core: core.clone(),
+            active: file,
+            active_path: path,
+            active_len,
+            active_first_ms,
+            last_indexed: None,
+            counter,
+            clock,
+            config: config.clone(),
+            last_ms,
+            unsynced: false,
+            last_sync: Instant::now(),
+            poisoned: None,
+            buf: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{}", core.id.0))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io("spawning shard writer", e))?;
+        Ok(Self {
+            core,
+            writer: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// A closed shard: readable, not writable.
+    pub fn closed(core: Arc<ShardCore>) -> Self {
+        core.mark_closed();
+        Self {
+            core,
+            writer: None,
+            thread: None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Queue an append. The returned receiver answers once the records are durable (or failed).
+    pub async fn append(
+        &self,
+        records: Vec<PutRecord>,
+    ) -> StoreResult<oneshot::Receiver<StoreResult<AppendOutcome>>> {
+        let writer = self.writer.as_ref().ok_or_else(|| closed_error(self.core.id))?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(WriterMsg::Append { records, reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    pub async fn roll(&self) -> StoreResult<()> {
+        let writer = self.writer.as_ref().ok_or_else(|| closed_error(self.core.id))?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(WriterMsg::Roll { reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Stop the writer after every queued append is written, and mark the shard closed for readers.
+    /// Blocks until the writer thread has exited.
+    pub fn close(&mut self) {
+        self.writer = None; // the writer drains its queue, then exits
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.core.mark_closed();
+    }
+
+    /// Stop the writer after every queued append is written, leaving the shard open on disk
+    /// (used at shutdown).
+    pub fn stop(&mut self) {
+        self.writer = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn closed_error(id: ShardId) -> StoreError {
+    StoreError::ResourceInUse(format!("shard {id} is closed"))
+}
+
+struct Writer {
+    core: Arc<ShardCore>,
+    active: File,
+    active_path: PathBuf,
+    active_len: u64,
+    active_first_ms: Option<i64>,
+    last_indexed: Option<u64>,
+    counter: Arc<AtomicU64>,
+    clock: Arc<dyn Clock>,
+    config: LogConfig,
+    last_ms: i64,
+    unsynced: bool,
+    last_sync: Instant,
+    poisoned: Option<StoreError>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build();
+        let Ok(runtime) = runtime else {
+            tracing::error!(shard = %self.core.id, "cannot start the shard writer's timer");
+            return;
+        };
+        let mut pending: Option<WriterMsg> = None;
+        loop {
+            let first = match pending.take() {
+                Some(msg) => msg,
+                None => {
+                    let msg = match (self.unsynced, self.config.fsync) {
+                        (true, FsyncPolicy::Interval(ms)) => {
+                            let wait = Duration::from_millis(ms).saturating_sub(self.last_sync.elapsed());
+                            match runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                                Ok(msg) => msg,
+                                Err(_) => {
+                                    self.sync_quietly();
+                                    continue;
+                                }
+                            }
+                        }
+                        _ => rx.blocking_recv(),
+                    };
+                    match msg {
+                        Some(msg) => msg,
+                        None => break,
+                    }
+                }
+            };
+            match first {
+                WriterMsg::Roll { reply } => {
+                    let _ = reply.send(self.roll_if_used());
+                }
+                WriterMsg::Append { records, reply } => {
+                    let mut group = vec![(records, reply)];
+                    let mut bytes: usize = group[0].0.iter().map(|r| r.data.len()).sum();
+                    while bytes < GROUP_BYTES_MAX {
+                        match rx.try_recv() {
+                            Ok(WriterMsg::Append { records, reply }) => {
+                                bytes += records.iter().map(|r| r.data.len()).sum::<usize>();
+                                group.push((records, reply));
+                            }
+                            Ok(other) => {
+                                pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_group(group);
+                }
+            }
+        }
+        self.sync_quietly();
+    }
+
+    fn sync_quietly(&mut self) {
+        if self.unsynced {
+            if let Err(e) = self.active.sync_data() {
+                tracing::error!(shard = %self.core.id, error = %e, "fsync failed");
+            }
+            self.unsynced = false;
+            self.last_sync = Instant::now();
+        }
+    }
+
+    fn roll_if_used(&mut self) -> StoreResult<()> {
+        if self.active_len <= segment::HEADER_BYTES {
+            return Ok(());
+        }
+        let base = self.counter.load(Ordering::SeqCst);
+        self.roll(base)
+    }
+
+    /// Seal the active segment and make a new one, starting at `base`.
+    fn roll(&mut self, base: u64) -> StoreResult<()> {
+        self.active
+            .sync_data()
+            .map_err(|e| StoreError::from_io(&self.active_path, "syncing segment", e))?;
+        let (path, read_file) = create_segment(&self.core.dir, base)?;
+        let append = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::from_io(&path, "opening segment for append", e))?;
+        self.core.segments.lock().unwrap().push_back(Segment {
+            base,
+            path: path.clone(),
+            file: Arc::new(read_file),
+            durable_len: segment::HEADER_BYTES,
+            index: Vec::new(),
+            first: None,
+            last: None,
+            records: 0,
+            corrupt: Vec::new(),
+        });
+        self.active = append;
+        self.active_path = path;
+        self.active_len = segment::HEADER_BYTES;
+        self.active_first_ms = None;
+        self.last_indexed = None;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    fn write_group(&mut self, group: Vec<(Vec<PutRecord>, AppendReply)>) {
+        if let Some(err) = &self.poisoned {
+            for (_, reply) in group {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return;
+        }
+        let count: usize = group.iter().map(|(r, _)| r.len()).sum();
+        let first_seq = self.counter.fetch_add(count as u64, Ordering::SeqCst);
+        let now = self.clock.now_ms().max(self.last_ms);
+        let estimate: usize = group
+            .iter()
+            .flat_map(|(r, _)| r)
+            .map(|r| segment::frame_bytes(&r.partition_key, r.data.len()))
+            .sum();
+        let too_big = self.active_len + estimate as u64 > self.config.segment_bytes_max;
+        let too_old = self
+            .active_first_ms
+            .is_some_and(|f| now - f >= self.config.segment_age_max_ms);
+        if self.active_len > segment::HEADER_BYTES
+            && (too_big || too_old)
+            && let Err(e) = self.roll(first_seq)
+        {
+            for (_, reply) in group {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+
+        let last_indexed_saved = self.last_indexed;
+        self.buf.clear();
+        self.buf.reserve(estimate);
+        let mut index = Vec::new();
+        let mut seq = first_seq;
+        for (records, _) in &group {
+            for record in records {
+                let offset = self.active_len + self.buf.len() as u64;
+                if self
+                    .last_indexed
+                    .is_none_or(|at| offset - at >= self.config.index_interval_bytes)
+                {
+                    index.push(IndexEntry {
+                        seq,
+                        offset,
+                        arrival_ms: now,
+                    });
+                    self.last_indexed = Some(offset);
+                }
+                segment::encode_frame(&mut self.buf, seq, now, &record.partition_key, &record.data);
+                seq += 1;
+            }
+        }
+        if let Err(e) = self.write_and_sync() {
+            self.last_indexed = last_indexed_saved; // the failed write's index entries are gone with it
+            for (_, reply) in group {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        let written = self.buf.len() as u64;
+        self.active_len += written;
+        self.last_ms = now;
+        self.active_first_ms.get_or_insert(now);
+        let last = IndexEntry {
+            seq: seq - 1,
+            offset: self.active_len - written,
+            arrival_ms: now,
+        };
+        {
+            let mut segments = self.core.segments.lock().unwrap();
+            let active = segments.back_mut().expect("an open shard has a segment");
+            active.durable_len = self.active_len;
+            active.index.extend(index.iter().copied());
+            if active.first.is_none() {
+                active.first = index.first().copied();
+            }
+            active.last = Some(last);
+            active.records += count as u64;
+        }
+        self.core.tip.send_modify(|t| {
+            t.last_seq = Some(last.seq);
+            t.last_arrival_ms = now;
+        });
+        let mut next = first_seq;
+        for (records, reply) in group {
+            let outcome = AppendOutcome {
+                first_seq: next,
+                count: records.len(),
+                arrival_ms: now,
+            };
+            next += records.len() as u64;
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    /// Write the buffer and, per policy, sync. On failure the file is cut back to its last whole frame.
+    fn write_and_sync(&mut self) -> StoreResult<()> {
+        let result = self
+            .active
+            .write_all(&self.buf)
+            .and_then(|()| match self.config.fsync {
+                FsyncPolicy::Always => self.active.sync_data(),
+                FsyncPolicy::Interval(ms) if self.last_sync.elapsed() >= Duration::from_millis(ms) => {
+                    self.last_sync = Instant::now();
+                    self.active.sync_data()
+                }
+                _ => {
+                    self.unsynced = true;
+                    Ok(())
+                }
+            });
+        let Err(e) = result else {
+            if self.config.fsync == FsyncPolicy::Always {
+                self.last_sync = Instant::now();
+            }
+            return Ok(());
+        };
+        let error = StoreError::from_io(&self.active_path, "appending to segment", e);
+        tracing::warn!(shard = %self.core.id, %error, "append failed; cutting the segment back to its last whole record");
+        if let Err(cut) = self
+            .active
+            .set_len(self.active_len)
+            .and_then(|()| self.active.sync_data())
+        {
+            tracing::error!(shard = %self.core.id, error = %cut, "cannot cut back a failed append; the shard refuses writes until restart");
+            self.poisoned = Some(StoreError::from_io(
+                &self.active_path,
+                "cutting back a failed append",
+                cut,
+            ));
+        }
+        Err(error)
+    }
+}

@@ -1,0 +1,1 @@
+//! Helpers for freshet's end-to-end tests.

@@ -1,0 +1,1 @@
+//! freshet's one integration-test binary.
