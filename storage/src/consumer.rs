@@ -65,12 +65,43 @@ pub struct Batch {
 pub struct GroupReader<S: StreamStore + ?Sized> {
     store: Arc<S>,
     stream: StreamName,
-    consumer: String,
+    /// `None` for an ephemeral reader, whose checkpoints live in memory only.
+    consumer: Option<String>,
     checkpoints: BTreeMap<ShardId, SequenceNumber>,
     iterators: BTreeMap<ShardId, ShardIterator>,
 }
 
 impl<S: StreamStore + ?Sized> GroupReader<S> {
+    /// A reader that keeps its checkpoints in memory only (for `tail`-like use). With `from_latest`, it starts at
+    /// the tip of every open shard; otherwise at the trim horizon of the oldest shards.
+    pub async fn ephemeral(store: Arc<S>, stream: StreamName, from_latest: bool) -> StoreResult<Self> {
+        let mut reader = Self {
+            store,
+            stream,
+            consumer: None,
+            checkpoints: BTreeMap::new(),
+            iterators: BTreeMap::new(),
+        };
+        if from_latest {
+            let desc = reader.store.describe_stream(&reader.stream).await?;
+            for shard in &desc.shards {
+                match shard.ending_sequence_number {
+                    Some(end) => {
+                        reader.checkpoints.insert(shard.shard_id, end);
+                    }
+                    None => {
+                        let it = reader
+                            .store
+                            .get_shard_iterator(&reader.stream, shard.shard_id, StartingPosition::Latest)
+                            .await?;
+                        reader.iterators.insert(shard.shard_id, it);
+                    }
+                }
+            }
+        }
+        Ok(reader)
+    }
+
     /// Start reading as `consumer`, registering it if it does not exist; resumes after its checkpoints.
     pub async fn new(store: Arc<S>, stream: StreamName, consumer: &str) -> StoreResult<Self> {
         if !store
@@ -85,7 +116,7 @@ impl<S: StreamStore + ?Sized> GroupReader<S> {
         Ok(Self {
             store,
             stream,
-            consumer: consumer.to_string(),
+            consumer: Some(consumer.to_string()),
             checkpoints,
             iterators: BTreeMap::new(),
         })
@@ -154,9 +185,11 @@ impl<S: StreamStore + ?Sized> GroupReader<S> {
             (None, Some(last)) => last.sequence_number,
             (None, None) => return Ok(()),
         };
-        self.store
-            .checkpoint(&self.stream, &self.consumer, batch.shard_id, seq)
-            .await?;
+        if let Some(consumer) = &self.consumer {
+            self.store
+                .checkpoint(&self.stream, consumer, batch.shard_id, seq)
+                .await?;
+        }
         self.checkpoints.insert(batch.shard_id, seq);
         Ok(())
     }

@@ -1,0 +1,78 @@
+//! The command line: every subcommand and its flags (clap), and dispatch to the code that runs it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use freshet_storage::{FsyncPolicy, LogConfig, StoreConfig};
+
+use crate::streams;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "freshet",
+    version,
+    about = "A self-hostable IoT analytics pipeline: MQTT in, Delta Lake out."
+)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with the streams of a data directory directly (no server needed; the directory is locked while in use).
+    Streams(streams::StreamsArgs),
+}
+
+/// Where the store lives and how it syncs.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Data directory.
+    #[arg(
+        long,
+        env = "FRESHET_DATA_DIR",
+        default_value = "./freshet-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// When appends are fsync'd: `always` (each group commit, the default), `interval:<ms>`, or `never`.
+    #[arg(long, default_value = "always", value_parser = parse_fsync, global = true)]
+    pub fsync: FsyncPolicy,
+    /// Largest record in bytes (data + partition key), up to 10 MiB.
+    #[arg(long, default_value_t = freshet_storage::RECORD_BYTES_MAX_DEFAULT, global = true)]
+    pub record_bytes_max: usize,
+}
+
+impl StoreArgs {
+    pub fn config(&self) -> StoreConfig {
+        StoreConfig {
+            data_dir: self.data_dir.clone(),
+            log: LogConfig {
+                fsync: self.fsync,
+                ..LogConfig::default()
+            },
+            record_bytes_max: self.record_bytes_max,
+        }
+    }
+}
+
+pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    match s {
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        other => other
+            .strip_prefix("interval:")
+            .and_then(|ms| ms.parse().ok())
+            .map(FsyncPolicy::Interval)
+            .ok_or_else(|| format!("{s:?} is not `always`, `never` or `interval:<ms>`")),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Streams(args) => streams::run(args).await,
+    }
+}
