@@ -363,6 +363,10 @@ impl ShardCore {
         let mut records = Vec::new();
         let mut data_bytes = 0usize;
         let mut next = from;
+        // Taken before the segments: every record up to it lies within the durable lengths read below, because the
+        // writer publishes lengths before the tip.
+        let tip_last = self.tip().last_seq;
+        let mut limited = false;
         'segments: loop {
             let located = {
                 let segments = self.segments.lock().unwrap();
@@ -438,6 +442,7 @@ impl ShardCore {
                     if !records.is_empty()
                         && (records.len() >= limits.records_max || data_bytes + size > limits.bytes_max)
                     {
+                        limited = true;
                         break 'segments;
                     }
                     data_bytes += size;
@@ -449,6 +454,7 @@ impl ShardCore {
                         arrival_ms: frame.arrival_ms,
                     });
                     if records.len() >= limits.records_max || data_bytes >= limits.bytes_max {
+                        limited = true;
                         break 'segments;
                     }
                 }
@@ -458,6 +464,10 @@ impl ShardCore {
                 Some(base) if !is_newest => next = next.max(base),
                 _ => break,
             }
+        }
+        if !limited && let Some(last) = tip_last {
+            // Everything held was scanned: skip what retention or corruption removed before the tip.
+            next = next.max(last + 1);
         }
         Ok((records, next))
     }
