@@ -55,14 +55,25 @@ impl Harness {
             let entry = self.model.entry(s.shard_id).or_insert_with(|| ModelShard {
                 range: s.hash_key_range,
                 open: s.is_open(),
-                parents: [s.parent_shard_id, s.adjacent_parent_shard_id].into_iter().flatten().collect(),
+                parents: [s.parent_shard_id, s.adjacent_parent_shard_id]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
                 records: Vec::new(),
             });
-            assert_eq!(entry.range, s.hash_key_range, "hash range of {} changed", s.shard_id);
+            assert_eq!(
+                entry.range, s.hash_key_range,
+                "hash range of {} changed",
+                s.shard_id
+            );
             assert!(entry.open || !s.is_open(), "{} reopened", s.shard_id);
             entry.open = s.is_open();
             if let Some(end) = s.ending_sequence_number {
-                assert!(entry.records.iter().all(|r| r.seq < end.0), "{} holds records past its end", s.shard_id);
+                assert!(
+                    entry.records.iter().all(|r| r.seq < end.0),
+                    "{} holds records past its end",
+                    s.shard_id
+                );
             }
         }
         assert_eq!(desc.shards.len(), self.model.len(), "shards disappeared");
@@ -72,12 +83,20 @@ impl Harness {
         assert_eq!(open.first().unwrap().start, 0);
         assert_eq!(open.last().unwrap().end, u128::MAX);
         for pair in open.windows(2) {
-            assert_eq!(pair[0].end + 1, pair[1].start, "open shards do not tile the key space");
+            assert_eq!(
+                pair[0].end + 1,
+                pair[1].start,
+                "open shards do not tile the key space"
+            );
         }
     }
 
     fn open_shards(&self) -> Vec<ShardId> {
-        self.model.iter().filter(|(_, s)| s.open).map(|(id, _)| *id).collect()
+        self.model
+            .iter()
+            .filter(|(_, s)| s.open)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     async fn append(&mut self) {
@@ -93,27 +112,52 @@ impl Harness {
             }
             records.push(record);
         }
-        let results = self.store().put_records(&self.stream, records.clone()).await.unwrap();
+        let results = self
+            .store()
+            .put_records(&self.stream, records.clone())
+            .await
+            .unwrap();
         let now = self.clock.now_ms();
         for (record, result) in records.into_iter().zip(results) {
             let result = result.unwrap();
-            let hash = record.explicit_hash_key.unwrap_or_else(|| hash_key(&record.partition_key));
+            let hash = record
+                .explicit_hash_key
+                .unwrap_or_else(|| hash_key(&record.partition_key));
             let shard = self.model.get_mut(&result.shard_id).unwrap();
             assert!(shard.open, "appended to closed shard {}", result.shard_id);
-            assert!(shard.range.contains(hash), "record routed to {} outside its hash range", result.shard_id);
+            assert!(
+                shard.range.contains(hash),
+                "record routed to {} outside its hash range",
+                result.shard_id
+            );
             let seq = result.sequence_number.0;
-            assert!(shard.records.last().is_none_or(|r| r.seq < seq), "sequence numbers not increasing");
+            assert!(
+                shard.records.last().is_none_or(|r| r.seq < seq),
+                "sequence numbers not increasing"
+            );
             assert!(self.seen_seqs.insert(seq), "sequence number {seq} reused");
-            shard.records.push(ModelRecord { seq, hash, key: record.partition_key, data: record.data.to_vec(), arrival_ms: now });
+            shard.records.push(ModelRecord {
+                seq,
+                hash,
+                key: record.partition_key,
+                data: record.data.to_vec(),
+                arrival_ms: now,
+            });
         }
     }
 
     async fn read_from(&mut self, shard: ShardId, position: StartingPosition) -> (Vec<Record>, bool) {
-        let mut iterator = self.store().get_shard_iterator(&self.stream, shard, position).await.unwrap();
+        let mut iterator = self
+            .store()
+            .get_shard_iterator(&self.stream, shard, position)
+            .await
+            .unwrap();
         let mut records = Vec::new();
         loop {
-            let limits =
-                ReadLimits { records_max: self.rng.random_range(1..=50), bytes_max: self.rng.random_range(1..=4096) };
+            let limits = ReadLimits {
+                records_max: self.rng.random_range(1..=50),
+                bytes_max: self.rng.random_range(1..=4096),
+            };
             let out = self.store().get_records(&iterator, limits).await.unwrap();
             assert!(out.records.len() <= limits.records_max);
             let empty = out.records.is_empty();
@@ -121,8 +165,12 @@ impl Harness {
             match out.next_iterator {
                 None => {
                     let children: BTreeSet<ShardId> = out.child_shards.into_iter().collect();
-                    let expected: BTreeSet<ShardId> =
-                        self.model.iter().filter(|(_, s)| s.parents.contains(&shard)).map(|(id, _)| *id).collect();
+                    let expected: BTreeSet<ShardId> = self
+                        .model
+                        .iter()
+                        .filter(|(_, s)| s.parents.contains(&shard))
+                        .map(|(id, _)| *id)
+                        .collect();
                     assert_eq!(children, expected, "children of {shard}");
                     return (records, true);
                 }
@@ -141,23 +189,35 @@ impl Harness {
             1 => (StartingPosition::Latest, Vec::new()),
             2 if !model.is_empty() => {
                 let i = self.rng.random_range(0..model.len());
-                (StartingPosition::AtSequenceNumber(SequenceNumber(model[i].seq)), model[i..].to_vec())
+                (
+                    StartingPosition::AtSequenceNumber(SequenceNumber(model[i].seq)),
+                    model[i..].to_vec(),
+                )
             }
             3 if !model.is_empty() => {
                 let i = self.rng.random_range(0..model.len());
-                (StartingPosition::AfterSequenceNumber(SequenceNumber(model[i].seq)), model[i + 1..].to_vec())
+                (
+                    StartingPosition::AfterSequenceNumber(SequenceNumber(model[i].seq)),
+                    model[i + 1..].to_vec(),
+                )
             }
             _ if !model.is_empty() => {
                 let (lo, hi) = (model[0].arrival_ms - 10, model.last().unwrap().arrival_ms + 10);
                 let at = self.rng.random_range(lo..=hi);
-                (StartingPosition::AtTimestamp(at), model.iter().filter(|r| r.arrival_ms >= at).cloned().collect())
+                (
+                    StartingPosition::AtTimestamp(at),
+                    model.iter().filter(|r| r.arrival_ms >= at).cloned().collect(),
+                )
             }
             _ => (StartingPosition::TrimHorizon, Vec::new()),
         };
         let open = self.model[&shard].open;
         let (records, ended) = self.read_from(shard, position).await;
         assert_records(shard, &records, &expected);
-        assert_eq!(ended, !open, "{shard}: end of shard reported {ended}, shard open {open}");
+        assert_eq!(
+            ended, !open,
+            "{shard}: end of shard reported {ended}, shard open {open}"
+        );
     }
 
     async fn trim(&mut self) {
@@ -170,9 +230,16 @@ impl Harness {
             let model = &mut self.model.get_mut(&shard).unwrap().records;
             // What remains is a suffix of the model, and everything removed had expired.
             let removed = model.len() - held.len();
-            assert!(model[..removed].iter().all(|r| r.arrival_ms < cutoff), "{shard}: unexpired records removed");
+            assert!(
+                model[..removed].iter().all(|r| r.arrival_ms < cutoff),
+                "{shard}: unexpired records removed"
+            );
             if model.iter().all(|r| r.arrival_ms < cutoff) {
-                assert!(held.is_empty(), "{shard}: every record expired but {} are held", held.len());
+                assert!(
+                    held.is_empty(),
+                    "{shard}: every record expired but {} are held",
+                    held.len()
+                );
             }
             model.drain(..removed);
             assert_records(shard, &held, model);
@@ -193,8 +260,11 @@ impl Harness {
     }
 
     async fn merge(&mut self) {
-        let mut open: Vec<(HashKeyRange, ShardId)> =
-            self.open_shards().into_iter().map(|id| (self.model[&id].range, id)).collect();
+        let mut open: Vec<(HashKeyRange, ShardId)> = self
+            .open_shards()
+            .into_iter()
+            .map(|id| (self.model[&id].range, id))
+            .collect();
         if open.len() < 2 {
             return;
         }
@@ -218,7 +288,10 @@ impl Harness {
     async fn scale(&mut self) {
         let open = self.open_shards().len() as u32;
         let target = self.rng.random_range(open.div_ceil(2)..=(open * 2).min(8));
-        self.store().update_shard_count(&self.stream, target).await.unwrap();
+        self.store()
+            .update_shard_count(&self.stream, target)
+            .await
+            .unwrap();
         self.sync_topology().await;
         assert_eq!(self.open_shards().len() as u32, target);
     }
@@ -235,24 +308,33 @@ impl Harness {
         let store = self.store();
         let bad_key = PutRecord::new("", "x");
         assert!(matches!(
-            store.put_records(&self.stream, vec![PutRecord::new("ok", "y"), bad_key]).await,
+            store
+                .put_records(&self.stream, vec![PutRecord::new("ok", "y"), bad_key])
+                .await,
             Err(StoreError::InvalidArgument(_))
         ));
         let big = PutRecord::new("k", vec![0u8; RECORD_BYTES_MAX_DEFAULT]);
-        assert!(matches!(store.put_record(&self.stream, big).await, Err(StoreError::InvalidArgument(_))));
+        assert!(matches!(
+            store.put_record(&self.stream, big).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
         let unknown = StreamName::new("nope").unwrap();
         assert!(matches!(
             store.put_record(&unknown, PutRecord::new("k", "x")).await,
             Err(StoreError::StreamNotFound(_))
         ));
         assert!(matches!(
-            store.get_shard_iterator(&self.stream, ShardId(999), StartingPosition::Latest).await,
+            store
+                .get_shard_iterator(&self.stream, ShardId(999), StartingPosition::Latest)
+                .await,
             Err(StoreError::ShardNotFound { .. })
         ));
         let shard = *self.model.keys().next().unwrap();
         let beyond = SequenceNumber(u64::MAX - 1);
         assert!(matches!(
-            store.get_shard_iterator(&self.stream, shard, StartingPosition::AtSequenceNumber(beyond)).await,
+            store
+                .get_shard_iterator(&self.stream, shard, StartingPosition::AtSequenceNumber(beyond))
+                .await,
             Err(StoreError::InvalidArgument(_))
         ));
     }
@@ -261,18 +343,33 @@ impl Harness {
     /// each partition key the records in sequence order (parents before children).
     async fn check_consumer(&mut self) {
         let store = Arc::new(self.store().clone());
-        let mut reader = GroupReader::new(store, self.stream.clone(), "model-check").await.unwrap();
+        let mut reader = GroupReader::new(store, self.stream.clone(), "model-check")
+            .await
+            .unwrap();
         let mut got: Vec<(ShardId, Record)> = Vec::new();
         loop {
-            let batches = reader.poll(ReadLimits { records_max: 7, bytes_max: 1 << 20 }).await.unwrap();
+            let batches = reader
+                .poll(ReadLimits {
+                    records_max: 7,
+                    bytes_max: 1 << 20,
+                })
+                .await
+                .unwrap();
             if batches.is_empty() {
                 break;
             }
             for batch in batches {
                 // Parents of a shard being read are finished.
                 for parent in &self.model[&batch.shard_id].parents {
-                    let done = self.model[parent].records.iter().all(|r| got.iter().any(|(_, g)| g.sequence_number.0 == r.seq));
-                    assert!(done, "read {} before finishing its parent {parent}", batch.shard_id);
+                    let done = self.model[parent]
+                        .records
+                        .iter()
+                        .all(|r| got.iter().any(|(_, g)| g.sequence_number.0 == r.seq));
+                    assert!(
+                        done,
+                        "read {} before finishing its parent {parent}",
+                        batch.shard_id
+                    );
                 }
                 got.extend(batch.records.iter().map(|r| (batch.shard_id, r.clone())));
                 reader.commit(&batch).await.unwrap();
@@ -281,16 +378,26 @@ impl Harness {
         let total: usize = self.model.values().map(|s| s.records.len()).sum();
         assert_eq!(got.len(), total, "consumer read every record exactly once");
         // Per routing hash (what decides the shard), records come in sequence order across splits and merges.
-        let hash_of: BTreeMap<u64, u128> =
-            self.model.values().flat_map(|s| s.records.iter().map(|r| (r.seq, r.hash))).collect();
+        let hash_of: BTreeMap<u64, u128> = self
+            .model
+            .values()
+            .flat_map(|s| s.records.iter().map(|r| (r.seq, r.hash)))
+            .collect();
         let mut last_by_hash: BTreeMap<u128, u64> = BTreeMap::new();
         for (shard, record) in &got {
             let seq = record.sequence_number.0;
             let last = last_by_hash.entry(hash_of[&seq]).or_insert(0);
-            assert!(*last < seq, "key {} read out of order in {shard}", record.partition_key);
+            assert!(
+                *last < seq,
+                "key {} read out of order in {shard}",
+                record.partition_key
+            );
             *last = seq;
         }
-        self.store().deregister_consumer(&self.stream, "model-check").await.unwrap();
+        self.store()
+            .deregister_consumer(&self.stream, "model-check")
+            .await
+            .unwrap();
     }
 }
 
@@ -321,7 +428,10 @@ async fn run_seed(seed: u64, steps: usize) {
     let store = Store::open(config.clone(), clock.clone()).unwrap();
     let stream = StreamName::new("model").unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
-    store.create_stream(&stream, rng.random_range(1..=4)).await.unwrap();
+    store
+        .create_stream(&stream, rng.random_range(1..=4))
+        .await
+        .unwrap();
     let mut h = Harness {
         rng,
         clock,

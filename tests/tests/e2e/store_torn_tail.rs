@@ -1,0 +1,147 @@
+//! Torn-tail test: a segment cut at random byte offsets (with and without garbage after the cut, as a crash in
+//! the middle of a write leaves it) recovers to the last whole record, truncates the file there, and accepts
+//! appends again.
+
+use std::sync::Arc;
+
+use freshet_storage::segment::{self, HEADER_BYTES};
+use freshet_storage::*;
+use freshet_tests::read_shard;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn the_segment(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let shard_dir = data_dir.join("streams/torn/shards/0000000000");
+    let mut segments: Vec<_> = std::fs::read_dir(&shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    assert_eq!(
+        segments.len(),
+        1,
+        "one segment expected in {}",
+        shard_dir.display()
+    );
+    segments.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tails_recover_to_the_last_whole_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::new(dir.path());
+    let stream = StreamName::new("torn").unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+
+    // Write records of varied sizes in several group commits.
+    let store = Store::open(config.clone(), Arc::new(SystemClock)).unwrap();
+    store.create_stream(&stream, 1).await.unwrap();
+    for batch in 0..10 {
+        let records = (0..rng.random_range(1..30))
+            .map(|i| {
+                PutRecord::new(
+                    format!("key-{batch}-{i}"),
+                    vec![b'a' + (i % 26) as u8; rng.random_range(0..2000)],
+                )
+            })
+            .collect();
+        for result in store.put_records(&stream, records).await.unwrap() {
+            result.unwrap();
+        }
+    }
+    let original = read_shard(&store, &stream, ShardId(0)).await;
+    store.shutdown().await;
+    drop(store);
+
+    let path = the_segment(dir.path());
+    let whole = std::fs::read(&path).unwrap();
+    // Where each record ends in the file.
+    let mut ends = Vec::new();
+    let mut at = HEADER_BYTES as usize;
+    for record in &original {
+        at += segment::frame_bytes(&record.partition_key, record.data.len());
+        ends.push(at);
+    }
+    assert_eq!(at, whole.len(), "segment holds exactly the records written");
+
+    for trial in 0..40 {
+        let cut = rng.random_range(HEADER_BYTES as usize..whole.len());
+        let mut torn = whole[..cut].to_vec();
+        if trial % 2 == 1 {
+            // A crash can leave garbage (or zeros from preallocation) after the last whole write.
+            let garbage = rng.random_range(1..3000);
+            torn.extend((0..garbage).map(|_| if trial % 4 == 1 { 0u8 } else { rng.random() }));
+        }
+        std::fs::write(&path, &torn).unwrap();
+
+        let store = Store::open(config.clone(), Arc::new(SystemClock)).unwrap();
+        let kept = ends.iter().filter(|&&e| e <= cut).count();
+        let recovered = read_shard(&store, &stream, ShardId(0)).await;
+        assert_eq!(recovered, original[..kept], "trial {trial}: cut at {cut}");
+        let expect_len = if kept == 0 {
+            HEADER_BYTES as usize
+        } else {
+            ends[kept - 1]
+        };
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len() as usize,
+            expect_len,
+            "trial {trial}: file truncated"
+        );
+
+        // The shard takes appends after recovery, and they read back after the recovered records.
+        let fresh = store
+            .put_record(&stream, PutRecord::new("after", format!("trial-{trial}")))
+            .await
+            .unwrap();
+        let after = read_shard(&store, &stream, ShardId(0)).await;
+        assert_eq!(after.len(), kept + 1);
+        assert_eq!(after.last().unwrap().sequence_number, fresh.sequence_number);
+        assert!(kept == 0 || original[kept - 1].sequence_number < fresh.sequence_number);
+        store.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_in_the_middle_is_skipped_not_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::new(dir.path());
+    let stream = StreamName::new("torn").unwrap();
+    let store = Store::open(config.clone(), Arc::new(SystemClock)).unwrap();
+    store.create_stream(&stream, 1).await.unwrap();
+    let records: Vec<PutRecord> = (0..5)
+        .map(|i| PutRecord::new("k", format!("record-{i}")))
+        .collect();
+    for result in store.put_records(&stream, records).await.unwrap() {
+        result.unwrap();
+    }
+    let original = read_shard(&store, &stream, ShardId(0)).await;
+    store.shutdown().await;
+    drop(store);
+
+    let path = the_segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let third = HEADER_BYTES as usize + 2 * segment::frame_bytes("k", "record-0".len());
+    let last_byte_of_third = third + segment::frame_bytes("k", "record-2".len()) - 1;
+    bytes[last_byte_of_third] ^= 0x55; // flip bits in record 2's data
+    std::fs::write(&path, &bytes).unwrap();
+
+    let store = Store::open(config, Arc::new(SystemClock)).unwrap();
+    let recovered = read_shard(&store, &stream, ShardId(0)).await;
+    let expected: Vec<Record> = original
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_eq!(
+        recovered, expected,
+        "the corrupt record is skipped; the records after it are kept"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len() as usize,
+        bytes.len(),
+        "nothing after the corruption is cut"
+    );
+    store.shutdown().await;
+}
