@@ -1,1 +1,9 @@
 //! freshet's one integration-test binary.
+//!
+//! Every end-to-end, interop, crash and fault test lives here, one module per subject, so the workspace links one
+//! test binary. Tests that run the `freshet` binary expect `cargo build -p freshet` first (the test command does it).
+
+mod store_crash;
+mod store_disk_full;
+mod store_model;
+mod store_torn_tail;
