@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use freshet_storage::{FsyncPolicy, LogConfig, StoreConfig};
 
-use crate::streams;
+use crate::{bench, streams};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,7 +15,7 @@ use crate::streams;
 )]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    #[arg(long, global = true, default_value = "info,async_nats=warn")]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Work with the streams of a data directory directly (no server needed; the directory is locked while in use).
     Streams(streams::StreamsArgs),
+    /// Benchmarks against peer systems, in one run (use a release build).
+    Bench(bench::BenchArgs),
 }
 
 /// Where the store lives and how it syncs.
@@ -74,5 +76,6 @@ pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Streams(args) => streams::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -1,6 +1,7 @@
 //! The `freshet` binary: parses the command line, sets up logging, and hands off to the library code of each
 //! stage. No domain logic lives here; see ARCHITECTURE.md for the map.
 
+mod bench;
 mod cli;
 mod streams;
 

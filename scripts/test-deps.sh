@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs, idempotently and without prompts, the programs and packages the tests drive.
+set -euo pipefail
+
+# Debian packages: command -> package.
+declare -A APT=(
+  [unshare]=util-linux
+)
+missing=()
+for cmd in "${!APT[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT[$cmd]}")
+done
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Python packages: import name -> pip requirement.
+declare -A PIP=(
+)
+need=()
+for module in "${!PIP[@]}"; do
+  python3 -c "import $module" >/dev/null 2>&1 || need+=("${PIP[$module]}")
+done
+if ((${#need[@]})); then
+  python3 -m pip install --quiet --disable-pip-version-check "${need[@]}"
+fi
+
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+echo "test dependencies present"
