@@ -11,6 +11,7 @@
 //! - Sequence numbers strictly increase within a shard and are unique across the stream.
 //! - Reads never return a torn or corrupt record: every frame is checked against its CRC32C.
 
+pub mod api;
 pub mod clock;
 pub mod consumer;
 pub mod engine;
