@@ -154,6 +154,15 @@ impl<S: StreamStore + ?Sized> GroupReader<S> {
                     desc.shard(shard_id).and_then(|s| s.ending_sequence_number)
                 }
             };
+            if let Some(consumer) = &self.consumer {
+                metrics::gauge!(
+                    "freshet_store_iterator_age_ms",
+                    "stream" => self.stream.to_string(),
+                    "consumer" => consumer.clone(),
+                    "shard" => shard_id.to_string()
+                )
+                .set(out.millis_behind_latest as f64);
+            }
             if !out.records.is_empty() || end_of_shard.is_some() {
                 batches.push(Batch {
                     shard_id,

@@ -758,6 +758,7 @@ impl StreamStore for Store {
         self.validate_put(&records)?;
         let stream = self.stream(name)?;
         let count = records.len();
+        let bytes: usize = records.iter().map(|r| r.data.len()).sum();
         let mut waits = Vec::new();
         {
             let topology = stream.topology.read().await;
@@ -780,6 +781,7 @@ impl StreamStore for Store {
         }
         let mut results: Vec<StoreResult<PutResult>> =
             (0..count).map(|_| Err(StoreError::ShuttingDown)).collect();
+        let mut failed = 0u64;
         for (shard_id, positions, queued) in waits {
             let outcome = match queued {
                 Ok(rx) => rx.await.unwrap_or(Err(StoreError::ShuttingDown)),
@@ -795,11 +797,18 @@ impl StreamStore for Store {
                     }
                 }
                 Err(e) => {
+                    failed += positions.len() as u64;
                     for i in positions {
                         results[i] = Err(e.clone());
                     }
                 }
             }
+        }
+        let labels = [("stream", name.to_string())];
+        metrics::counter!("freshet_store_incoming_records_total", &labels).increment(count as u64 - failed);
+        metrics::counter!("freshet_store_incoming_bytes_total", &labels).increment(bytes as u64);
+        if failed > 0 {
+            metrics::counter!("freshet_store_put_failures_total", &labels).increment(failed);
         }
         Ok(results)
     }
