@@ -1,0 +1,493 @@
+//! The rules engine: AWS IoT-style rules that turn one MQTT publish into zero or more stream records.
+//!
+//! A rule is `SELECT <items> FROM '<topic filter>' [WHERE <condition>]` (see [`sql`] for the grammar and
+//! [`eval`] for the semantics) plus an action: a target stream and a partition-key template such as
+//! `${topic(2)}`, `${clientid()}` or `dev-${device.id}` (each `${...}` holds any rule expression, evaluated
+//! against the incoming payload), and an error action: a stream that receives the publishes this rule could
+//! not turn into a record, with the reason. Several rules may match one publish; each produces its own output.
+//!
+//! # Output records
+//!
+//! A matched rule's record is the JSON object of the selected fields (`*` copies every field of the payload;
+//! later items override earlier ones of the same name; undefined items are left out; a payload that is JSON but
+//! not an object is selected by `*` as the field `value`), with **lineage fields added to the object**:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `_topic` | the MQTT topic of the publish |
+//! | `_client_id` | the MQTT client id of the publisher |
+//! | `_arrival_time` | when the gateway received the publish, epoch milliseconds (integer) |
+//!
+//! These three names are reserved: a payload field of the same name is overwritten. Delivery turns them into
+//! the columns `_topic`, `_client_id`, `_arrival_time`; `_partition_key`, `_shard_id` and `_sequence_number`
+//! come from the stream record itself.
+//!
+//! # Error records
+//!
+//! A publish that a matching rule cannot turn into a record (payload not JSON, over `payload_bytes_max`, an
+//! evaluation error such as comparing a string with a number in WHERE, an empty or over-long partition key, an
+//! output over the record limit) becomes a record on the rule's error stream, partition key = client id:
+//!
+//! ```json
+//! {"_topic": "...", "_client_id": "...", "_arrival_time": 1700000000000, "rule": "telemetry",
+//!  "error": {"kind": "payload_not_json", "message": "expected value at line 1 column 1"},
+//!  "payload": "<the payload if UTF-8>" | "payload_base64": "<otherwise>",
+//!  "payload_bytes": 11, "payload_truncated": false}
+//! ```
+//! The payload kept in an error record is cut to [`ERROR_PAYLOAD_BYTES_MAX`].
+
+pub mod eval;
+pub mod sql;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use bytes::Bytes;
+use freshet_storage::{PARTITION_KEY_CHARS_MAX, PutRecord, StreamName};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{IngestError, Result};
+use eval::{Context, EvalError};
+use sql::{Expr, ParseError, SelectItem, Statement};
+
+/// Most payload bytes copied into an error record.
+pub const ERROR_PAYLOAD_BYTES_MAX: usize = 16 * 1024;
+
+/// One rule as written in the configuration (`[[gateway.rules]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// A unique name (shown in error records and metrics).
+    pub name: String,
+    /// `SELECT ... FROM '<topic filter>' [WHERE ...]`.
+    pub sql: String,
+    /// The target stream.
+    pub stream: String,
+    /// Partition-key template, e.g. `${topic(2)}`; text outside `${...}` is kept as is.
+    pub partition_key: String,
+    /// Where this rule's failures go; defaults to the gateway's `error_stream`.
+    #[serde(default)]
+    pub error_stream: Option<String>,
+}
+
+/// A part of a partition-key template.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TemplatePart {
+    Text(String),
+    Expr(Expr),
+}
+
+/// A parsed `${...}` template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    pub parts: Vec<TemplatePart>,
+}
+
+impl Template {
+    /// Parse a template. Error positions are 1-based character positions in `source`.
+    pub fn parse(source: &str) -> std::result::Result<Self, ParseError> {
+        let chars: Vec<char> = source.chars().collect();
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut i = 0;
+        while i < chars.len() {
+            if chars[i] == '$' && chars.get(i + 1) == Some(&'{') {
+                let start = i + 2;
+                let mut j = start;
+                let mut in_string = false;
+                while j < chars.len() && (in_string || chars[j] != '}') {
+                    if chars[j] == '\'' {
+                        in_string = !in_string;
+                    }
+                    j += 1;
+                }
+                if j == chars.len() {
+                    return Err(ParseError {
+                        position: i + 1,
+                        reason: "unterminated ${ in template".into(),
+                    });
+                }
+                let inner: String = chars[start..j].iter().collect();
+                let expr = sql::parse_expr(&inner).map_err(|e| ParseError {
+                    position: start + e.position,
+                    reason: e.reason,
+                })?;
+                if !text.is_empty() {
+                    parts.push(TemplatePart::Text(std::mem::take(&mut text)));
+                }
+                parts.push(TemplatePart::Expr(expr));
+                i = j + 1;
+            } else {
+                text.push(chars[i]);
+                i += 1;
+            }
+        }
+        if !text.is_empty() {
+            parts.push(TemplatePart::Text(text));
+        }
+        if parts.is_empty() {
+            return Err(ParseError {
+                position: 1,
+                reason: "the template is empty".into(),
+            });
+        }
+        Ok(Self { parts })
+    }
+
+    /// Render against a payload. Undefined or null substitutions are errors (a key must name something).
+    pub fn render(&self, payload: &Value, ctx: &Context<'_>) -> std::result::Result<String, EvalError> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Text(t) => out.push_str(t),
+                TemplatePart::Expr(e) => match eval::eval(e, payload, ctx)? {
+                    None | Some(Value::Null) => {
+                        return Err(EvalError(
+                            "a ${...} substitution of the partition key is undefined or null".into(),
+                        ));
+                    }
+                    Some(Value::String(s)) => out.push_str(&s),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
+                    Some(other) => {
+                        return Err(EvalError(format!(
+                            "a ${{...}} substitution of the partition key is {}, not a scalar",
+                            eval::describe(&other)
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when the template needs no payload (only topic/client functions and text).
+    fn payload_free(&self) -> bool {
+        fn free(e: &Expr) -> bool {
+            match e {
+                Expr::Path(_) => false,
+                Expr::Literal(_) | Expr::Call(..) => true,
+                Expr::Neg(e) | Expr::Not(e) => free(e),
+                Expr::IsNull { expr, .. } => free(expr),
+                Expr::Binary(l, _, r) => free(l) && free(r),
+            }
+        }
+        self.parts.iter().all(|p| match p {
+            TemplatePart::Text(_) => true,
+            TemplatePart::Expr(e) => free(e),
+        })
+    }
+}
+
+/// A checked, ready rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub statement: Statement,
+    pub stream: StreamName,
+    pub partition_key: Template,
+    pub error_stream: StreamName,
+}
+
+impl Rule {
+    /// Parse and check a rule. Errors name the rule, the field and the position.
+    pub fn new(config: &RuleConfig, default_error_stream: &StreamName) -> Result<Self> {
+        let bad = |field: &str, e: ParseError| IngestError::Rule {
+            rule: config.name.clone(),
+            field: field.to_string(),
+            position: e.position,
+            reason: e.reason,
+        };
+        let statement = sql::parse_statement(&config.sql).map_err(|e| bad("sql", e))?;
+        let partition_key = Template::parse(&config.partition_key).map_err(|e| bad("partition_key", e))?;
+        let stream = StreamName::new(config.stream.clone())
+            .map_err(|e| IngestError::Config(format!("rule {}: stream: {e}", config.name)))?;
+        let error_stream = match &config.error_stream {
+            Some(s) => StreamName::new(s.clone())
+                .map_err(|e| IngestError::Config(format!("rule {}: error_stream: {e}", config.name)))?,
+            None => default_error_stream.clone(),
+        };
+        Ok(Self {
+            name: config.name.clone(),
+            statement,
+            stream,
+            partition_key,
+            error_stream,
+        })
+    }
+
+    pub fn topic_filter(&self) -> &str {
+        &self.statement.topic_filter
+    }
+}
+
+/// One publish as the rules see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'a> {
+    pub topic: &'a str,
+    pub client_id: &'a str,
+    pub arrival_ms: i64,
+    pub payload: &'a [u8],
+}
+
+/// What kind of failure an error record reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    PayloadNotJson,
+    PayloadTooLarge,
+    Evaluation,
+    PartitionKey,
+    RecordTooLarge,
+}
+
+/// One record produced for one rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// Index of the rule in the rule set.
+    pub rule: usize,
+    pub stream: StreamName,
+    pub record: PutRecord,
+    /// `Some` for an error record (on the rule's error stream).
+    pub failure: Option<FailureKind>,
+}
+
+/// Limits the rule set enforces on what it reads and writes.
+#[derive(Clone, Copy, Debug)]
+pub struct RuleLimits {
+    /// A bigger payload goes to the error action.
+    pub payload_bytes_max: usize,
+    /// A bigger output record (data + key) goes to the error action.
+    pub record_bytes_max: usize,
+}
+
+/// All rules of a gateway, in configuration order.
+#[derive(Clone, Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    limits: RuleLimits,
+}
+
+impl RuleSet {
+    /// Parse and check every rule; names must be unique.
+    pub fn new(
+        configs: &[RuleConfig],
+        default_error_stream: &StreamName,
+        limits: RuleLimits,
+    ) -> Result<Self> {
+        let mut seen = HashMap::new();
+        let mut rules = Vec::with_capacity(configs.len());
+        for c in configs {
+            if seen.insert(c.name.clone(), ()).is_some() {
+                return Err(IngestError::Config(format!("two rules are named {:?}", c.name)));
+            }
+            rules.push(Rule::new(c, default_error_stream)?);
+        }
+        Ok(Self { rules, limits })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Every stream a rule writes to (targets and error streams), without duplicates.
+    pub fn streams(&self) -> Vec<StreamName> {
+        let mut out: Vec<StreamName> = Vec::new();
+        for r in &self.rules {
+            for s in [&r.stream, &r.error_stream] {
+                if !out.contains(s) {
+                    out.push(s.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// True when some rule's topic filter matches `topic`.
+    pub fn any_matches(&self, topic: &str) -> bool {
+        self.rules.iter().any(|r| topic_matches(r.topic_filter(), topic))
+    }
+
+    /// Apply every rule to one publish. An empty result means no rule matched the topic, or every matching
+    /// rule's WHERE was false; `matched` tells them apart (rules whose filter matched).
+    pub fn apply(&self, msg: &Message<'_>) -> Applied {
+        let mut applied = Applied::default();
+        let ctx = Context {
+            topic: msg.topic,
+            client_id: msg.client_id,
+            arrival_ms: msg.arrival_ms,
+        };
+        // Parsed lazily, once, for all the rules that match the topic.
+        let mut parsed: Option<std::result::Result<Value, (FailureKind, String)>> = None;
+        for (idx, rule) in self.rules.iter().enumerate() {
+            if !topic_matches(rule.topic_filter(), msg.topic) {
+                continue;
+            }
+            applied.matched += 1;
+            let payload = parsed.get_or_insert_with(|| {
+                if msg.payload.len() > self.limits.payload_bytes_max {
+                    Err((
+                        FailureKind::PayloadTooLarge,
+                        format!(
+                            "payload of {} bytes is over the limit of {} bytes",
+                            msg.payload.len(),
+                            self.limits.payload_bytes_max
+                        ),
+                    ))
+                } else {
+                    serde_json::from_slice(msg.payload)
+                        .map_err(|e| (FailureKind::PayloadNotJson, format!("payload is not JSON: {e}")))
+                }
+            });
+            let result = match payload {
+                Ok(value) => self.apply_rule(rule, value, &ctx),
+                Err((kind, message)) => Err((*kind, message.clone())),
+            };
+            match result {
+                Ok(Some((key, data))) => applied.outputs.push(Output {
+                    rule: idx,
+                    stream: rule.stream.clone(),
+                    record: PutRecord::new(key, data),
+                    failure: None,
+                }),
+                Ok(None) => applied.filtered += 1,
+                Err((kind, message)) => applied.outputs.push(Output {
+                    rule: idx,
+                    stream: rule.error_stream.clone(),
+                    record: error_record(Some(&rule.name), kind, &message, msg),
+                    failure: Some(kind),
+                }),
+            }
+        }
+        applied
+    }
+
+    /// Select and key one record; `Ok(None)` when WHERE is false.
+    fn apply_rule(
+        &self,
+        rule: &Rule,
+        payload: &Value,
+        ctx: &Context<'_>,
+    ) -> std::result::Result<Option<(String, Bytes)>, (FailureKind, String)> {
+        let eval_err = |e: EvalError| (FailureKind::Evaluation, e.0);
+        if let Some(cond) = &rule.statement.condition
+            && !eval::condition(cond, payload, ctx)
+                .map_err(|e| (FailureKind::Evaluation, format!("WHERE: {}", e.0)))?
+        {
+            return Ok(None);
+        }
+        let mut out = Map::new();
+        for item in &rule.statement.items {
+            match item {
+                SelectItem::Wildcard => match payload {
+                    Value::Object(fields) => {
+                        out.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    }
+                    other => {
+                        out.insert("value".into(), other.clone());
+                    }
+                },
+                SelectItem::Expr { expr, name } => {
+                    if let Some(v) = eval::eval(expr, payload, ctx).map_err(eval_err)? {
+                        out.insert(name.clone(), v);
+                    }
+                }
+            }
+        }
+        out.insert("_topic".into(), Value::String(ctx.topic.to_string()));
+        out.insert("_client_id".into(), Value::String(ctx.client_id.to_string()));
+        out.insert("_arrival_time".into(), Value::from(ctx.arrival_ms));
+        let key = if rule.partition_key.payload_free() {
+            rule.partition_key.render(&Value::Null, ctx)
+        } else {
+            rule.partition_key.render(payload, ctx)
+        }
+        .map_err(|e| (FailureKind::PartitionKey, e.0))?;
+        let key_chars = key.chars().count();
+        if key_chars == 0 || key_chars > PARTITION_KEY_CHARS_MAX {
+            return Err((
+                FailureKind::PartitionKey,
+                format!("partition key of {key_chars} characters is not within 1-{PARTITION_KEY_CHARS_MAX}"),
+            ));
+        }
+        let data = serde_json::to_vec(&Value::Object(out))
+            .map_err(|e| (FailureKind::Evaluation, format!("cannot encode the output: {e}")))?;
+        if data.len() + key.len() > self.limits.record_bytes_max {
+            return Err((
+                FailureKind::RecordTooLarge,
+                format!(
+                    "output record of {} bytes is over the limit of {} bytes",
+                    data.len() + key.len(),
+                    self.limits.record_bytes_max
+                ),
+            ));
+        }
+        Ok(Some((key, Bytes::from(data))))
+    }
+}
+
+/// The outputs of one publish.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// Rules whose topic filter matched.
+    pub matched: usize,
+    /// Matched rules whose WHERE was false (no output, by design).
+    pub filtered: usize,
+    pub outputs: Vec<Output>,
+}
+
+/// An error record for the error stream (format in the module docs). `rule` is `None` for failures that
+/// happen before any rule applies.
+pub fn error_record(rule: Option<&str>, kind: FailureKind, message: &str, msg: &Message<'_>) -> PutRecord {
+    let cut = msg.payload.len().min(ERROR_PAYLOAD_BYTES_MAX);
+    let mut obj = Map::new();
+    obj.insert("_topic".into(), Value::String(msg.topic.to_string()));
+    obj.insert("_client_id".into(), Value::String(msg.client_id.to_string()));
+    obj.insert("_arrival_time".into(), Value::from(msg.arrival_ms));
+    obj.insert(
+        "rule".into(),
+        rule.map_or(Value::Null, |r| Value::String(r.to_string())),
+    );
+    obj.insert(
+        "error".into(),
+        serde_json::json!({"kind": kind, "message": message}),
+    );
+    match std::str::from_utf8(&msg.payload[..cut]) {
+        Ok(text) => obj.insert("payload".into(), Value::String(text.to_string())),
+        Err(_) => obj.insert(
+            "payload_base64".into(),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(&msg.payload[..cut])),
+        ),
+    };
+    obj.insert("payload_bytes".into(), Value::from(msg.payload.len()));
+    obj.insert("payload_truncated".into(), Value::Bool(cut < msg.payload.len()));
+    let key = if msg.client_id.is_empty() {
+        "unknown-client".to_string()
+    } else {
+        msg.client_id.chars().take(PARTITION_KEY_CHARS_MAX).collect()
+    };
+    // Encoding a map of strings and numbers cannot fail.
+    let data = serde_json::to_vec(&Value::Object(obj)).unwrap_or_default();
+    PutRecord::new(key, data)
+}
+
+/// MQTT topic matching: `+` matches one level, `#` the rest (including none); a topic starting with `$`
+/// is not matched by a filter starting with a wildcard.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        if f == "#" {
+            return true;
+        }
+        match t.next() {
+            Some(level) if f == "+" || f == level => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}
