@@ -17,6 +17,7 @@ pub mod consumer;
 pub mod engine;
 pub mod error;
 pub mod hash;
+pub mod remote;
 pub mod segment;
 pub mod shard;
 pub mod types;

@@ -210,10 +210,11 @@ pub fn to_store_error(type_name: &str, message: &str, ctx: ErrorContext<'_>) -> 
             if message.starts_with("Shard ") {
                 StoreError::ShardNotFound {
                     stream: stream(),
-                    shard: ctx
-                        .shard
-                        .map(|s| s.to_string())
-                        .or_else(|| message.split_whitespace().nth(1).map(str::to_string))
+                    shard: message
+                        .split_whitespace()
+                        .nth(1)
+                        .map(str::to_string)
+                        .or_else(|| ctx.shard.map(|s| s.to_string()))
                         .unwrap_or_default(),
                 }
             } else if message.starts_with("Consumer ") && ctx.consumer.is_some() {
@@ -271,8 +272,16 @@ mod tests {
     fn every_store_error_maps_to_an_aws_name_and_status() {
         let account = "000000000000";
         let cases = [
-            (StoreError::StreamNotFound("s".into()), "ResourceNotFoundException", 400),
-            (StoreError::StreamExists("s".into()), "ResourceInUseException", 400),
+            (
+                StoreError::StreamNotFound("s".into()),
+                "ResourceNotFoundException",
+                400,
+            ),
+            (
+                StoreError::StreamExists("s".into()),
+                "ResourceInUseException",
+                400,
+            ),
             (
                 StoreError::ShardNotFound {
                     stream: "s".into(),
@@ -297,15 +306,29 @@ mod tests {
                 "ResourceInUseException",
                 400,
             ),
-            (StoreError::InvalidArgument("x".into()), "InvalidArgumentException", 400),
-            (StoreError::LimitExceeded("x".into()), "LimitExceededException", 400),
-            (StoreError::ResourceInUse("x".into()), "ResourceInUseException", 400),
-            (StoreError::ExpiredIterator("x".into()), "ExpiredIteratorException", 400),
+            (
+                StoreError::InvalidArgument("x".into()),
+                "InvalidArgumentException",
+                400,
+            ),
+            (
+                StoreError::LimitExceeded("x".into()),
+                "LimitExceededException",
+                400,
+            ),
+            (
+                StoreError::ResourceInUse("x".into()),
+                "ResourceInUseException",
+                400,
+            ),
+            (
+                StoreError::ExpiredIterator("x".into()),
+                "ExpiredIteratorException",
+                400,
+            ),
             (StoreError::ShuttingDown, "ServiceUnavailable", 503),
             (
-                StoreError::DiskFull {
-                    path: "/x".into(),
-                },
+                StoreError::DiskFull { path: "/x".into() },
                 "ServiceUnavailable",
                 503,
             ),

@@ -108,15 +108,11 @@ pub fn router(store: Arc<dyn StreamStore>, config: ApiConfig) -> Router {
     let state = ApiState {
         store,
         sealer: Sealer::new(&config.token_key),
-        throttle: config
-            .throttling
-            .map(|t| Throttle::new(t, config.clock.clone())),
+        throttle: config.throttling.map(|t| Throttle::new(t, config.clock.clone())),
         config,
         requests: AtomicU64::new(0),
     };
-    Router::new()
-        .route("/", post(handle))
-        .with_state(Arc::new(state))
+    Router::new().route("/", post(handle)).with_state(Arc::new(state))
 }
 
 /// Serve `router` on `listener` until `shutdown` completes, then finish the requests in flight.
@@ -209,7 +205,12 @@ async fn respond(state: &ApiState, request: Request) -> Result<Vec<u8>, ApiError
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::new(ErrorCode::UnknownOperation, "Missing X-Amz-Target header"))?;
-    let unknown = || ApiError::new(ErrorCode::UnknownOperation, format!("Unknown operation {target:?}"));
+    let unknown = || {
+        ApiError::new(
+            ErrorCode::UnknownOperation,
+            format!("Unknown operation {target:?}"),
+        )
+    };
     let (prefix, operation) = target.split_once('.').ok_or_else(unknown)?;
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::ApiState;
 use super::error::{ApiError, ErrorCode};
 use super::throttle::Throttle;
 use super::token::{Token, TokenKind};
 use super::wire::*;
-use super::ApiState;
 use crate::error::StoreError;
 use crate::hash::hash_key;
 use crate::types::{
@@ -148,7 +148,10 @@ fn check_decimal(value: &str, member: &str, digits_max: usize) -> Result<(), Api
         Err(ApiError::validation(
             member,
             value,
-            &format!("must satisfy regular expression pattern: 0|([1-9]\\d{{0,{}}})", digits_max - 1),
+            &format!(
+                "must satisfy regular expression pattern: 0|([1-9]\\d{{0,{}}})",
+                digits_max - 1
+            ),
         ))
     }
 }
@@ -225,7 +228,11 @@ pub fn parse_consumer_arn(arn: &str) -> Option<(StreamName, String, i64)> {
     let (stream, rest) = rest.split_once("/consumer/")?;
     let (consumer, created) = rest.rsplit_once(':')?;
     crate::types::validate_consumer_name(consumer).ok()?;
-    Some((StreamName::new(stream).ok()?, consumer.to_string(), created.parse().ok()?))
+    Some((
+        StreamName::new(stream).ok()?,
+        consumer.to_string(),
+        created.parse().ok()?,
+    ))
 }
 
 fn arn_resource(arn: &str) -> Option<&str> {
@@ -234,7 +241,9 @@ fn arn_resource(arn: &str) -> Option<&str> {
     }
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     match parts[..] {
-        ["arn", partition, "kinesis", _region, _account, resource] if partition.starts_with("aws") => Some(resource),
+        ["arn", partition, "kinesis", _region, _account, resource] if partition.starts_with("aws") => {
+            Some(resource)
+        }
         _ => None,
     }
 }
@@ -349,8 +358,10 @@ impl ApiState {
     /// The open shard each hash key goes to (for write throttling; the store routes the records itself).
     async fn routes(&self, stream: &StreamName) -> Result<Vec<(HashKeyRange, ShardId)>, ApiError> {
         let desc = self.describe(stream).await?;
-        let mut routes: Vec<(HashKeyRange, ShardId)> =
-            desc.open_shards().map(|s| (s.hash_key_range, s.shard_id)).collect();
+        let mut routes: Vec<(HashKeyRange, ShardId)> = desc
+            .open_shards()
+            .map(|s| (s.hash_key_range, s.shard_id))
+            .collect();
         routes.sort_by_key(|(r, _)| r.start);
         Ok(routes)
     }
@@ -458,7 +469,11 @@ async fn delete_stream(state: &ApiState, input: DeleteStreamInput) -> Result<Emp
             ));
         }
     }
-    state.store.delete_stream(&stream).await.map_err(|e| state.err(e))?;
+    state
+        .store
+        .delete_stream(&stream)
+        .await
+        .map_err(|e| state.err(e))?;
     Ok(Empty {})
 }
 
@@ -511,7 +526,10 @@ async fn list_streams(state: &ApiState, input: ListStreamsInput) -> Result<ListS
     })
 }
 
-async fn describe_stream(state: &ApiState, input: DescribeStreamInput) -> Result<DescribeStreamOutput, ApiError> {
+async fn describe_stream(
+    state: &ApiState,
+    input: DescribeStreamInput,
+) -> Result<DescribeStreamOutput, ApiError> {
     let stream = state.stream(input.stream_name.as_deref(), input.stream_arn.as_deref())?;
     let limit = bounded(input.limit, "Limit", 1, 10_000)?.unwrap_or(100) as usize;
     let after = match input.exclusive_start_shard_id {
@@ -594,7 +612,10 @@ async fn list_shards(state: &ApiState, input: ListShardsInput) -> Result<ListSha
             }
             let t = state.open_page(token, TokenKind::ShardPage)?;
             let stream = StreamName::new(t.text).map_err(|e| ApiError::invalid_argument(e.to_string()))?;
-            let after = u32::try_from(t.a).ok().and_then(|a| a.checked_sub(1)).map(ShardId);
+            let after = u32::try_from(t.a)
+                .ok()
+                .and_then(|a| a.checked_sub(1))
+                .map(ShardId);
             (stream, after, t.b)
         }
         None => {
@@ -790,9 +811,9 @@ async fn get_shard_iterator(
         "AT_SEQUENCE_NUMBER" => StartingPosition::AtSequenceNumber(starting()?),
         "AFTER_SEQUENCE_NUMBER" => StartingPosition::AfterSequenceNumber(starting()?),
         "AT_TIMESTAMP" => {
-            let at = input.timestamp.ok_or_else(|| {
-                ApiError::invalid_argument("Timestamp must be provided for AT_TIMESTAMP.")
-            })?;
+            let at = input
+                .timestamp
+                .ok_or_else(|| ApiError::invalid_argument("Timestamp must be provided for AT_TIMESTAMP."))?;
             let ms = millis(at)
                 .ok_or_else(|| ApiError::invalid_argument(format!("Timestamp {at} is not a time.")))?;
             StartingPosition::AtTimestamp(ms)
@@ -851,9 +872,15 @@ async fn get_records(state: &ApiState, input: GetRecordsInput) -> Result<GetReco
             )));
         }
     }
-    let records_max = bounded(input.limit, "Limit", 1, GET_RECORDS_MAX as i64)?.unwrap_or(GET_RECORDS_MAX as i64);
-    let bytes_max =
-        bounded(input.freshet_bytes_max, "FreshetBytesMax", 1, GET_BYTES_MAX as i64)?.unwrap_or(GET_BYTES_MAX as i64);
+    let records_max =
+        bounded(input.limit, "Limit", 1, GET_RECORDS_MAX as i64)?.unwrap_or(GET_RECORDS_MAX as i64);
+    let bytes_max = bounded(
+        input.freshet_bytes_max,
+        "FreshetBytesMax",
+        1,
+        GET_BYTES_MAX as i64,
+    )?
+    .unwrap_or(GET_BYTES_MAX as i64);
     if let Some(throttle) = &state.throttle
         && !throttle.try_read(&stream, shard)
     {
@@ -958,7 +985,12 @@ async fn update_shard_count(
     input: UpdateShardCountInput,
 ) -> Result<UpdateShardCountOutput, ApiError> {
     let stream = state.stream(input.stream_name.as_deref(), input.stream_arn.as_deref())?;
-    let target = bounded(input.target_shard_count, "TargetShardCount", 1, i64::from(i32::MAX))?;
+    let target = bounded(
+        input.target_shard_count,
+        "TargetShardCount",
+        1,
+        i64::from(i32::MAX),
+    )?;
     let target = required(target, "TargetShardCount")?;
     let scaling = required(input.scaling_type, "ScalingType")?;
     if scaling != "UNIFORM_SCALING" {
@@ -988,7 +1020,11 @@ async fn update_shard_count(
     })
 }
 
-async fn change_retention(state: &ApiState, input: RetentionInput, increase: bool) -> Result<Empty, ApiError> {
+async fn change_retention(
+    state: &ApiState,
+    input: RetentionInput,
+    increase: bool,
+) -> Result<Empty, ApiError> {
     let stream = state.stream(input.stream_name.as_deref(), input.stream_arn.as_deref())?;
     let hours = bounded(input.retention_period_hours, "RetentionPeriodHours", 1, 1_000_000)?;
     let hours = required(hours, "RetentionPeriodHours")? as u32;
@@ -1086,12 +1122,9 @@ async fn list_stream_consumers(
     let has_more = page.len() > max;
     page.truncate(max);
     let next_token = match page.last() {
-        Some(last) if has_more => Some(state.seal(
-            TokenKind::ConsumerPage,
-            0,
-            0,
-            format!("{stream}/{}", last.name),
-        )),
+        Some(last) if has_more => {
+            Some(state.seal(TokenKind::ConsumerPage, 0, 0, format!("{stream}/{}", last.name)))
+        }
         _ => None,
     };
     Ok(ListStreamConsumersOutput {
@@ -1181,7 +1214,10 @@ async fn describe_stream_consumer(
 
 // ---------------------------------------------------------------- freshet extensions
 
-async fn get_checkpoints(state: &ApiState, input: GetCheckpointsInput) -> Result<GetCheckpointsOutput, ApiError> {
+async fn get_checkpoints(
+    state: &ApiState,
+    input: GetCheckpointsInput,
+) -> Result<GetCheckpointsOutput, ApiError> {
     let stream = state.stream(input.stream_name.as_deref(), input.stream_arn.as_deref())?;
     let consumer = consumer_name(input.consumer_name)?;
     let checkpoints: BTreeMap<ShardId, SequenceNumber> = state
@@ -1214,12 +1250,16 @@ async fn put_checkpoint(state: &ApiState, input: PutCheckpointInput) -> Result<E
     Ok(Empty {})
 }
 
-async fn wait_for_records(state: &ApiState, input: WaitForRecordsInput) -> Result<WaitForRecordsOutput, ApiError> {
+async fn wait_for_records(
+    state: &ApiState,
+    input: WaitForRecordsInput,
+) -> Result<WaitForRecordsOutput, ApiError> {
     let stream = state.stream(input.stream_name.as_deref(), input.stream_arn.as_deref())?;
     let shard = state.shard(input.shard_id, "ShardId", &stream)?;
     let position = required(input.position, "Position")?;
     let position = sequence_number(&position, "Position")?;
-    let timeout = bounded(input.timeout_millis, "TimeoutMillis", 0, WAIT_MILLIS_MAX)?.unwrap_or(WAIT_MILLIS_MAX);
+    let timeout =
+        bounded(input.timeout_millis, "TimeoutMillis", 0, WAIT_MILLIS_MAX)?.unwrap_or(WAIT_MILLIS_MAX);
     let timeout = Duration::from_millis(timeout as u64);
     let iterator = ShardIterator {
         stream,
@@ -1265,7 +1305,10 @@ mod tests {
             parse_consumer_arn("arn:aws:kinesis:us-east-1:1:stream/s/consumer/c-1:1763800000"),
             Some((StreamName::new("s").unwrap(), "c-1".to_string(), 1_763_800_000))
         );
-        assert_eq!(parse_consumer_arn("arn:aws:kinesis:us-east-1:1:stream/s/consumer/c"), None);
+        assert_eq!(
+            parse_consumer_arn("arn:aws:kinesis:us-east-1:1:stream/s/consumer/c"),
+            None
+        );
     }
 
     #[test]
@@ -1290,7 +1333,11 @@ mod tests {
     #[test]
     fn routing_finds_the_open_shard_of_a_key() {
         let ranges = crate::hash::uniform_ranges(4);
-        let routes: Vec<_> = ranges.iter().enumerate().map(|(i, r)| (*r, ShardId(i as u32))).collect();
+        let routes: Vec<_> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (*r, ShardId(i as u32)))
+            .collect();
         assert_eq!(route(&routes, 0), Some(ShardId(0)));
         assert_eq!(route(&routes, u128::MAX), Some(ShardId(3)));
         assert_eq!(route(&routes, ranges[2].start), Some(ShardId(2)));

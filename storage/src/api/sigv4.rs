@@ -39,7 +39,8 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8
 pub fn uri_encode(s: &str, encode_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (b == b'/' && !encode_slash) {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (b == b'/' && !encode_slash)
+        {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -121,7 +122,9 @@ pub fn parse_amz_date(s: &str) -> Option<i64> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;
-        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
     };
     let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
     let (h, mi, se) = (num(9..11)?, num(11..13)?, num(13..15)?);
@@ -293,8 +296,11 @@ pub fn verify<'s>(
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| incomplete("Authorization header requires existence of a 'X-Amz-Date' header."))?;
-    let signed_at = parse_amz_date(amz_date)
-        .ok_or_else(|| incomplete(format!("X-Amz-Date {amz_date:?} is not of the form YYYYMMDDTHHMMSSZ")))?;
+    let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
+        incomplete(format!(
+            "X-Amz-Date {amz_date:?} is not of the form YYYYMMDDTHHMMSSZ"
+        ))
+    })?;
     let invalid = |message: String| ApiError::new(ErrorCode::InvalidSignature, message);
     if !amz_date.starts_with(auth.date) || auth.date.len() != 8 {
         return Err(invalid(format!(
@@ -327,10 +333,10 @@ pub fn verify<'s>(
     for name in &auth.signed_headers {
         let mut values = Vec::new();
         for v in request.headers.get_all(*name) {
-            values.push(canonical_value(
-                v.to_str()
-                    .map_err(|_| incomplete(format!("Signed header {name} is not ASCII")))?,
-            ));
+            values
+                .push(canonical_value(v.to_str().map_err(|_| {
+                    incomplete(format!("Signed header {name} is not ASCII"))
+                })?));
         }
         if values.is_empty() && *name == "host" {
             values.extend(request.authority.map(str::to_string));
@@ -354,7 +360,13 @@ pub fn verify<'s>(
         }
         None => sha256_hex(request.body),
     };
-    let creq = canonical_request(request.method, request.path, request.query, &headers, &payload_hash);
+    let creq = canonical_request(
+        request.method,
+        request.path,
+        request.query,
+        &headers,
+        &payload_hash,
+    );
     let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
     let sts = string_to_sign(amz_date, &scope, &creq);
     let key = signing_key(secret, auth.date, auth.region, auth.service);
@@ -557,14 +569,26 @@ mod tests {
                 ..request
             };
             assert_eq!(
-                code(verify(tampered_body, secret_of, "us-east-1", "service", vector_now_ms())),
+                code(verify(
+                    tampered_body,
+                    secret_of,
+                    "us-east-1",
+                    "service",
+                    vector_now_ms()
+                )),
                 ErrorCode::InvalidSignature,
                 "{}",
                 v.name
             );
             let wrong_secret = |k: &str| (k == ACCESS_KEY).then_some("not-the-secret");
             assert_eq!(
-                code(verify(request, wrong_secret, "us-east-1", "service", vector_now_ms())),
+                code(verify(
+                    request,
+                    wrong_secret,
+                    "us-east-1",
+                    "service",
+                    vector_now_ms()
+                )),
                 ErrorCode::InvalidSignature
             );
             assert_eq!(
@@ -572,7 +596,13 @@ mod tests {
                 ErrorCode::UnrecognizedClient
             );
             assert_eq!(
-                code(verify(request, secret_of, "eu-west-1", "service", vector_now_ms())),
+                code(verify(
+                    request,
+                    secret_of,
+                    "eu-west-1",
+                    "service",
+                    vector_now_ms()
+                )),
                 ErrorCode::InvalidSignature
             );
             let late = vector_now_ms() + CLOCK_SKEW_MAX_MS + 1000;
@@ -596,7 +626,9 @@ mod tests {
         };
         let secret_of = |_: &str| Some(SECRET);
         assert_eq!(
-            verify(request, secret_of, "us-east-1", "service", 0).unwrap_err().code,
+            verify(request, secret_of, "us-east-1", "service", 0)
+                .unwrap_err()
+                .code,
             ErrorCode::UnrecognizedClient
         );
         for bad in [

@@ -168,10 +168,16 @@ mod tests {
         let admitted = (0..1000).filter(|_| t.try_write(&s, ShardId(0), 10)).count();
         assert_eq!(admitted, 500);
         clock.advance(1000);
-        assert!(t.try_write(&s, ShardId(0), 1024 * 1024), "a full bucket admits a 1 MiB record");
+        assert!(
+            t.try_write(&s, ShardId(0), 1024 * 1024),
+            "a full bucket admits a 1 MiB record"
+        );
         assert!(!t.try_write(&s, ShardId(0), 1), "and is then empty");
         clock.advance(1000);
-        assert!(t.try_write(&s, ShardId(0), 5 * 1024 * 1024), "oversized records pass when full");
+        assert!(
+            t.try_write(&s, ShardId(0), 5 * 1024 * 1024),
+            "oversized records pass when full"
+        );
     }
 
     #[test]
@@ -183,7 +189,10 @@ mod tests {
         assert!(t.try_read(&s, ShardId(0)));
         t.charge_read(&s, ShardId(0), 6 * 1024 * 1024);
         clock.advance(1000);
-        assert!(!t.try_read(&s, ShardId(0)), "6 MiB read at 2 MiB/s leaves debt after 1 s");
+        assert!(
+            !t.try_read(&s, ShardId(0)),
+            "6 MiB read at 2 MiB/s leaves debt after 1 s"
+        );
         clock.advance(2500);
         assert!(t.try_read(&s, ShardId(0)), "and none after 3.5 s");
     }
