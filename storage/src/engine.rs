@@ -1099,3 +1099,185 @@ fn blocking_io<R>(f: impl FnOnce() -> R) -> R {
         _ => f(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn open(dir: &Path, clock: Arc<ManualClock>) -> Store {
+        let mut config = StoreConfig::new(dir);
+        config.log.segment_bytes_max = 2048;
+        Store::open(config, clock).unwrap()
+    }
+
+    fn name() -> StreamName {
+        StreamName::new("s").unwrap()
+    }
+
+    async fn put(store: &Store, key: &str, data: &str) -> PutResult {
+        store
+            .put_record(&name(), PutRecord::new(key, data.to_string()))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_is_opened_by_one_store_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let first = open(dir.path(), clock.clone());
+        let err = Store::open(StoreConfig::new(dir.path()), clock.clone()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked(_)), "{err}");
+        drop(first);
+        open(dir.path(), clock);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_waiting_at_the_tip_is_woken_by_an_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Arc::new(ManualClock::new(1_000)));
+        store.create_stream(&name(), 1).await.unwrap();
+        let it = store
+            .get_shard_iterator(&name(), ShardId(0), StartingPosition::Latest)
+            .await
+            .unwrap();
+        let waiter = {
+            let (store, it) = (store.clone(), it.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                store
+                    .wait_for_records(&it, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                started.elapsed()
+            })
+        };
+        put(&store, "k", "hello").await;
+        let waited = waiter.await.unwrap();
+        assert!(
+            waited < Duration::from_secs(30),
+            "woken by the append, not the timeout"
+        );
+        let out = store.get_records(&it, ReadLimits::default()).await.unwrap();
+        assert_eq!(out.records.len(), 1);
+        assert_eq!(out.millis_behind_latest, 0);
+    }
+
+    #[tokio::test]
+    async fn at_timestamp_and_latest_follow_arrival_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(10_000));
+        let store = open(dir.path(), clock.clone());
+        store.create_stream(&name(), 1).await.unwrap();
+        let a = put(&store, "k", "a").await;
+        clock.set(20_000);
+        let b = put(&store, "k", "b").await;
+        let at = |ms| StartingPosition::AtTimestamp(ms);
+        for (position, expected) in [
+            (at(5_000), Some(a)),
+            (at(10_001), Some(b)),
+            (at(20_000), Some(b)),
+            (at(30_000), None),
+        ] {
+            let it = store
+                .get_shard_iterator(&name(), ShardId(0), position)
+                .await
+                .unwrap();
+            let out = store.get_records(&it, ReadLimits::default()).await.unwrap();
+            assert_eq!(
+                out.records.first().map(|r| r.sequence_number),
+                expected.map(|p| p.sequence_number)
+            );
+        }
+        let latest = store
+            .get_shard_iterator(&name(), ShardId(0), StartingPosition::Latest)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .get_records(&latest, ReadLimits::default())
+                .await
+                .unwrap()
+                .records
+                .is_empty()
+        );
+        let c = put(&store, "k", "c").await;
+        let out = store.get_records(&latest, ReadLimits::default()).await.unwrap();
+        assert_eq!(
+            out.records.iter().map(|r| r.sequence_number).collect::<Vec<_>>(),
+            vec![c.sequence_number]
+        );
+    }
+
+    #[tokio::test]
+    async fn size_retention_deletes_the_oldest_whole_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Arc::new(ManualClock::new(1_000)));
+        store.create_stream(&name(), 1).await.unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..100 {
+            seqs.push(put(&store, "k", &format!("{i:0>200}")).await.sequence_number);
+        }
+        store.set_retention_bytes(&name(), Some(6_000)).await.unwrap();
+        assert!(store.enforce_retention().await.unwrap() > 0);
+        let it = store
+            .get_shard_iterator(&name(), ShardId(0), StartingPosition::TrimHorizon)
+            .await
+            .unwrap();
+        let held: Vec<SequenceNumber> = store
+            .get_records(&it, ReadLimits::default())
+            .await
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.sequence_number)
+            .collect();
+        assert!(!held.is_empty() && held.len() < 100, "kept {}", held.len());
+        assert_eq!(
+            held[..],
+            seqs[100 - held.len()..],
+            "what remains is the newest suffix"
+        );
+        let bytes: u64 = {
+            let stream = store.stream(&name()).unwrap();
+            let topology = stream.topology.read().await;
+            topology.shards.values().map(|s| s.core.bytes()).sum()
+        };
+        assert!(bytes <= 6_000 + 2_048, "shard holds {bytes} bytes");
+    }
+
+    #[tokio::test]
+    async fn checkpoints_survive_a_restart_and_a_recreated_stream_does_not_reuse_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let store = open(dir.path(), clock.clone());
+        store.create_stream(&name(), 2).await.unwrap();
+        let first = put(&store, "k", "x").await;
+        store.register_consumer(&name(), "c").await.unwrap();
+        store
+            .checkpoint(&name(), "c", first.shard_id, first.sequence_number)
+            .await
+            .unwrap();
+        store.shutdown().await;
+        drop(store);
+        let store = open(dir.path(), clock.clone());
+        let checkpoints = store.checkpoints(&name(), "c").await.unwrap();
+        assert_eq!(checkpoints.get(&first.shard_id), Some(&first.sequence_number));
+        store.delete_stream(&name()).await.unwrap();
+        assert!(matches!(
+            store.describe_stream(&name()).await,
+            Err(StoreError::StreamNotFound(_))
+        ));
+        clock.advance(1);
+        store.create_stream(&name(), 2).await.unwrap();
+        let again = put(&store, "k", "y").await;
+        assert!(again.sequence_number > first.sequence_number);
+        assert!(matches!(
+            store.checkpoints(&name(), "c").await,
+            Err(StoreError::ConsumerNotFound { .. })
+        ));
+    }
+}
