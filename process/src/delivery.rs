@@ -1,0 +1,677 @@
+//! A delivery stream: read every shard of a stream (parents before children), buffer, convert, and commit into a
+//! Delta table exactly once.
+//!
+//! # Exactly-once
+//!
+//! - Positions live in the table, not in the store: every commit carries one Delta `txn` action per shard whose
+//!   position moved (app id `<delivery>-<shardId>`, version = the last sequence number included, or the shard's
+//!   ending sequence number once a closed shard is fully read). On start the delivery reads those versions and
+//!   resumes right after them, so a crash anywhere (before a write, between the Parquet write and the commit,
+//!   right after the commit) neither loses nor repeats a record. The store's consumer checkpoints are not used.
+//! - One flush = at most one commit of the data table covering all shards (plus at most one commit of the error
+//!   table, made first, carrying its own `txn` actions so replayed error rows are skipped).
+//! - Before retrying a failed commit the table's `txn` versions are re-read: a commit that landed although its
+//!   call failed (timeout, 5xx, "already exists") is never written twice. delta-rs itself does not refuse a
+//!   repeated `txn` version, so this check is what makes retries safe. Data files are never deleted on error.
+//! - A destination that fails stalls the delivery (retried with backoff up to 30 s, logged), never skips data.
+//!
+//! # Bounds
+//!
+//! The buffer holds at most `buffer_bytes` of raw records plus one read (≤ 10 MiB); reads stop while it is full.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::kernel::Transaction;
+use freshet_storage::consumer::ready_shards;
+use freshet_storage::{
+    ReadLimits, SequenceNumber, ShardId, ShardIterator, StartingPosition, StoreError, StreamName, StreamStore,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeliveryConfig;
+use crate::convert::{Converter, SourceRecord, TableSchema, errors_batch, errors_schema};
+use crate::error::{ProcessError, Result};
+use crate::events::{CommitEvent, ensure_events_stream, publish};
+use crate::maintenance::Maintainer;
+use crate::table::DeltaSink;
+
+const READ_BYTES_MAX: usize = 10 << 20;
+const WAIT_MAX: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What one flush did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FlushReport {
+    /// The data table's new version, if a commit was made.
+    pub version: Option<i64>,
+    pub rows: u64,
+    pub error_rows: u64,
+    pub files_added: u64,
+}
+
+/// A running delivery: ask it to flush now, or to flush and stop.
+#[derive(Debug)]
+pub struct DeliveryHandle {
+    flush_tx: mpsc::Sender<oneshot::Sender<Result<FlushReport>>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl DeliveryHandle {
+    /// Flush the buffer now (even if empty of records, positions that moved are committed) and report.
+    pub async fn flush_now(&self) -> Result<FlushReport> {
+        let (tx, rx) = oneshot::channel();
+        self.flush_tx
+            .send(tx)
+            .await
+            .map_err(|_| ProcessError::Internal("the delivery has stopped".to_string()))?;
+        rx.await
+            .map_err(|_| ProcessError::Internal("the delivery stopped while flushing".to_string()))?
+    }
+
+    /// Flush what is buffered, stop, and return how the delivery ended.
+    pub async fn shutdown(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .map_err(|e| ProcessError::Internal(format!("delivery task: {e}")))?
+    }
+
+    /// Whether the delivery task has ended (by error or shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Start a delivery on the current tokio runtime. It stops (after a final flush) when `shutdown` is cancelled
+/// or [`DeliveryHandle::shutdown`] is called.
+pub fn spawn_delivery(
+    config: DeliveryConfig,
+    store: Arc<dyn StreamStore>,
+    shutdown: CancellationToken,
+) -> DeliveryHandle {
+    let (flush_tx, flush_rx) = mpsc::channel(4);
+    let token = shutdown.child_token();
+    let task = tokio::spawn(run(config, store, token.clone(), Some(flush_rx)));
+    DeliveryHandle {
+        flush_tx,
+        shutdown: token,
+        task,
+    }
+}
+
+/// Run a delivery until `shutdown` is cancelled; what is buffered then is flushed before returning.
+pub async fn run_delivery(
+    config: DeliveryConfig,
+    store: Arc<dyn StreamStore>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    run(config, store, shutdown, None).await
+}
+
+async fn run(
+    config: DeliveryConfig,
+    store: Arc<dyn StreamStore>,
+    shutdown: CancellationToken,
+    flush_rx: Option<mpsc::Receiver<oneshot::Sender<Result<FlushReport>>>>,
+) -> Result<()> {
+    config.validate()?;
+    let mut delivery = tokio::select! {
+        d = Delivery::start(config, store, shutdown.clone()) => d?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let result = delivery.run(flush_rx).await;
+    delivery.maintainer.stop().await;
+    result
+}
+
+struct Delivery {
+    config: Arc<DeliveryConfig>,
+    store: Arc<dyn StreamStore>,
+    stream: StreamName,
+    shutdown: CancellationToken,
+    converter: Converter,
+    data: DeltaSink,
+    errors: DeltaSink,
+    schema: TableSchema,
+    /// Per shard: the position in the data table (last sequence number delivered, or the shard's end).
+    committed: BTreeMap<ShardId, SequenceNumber>,
+    /// Per shard: the error table's position; error rows at or before it are already there.
+    errors_committed: BTreeMap<ShardId, SequenceNumber>,
+    /// Per shard: the position including what is buffered.
+    read: BTreeMap<ShardId, SequenceNumber>,
+    iterators: BTreeMap<ShardId, ShardIterator>,
+    buffer: Vec<SourceRecord>,
+    buffer_bytes: u64,
+    buffer_since: Option<Instant>,
+    maintainer: Maintainer,
+}
+
+impl Delivery {
+    async fn start(
+        config: DeliveryConfig,
+        store: Arc<dyn StreamStore>,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let config = Arc::new(config);
+        let stream = StreamName::new(config.stream.clone())?;
+        ensure_events_stream(&store).await?;
+        let partition_columns: Vec<String> = config.partition_by.iter().map(|p| p.name.clone()).collect();
+        let table_conf = HashMap::from([(
+            "delta.checkpointInterval".to_string(),
+            config.maintenance.checkpoint_interval_commits.to_string(),
+        )]);
+        let initial = TableSchema::initial(&config);
+        let (table_url, errors_url) = (config.table_url()?, config.errors_table_url()?);
+        let data = retry_forever(&shutdown, "open the table", || {
+            DeltaSink::open_or_create(
+                &config.table,
+                table_url.clone(),
+                config.storage_options.clone(),
+                &initial,
+                &partition_columns,
+                table_conf.clone(),
+            )
+        })
+        .await?;
+        let (errors_name, errors_initial) = (config.errors_table(), errors_schema());
+        let errors = retry_forever(&shutdown, "open the error table", || {
+            DeltaSink::open_or_create(
+                &errors_name,
+                errors_url.clone(),
+                config.storage_options.clone(),
+                &errors_initial,
+                &[],
+                table_conf.clone(),
+            )
+        })
+        .await?;
+        let schema = data.schema()?;
+        check_compatible(&config, &schema)?;
+        let desc = store.describe_stream(&stream).await?;
+        let mut committed = BTreeMap::new();
+        let mut errors_committed = BTreeMap::new();
+        for shard in &desc.shards {
+            let app_id = app_id(&config.name, shard.shard_id);
+            if let Some(v) = data.txn_version(&app_id).await? {
+                committed.insert(shard.shard_id, SequenceNumber(v as u64));
+            }
+            if let Some(v) = errors.txn_version(&app_id).await? {
+                errors_committed.insert(shard.shard_id, SequenceNumber(v as u64));
+            }
+        }
+        tracing::info!(delivery = %config.name, table = %config.table, version = ?data.version(),
+            positions = ?committed, "delivery starting from the table's txn versions");
+        if let Some(version) = data.version().filter(|v| *v > 0) {
+            publish(
+                &store,
+                &CommitEvent {
+                    table: config.table.clone(),
+                    version,
+                    location: data.url().to_string(),
+                    delivery: config.name.clone(),
+                    rows: 0,
+                    files_added: 0,
+                    bytes_added: 0,
+                    error_rows: 0,
+                    event_time_min: None,
+                    event_time_max: None,
+                    committed_at_ms: now_ms(),
+                    replayed: true,
+                },
+            )
+            .await;
+        }
+        let maintainer = Maintainer::new(config.clone());
+        Ok(Self {
+            converter: Converter::new(config.clone()),
+            read: committed.clone(),
+            config,
+            store,
+            stream,
+            shutdown,
+            data,
+            errors,
+            schema,
+            committed,
+            errors_committed,
+            iterators: BTreeMap::new(),
+            buffer: Vec::new(),
+            buffer_bytes: 0,
+            buffer_since: None,
+            maintainer,
+        })
+    }
+
+    async fn run(
+        &mut self,
+        mut flush_rx: Option<mpsc::Receiver<oneshot::Sender<Result<FlushReport>>>>,
+    ) -> Result<()> {
+        let mut read_backoff = Duration::from_millis(50);
+        loop {
+            if self.shutdown.is_cancelled() {
+                self.flush().await?;
+                return Ok(());
+            }
+            while let Some(reply) = flush_rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                let report = self.flush().await;
+                let failed = report.as_ref().err().map(|e| e.to_string());
+                let _ = reply.send(report);
+                if let Some(e) = failed {
+                    return Err(ProcessError::Internal(format!("flush failed: {e}")));
+                }
+            }
+            let got = match self.read_once().await {
+                Ok(got) => {
+                    read_backoff = Duration::from_millis(50);
+                    got
+                }
+                Err(e) if e.fault() != crate::error::Fault::Internal => {
+                    tracing::warn!(delivery = %self.config.name, error = %e, "reading the stream failed; retrying");
+                    self.iterators.clear();
+                    tokio::select! {
+                        () = tokio::time::sleep(read_backoff) => {}
+                        () = self.shutdown.cancelled() => {}
+                    }
+                    read_backoff = (read_backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if self.flush_due() {
+                self.flush().await?;
+                continue;
+            }
+            if got {
+                continue;
+            }
+            // Nothing new: wait for records, the buffer deadline, a flush request or shutdown.
+            let mut wait = WAIT_MAX;
+            if let Some(since) = self.buffer_since {
+                wait = wait
+                    .min((since + self.config.buffer_interval()).saturating_duration_since(Instant::now()));
+            }
+            let store = self.store.clone();
+            let iterators: Vec<ShardIterator> = self.iterators.values().cloned().collect();
+            let wait_records = async move {
+                if iterators.is_empty() {
+                    tokio::time::sleep(wait).await;
+                    return;
+                }
+                let waits = iterators
+                    .iter()
+                    .map(|it| Box::pin(store.wait_for_records(it, wait)));
+                let _ = futures::future::select_all(waits).await;
+            };
+            let flush_request = async {
+                match flush_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = wait_records => {}
+                () = self.shutdown.cancelled() => {}
+                req = flush_request => {
+                    if let Some(reply) = req {
+                        let report = self.flush().await;
+                        let failed = report.as_ref().err().map(|e| e.to_string());
+                        let _ = reply.send(report);
+                        if let Some(e) = failed {
+                            return Err(ProcessError::Internal(format!("flush failed: {e}")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn dirty(&self) -> bool {
+        self.read != self.committed
+    }
+
+    fn flush_due(&self) -> bool {
+        if self.buffer_bytes >= self.config.buffer_bytes {
+            return true;
+        }
+        match self.buffer_since {
+            Some(since) => since.elapsed() >= self.config.buffer_interval(),
+            None => false,
+        }
+    }
+
+    /// One read from every ready shard, while the buffer has room. Returns whether anything new was buffered or
+    /// a shard was finished.
+    async fn read_once(&mut self) -> Result<bool> {
+        let desc = self.store.describe_stream(&self.stream).await?;
+        let mut got = false;
+        for shard_id in ready_shards(&desc, &self.read) {
+            let room = self.config.buffer_bytes.saturating_sub(self.buffer_bytes) as usize;
+            if room == 0 {
+                break;
+            }
+            let iterator = match self.iterators.get(&shard_id) {
+                Some(it) => it.clone(),
+                None => {
+                    let position = match self.read.get(&shard_id) {
+                        Some(seq) => StartingPosition::AfterSequenceNumber(*seq),
+                        None => StartingPosition::TrimHorizon,
+                    };
+                    self.store
+                        .get_shard_iterator(&self.stream, shard_id, position)
+                        .await?
+                }
+            };
+            let limits = ReadLimits {
+                records_max: freshet_storage::GET_RECORDS_MAX,
+                bytes_max: room.clamp(1 << 20, READ_BYTES_MAX),
+            };
+            let out = match self.store.get_records(&iterator, limits).await {
+                Ok(out) => out,
+                Err(StoreError::ExpiredIterator(_)) => {
+                    self.iterators.remove(&shard_id);
+                    got = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(last) = out.records.last() {
+                self.read.insert(shard_id, last.sequence_number);
+                got = true;
+                if self.buffer_since.is_none() {
+                    self.buffer_since = Some(Instant::now());
+                }
+            }
+            for record in out.records {
+                self.buffer_bytes += record.data.len() as u64 + record.partition_key.len() as u64;
+                self.buffer.push(SourceRecord { shard_id, record });
+            }
+            match out.next_iterator {
+                Some(next) => {
+                    self.iterators.insert(shard_id, next);
+                }
+                None => {
+                    // A closed shard read to its end: its position becomes the ending sequence number, which is
+                    // what marks it finished (and lets its children start) once committed.
+                    self.iterators.remove(&shard_id);
+                    if let Some(end) = desc.shard(shard_id).and_then(|s| s.ending_sequence_number) {
+                        self.read.insert(shard_id, end);
+                        got = true;
+                        if self.buffer_since.is_none() {
+                            self.buffer_since = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Convert and commit what is buffered: error rows first (error table), then data rows and every shard's
+    /// new position in one commit of the data table.
+    async fn flush(&mut self) -> Result<FlushReport> {
+        if self.buffer.is_empty() && !self.dirty() {
+            self.buffer_since = None;
+            return Ok(FlushReport::default());
+        }
+        let converted = self.converter.convert(&self.schema, &self.buffer)?;
+        let moved: Vec<(ShardId, SequenceNumber)> = self
+            .read
+            .iter()
+            .filter(|(shard, seq)| self.committed.get(shard) != Some(seq))
+            .map(|(s, q)| (*s, *q))
+            .collect();
+        let mut report = FlushReport::default();
+
+        // 1. Error rows, skipping those an earlier run already committed.
+        let errors: Vec<_> = converted
+            .errors
+            .iter()
+            .filter(|e| {
+                self.errors_committed
+                    .get(&e.shard_id)
+                    .is_none_or(|c| e.sequence_number > c.0)
+            })
+            .cloned()
+            .collect();
+        if !errors.is_empty() {
+            let shards: std::collections::BTreeSet<ShardId> = errors.iter().map(|e| e.shard_id).collect();
+            let txns: Vec<Transaction> = moved
+                .iter()
+                .filter(|(s, _)| shards.contains(s))
+                .map(|(s, q)| {
+                    Transaction::new_with_last_update(
+                        app_id(&self.config.name, *s),
+                        q.0 as i64,
+                        Some(now_ms()),
+                    )
+                })
+                .collect();
+            let batch = errors_batch(&errors, now_ms())?;
+            commit_durably(
+                &mut self.errors,
+                &self.shutdown,
+                &errors_schema(),
+                Some(batch),
+                None,
+                txns,
+            )
+            .await?;
+            for (s, q) in moved.iter().filter(|(s, _)| shards.contains(s)) {
+                self.errors_committed.insert(*s, *q);
+            }
+            report.error_rows = errors.len() as u64;
+        }
+
+        // 2. Data rows and positions, in one commit.
+        let txns: Vec<Transaction> = moved
+            .iter()
+            .map(|(s, q)| {
+                Transaction::new_with_last_update(app_id(&self.config.name, *s), q.0 as i64, Some(now_ms()))
+            })
+            .collect();
+        let new_schema = (converted.schema != self.schema).then_some(&converted.schema);
+        let rows = converted.rows() as u64;
+        let outcome = commit_durably(
+            &mut self.data,
+            &self.shutdown,
+            &converted.schema,
+            converted.batch.clone(),
+            new_schema,
+            txns,
+        )
+        .await?;
+        self.schema = converted.schema.clone();
+        for (s, q) in &moved {
+            self.committed.insert(*s, *q);
+        }
+        self.buffer.clear();
+        self.buffer_bytes = 0;
+        self.buffer_since = None;
+        report.rows = rows;
+        report.files_added = outcome.files;
+        report.version = outcome.version;
+        if let Some(version) = outcome.version {
+            tracing::debug!(delivery = %self.config.name, version, rows, errors = report.error_rows, "committed");
+            let fmt = |ms: Option<i64>| {
+                ms.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            };
+            publish(
+                &self.store,
+                &CommitEvent {
+                    table: self.config.table.clone(),
+                    version,
+                    location: self.data.url().to_string(),
+                    delivery: self.config.name.clone(),
+                    rows,
+                    files_added: outcome.files,
+                    bytes_added: outcome.bytes,
+                    error_rows: report.error_rows,
+                    event_time_min: fmt(converted.event_time_ms_min),
+                    event_time_max: fmt(converted.event_time_ms_max),
+                    committed_at_ms: now_ms(),
+                    replayed: false,
+                },
+            )
+            .await;
+            self.maintainer.after_commit(version);
+        }
+        Ok(report)
+    }
+}
+
+struct CommitOutcome {
+    /// `None` when an earlier attempt had already landed.
+    version: Option<i64>,
+    files: u64,
+    bytes: u64,
+}
+
+/// Write the files (retrying), then commit (retrying); before each retry re-read the table's txn versions so a
+/// commit that landed despite an error is not made twice. Gives up only on shutdown.
+async fn commit_durably(
+    sink: &mut DeltaSink,
+    shutdown: &CancellationToken,
+    schema: &TableSchema,
+    batch: Option<deltalake::arrow::array::RecordBatch>,
+    new_schema: Option<&TableSchema>,
+    txns: Vec<Transaction>,
+) -> Result<CommitOutcome> {
+    let mut backoff = Duration::from_millis(100);
+    let adds = match batch {
+        None => Vec::new(),
+        Some(batch) => loop {
+            match sink.write_files(schema, batch.clone()).await {
+                Ok(adds) => break adds,
+                Err(e) => {
+                    tracing::warn!(table = sink.name(), error = %e, "writing Parquet files failed; retrying");
+                    backoff_or_stop(shutdown, &mut backoff, e).await?;
+                }
+            }
+        },
+    };
+    let files = adds.len() as u64;
+    let bytes = adds.iter().map(|a| a.size.max(0) as u64).sum();
+    if adds.is_empty() && txns.is_empty() && new_schema.is_none() {
+        return Ok(CommitOutcome {
+            version: None,
+            files,
+            bytes,
+        });
+    }
+    // A txn version at or past ours means this flush was committed by a previous run or attempt.
+    if !txns.is_empty() && sink.landed(&txns).await? {
+        return Ok(CommitOutcome {
+            version: None,
+            files: 0,
+            bytes: 0,
+        });
+    }
+    loop {
+        let metadata = HashMap::from([("freshet.rows".to_string(), serde_json::json!(files))]);
+        match sink
+            .commit(adds.clone(), new_schema, txns.clone(), metadata)
+            .await
+        {
+            Ok(version) => {
+                return Ok(CommitOutcome {
+                    version: Some(version),
+                    files,
+                    bytes,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(table = sink.name(), error = %e,
+                    "commit failed; re-reading the table's txn versions before retrying");
+                backoff_or_stop(shutdown, &mut backoff, e).await?;
+                match sink.landed(&txns).await {
+                    Ok(true) if !txns.is_empty() => {
+                        return Ok(CommitOutcome {
+                            version: None,
+                            files,
+                            bytes,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e @ ProcessError::Incompatible { .. }) => return Err(e),
+                    Err(e) => tracing::warn!(table = sink.name(), error = %e, "re-reading the table failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Sleep `backoff` (doubling, capped) unless shutdown is requested, in which case return `err`.
+async fn backoff_or_stop(
+    shutdown: &CancellationToken,
+    backoff: &mut Duration,
+    err: ProcessError,
+) -> Result<()> {
+    if matches!(err, ProcessError::Incompatible { .. } | ProcessError::Internal(_)) {
+        return Err(err);
+    }
+    tokio::select! {
+        () = tokio::time::sleep(*backoff) => {}
+        () = shutdown.cancelled() => return Err(err),
+    }
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    Ok(())
+}
+
+/// Run `f` until it succeeds, with backoff; give up on shutdown or on an error retrying cannot fix.
+async fn retry_forever<T, F, Fut>(shutdown: &CancellationToken, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(t) => return Ok(t),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "cannot {what} yet; retrying");
+                backoff_or_stop(shutdown, &mut backoff, e).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A table created with another partitioning or lineage cannot take this delivery's rows.
+fn check_compatible(config: &DeliveryConfig, schema: &TableSchema) -> Result<()> {
+    let want = TableSchema::initial(config);
+    for c in &want.columns {
+        match schema.columns.iter().find(|s| s.name == c.name) {
+            Some(s) if s.ty == c.ty => {}
+            Some(s) => {
+                return Err(ProcessError::Incompatible {
+                    table: config.table.clone(),
+                    message: format!(
+                        "column {} is {:?} in the table but {:?} in the delivery",
+                        c.name, s.ty, c.ty
+                    ),
+                });
+            }
+            None => {
+                return Err(ProcessError::Incompatible {
+                    table: config.table.clone(),
+                    message: format!("the table has no column {} that the delivery writes", c.name),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Delta `txn` app id of a delivery's shard.
+pub fn app_id(delivery: &str, shard: ShardId) -> String {
+    format!("{delivery}-{shard}")
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,369 @@
+//! A Delta table that a delivery appends to: create-or-open, read `txn` versions, write Parquet files, commit.
+//!
+//! # Guarantees
+//!
+//! - [`DeltaSink::commit`] writes one Delta commit holding the given Add actions, an optional schema change
+//!   (Metadata action) and one `txn` action per shard. Delta commits are atomic, so data and positions land
+//!   together or not at all.
+//! - On a local-directory warehouse every Parquet file and its directories are fsync'd *before* the commit entry
+//!   is written, and the commit entry (plus any checkpoint) and `_delta_log/` are fsync'd before `commit` returns:
+//!   a commit that returned survives a machine crash. object_store 0.13's `LocalFileSystem` does not fsync, so
+//!   this module does. On S3 the commit entry is written with put-if-absent (`If-None-Match: *`).
+//! - Nothing here deletes data files: after a failed commit the written files stay (unreferenced) until vacuum.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use deltalake::DeltaTable;
+use deltalake::arrow::array::RecordBatch;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use url::Url;
+
+use crate::config::local_path;
+use crate::convert::TableSchema;
+use crate::error::{ProcessError, Result};
+
+/// An open Delta table plus what is needed to write to it durably.
+#[derive(Debug)]
+pub struct DeltaSink {
+    name: String,
+    url: Url,
+    storage_options: HashMap<String, String>,
+    table: DeltaTable,
+    local_dir: Option<PathBuf>,
+    partition_columns: Vec<String>,
+}
+
+impl DeltaSink {
+    /// Open the table at `url`, creating it with `initial` (and `partition_columns`, `configuration`) if absent.
+    pub async fn open_or_create(
+        name: &str,
+        url: Url,
+        storage_options: HashMap<String, String>,
+        initial: &TableSchema,
+        partition_columns: &[String],
+        configuration: HashMap<String, String>,
+    ) -> Result<Self> {
+        let local_dir = local_path(&url);
+        if let Some(dir) = &local_dir {
+            create_dir_synced(dir).await?;
+        }
+        let table = match Self::open(name, &url, &storage_options).await {
+            Ok(t) => t,
+            Err(ProcessError::Delta {
+                source: deltalake::DeltaTableError::NotATable(_),
+                ..
+            }) => {
+                let fields: StructType = initial
+                    .arrow()
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(|e| ProcessError::delta(name, e.into()))?;
+                let created =
+                    DeltaTable::try_from_url_with_storage_options(url.clone(), storage_options.clone())
+                        .await
+                        .map_err(|e| ProcessError::delta(name, e))?
+                        .create()
+                        .with_table_name(name)
+                        .with_columns(fields.fields().cloned())
+                        .with_partition_columns(partition_columns.to_vec())
+                        .with_configuration(configuration.into_iter().map(|(k, v)| (k, Some(v))))
+                        .with_save_mode(SaveMode::Ignore)
+                        .await;
+                match created {
+                    Ok(t) => {
+                        if let Some(dir) = &local_dir {
+                            sync_log_entry(dir, 0).await?;
+                        }
+                        t
+                    }
+                    // Someone else created it at the same moment: use theirs.
+                    Err(_) => Self::open(name, &url, &storage_options).await?,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let partition_columns = table
+            .snapshot()
+            .map_err(|e| ProcessError::delta(name, e))?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        Ok(Self {
+            name: name.to_string(),
+            url,
+            storage_options,
+            table,
+            local_dir,
+            partition_columns,
+        })
+    }
+
+    async fn open(name: &str, url: &Url, options: &HashMap<String, String>) -> Result<DeltaTable> {
+        deltalake::open_table_with_storage_options(url.clone(), options.clone())
+            .await
+            .map_err(|e| ProcessError::delta(name, e))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn partition_columns(&self) -> &[String] {
+        &self.partition_columns
+    }
+
+    /// The table's version as of the last load or commit.
+    pub fn version(&self) -> Option<i64> {
+        self.table.version().map(|v| v as i64)
+    }
+
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    /// Load the newest version of the log.
+    pub async fn refresh(&mut self) -> Result<()> {
+        self.table
+            .update_state()
+            .await
+            .map_err(|e| ProcessError::delta(&self.name, e))
+    }
+
+    /// The table's current schema.
+    pub fn schema(&self) -> Result<TableSchema> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| ProcessError::delta(&self.name, e))?;
+        TableSchema::from_arrow(&self.name, snapshot.snapshot().arrow_schema().as_ref())
+    }
+
+    /// The `txn` version of `app_id` in the loaded snapshot, if the table has one.
+    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(|e| ProcessError::delta(&self.name, e))?;
+        snapshot
+            .transaction_version(self.table.log_store().as_ref(), app_id)
+            .await
+            .map_err(|e| ProcessError::delta(&self.name, e))
+    }
+
+    /// Whether a commit carrying `txns` already landed (re-read the log first). All-or-nothing, since one commit
+    /// carries them all; a mix means another writer uses the same app ids, which freshet refuses to guess about.
+    pub async fn landed(&mut self, txns: &[Transaction]) -> Result<bool> {
+        self.refresh().await?;
+        let mut seen = 0;
+        for t in txns {
+            if self.txn_version(&t.app_id).await?.is_some_and(|v| v >= t.version) {
+                seen += 1;
+            }
+        }
+        match seen {
+            0 => Ok(false),
+            n if n == txns.len() => Ok(true),
+            _ => Err(ProcessError::Incompatible {
+                table: self.name.clone(),
+                message: "some but not all of this commit's txn versions are in the table: \
+                          another writer is using this delivery's app ids"
+                    .to_string(),
+            }),
+        }
+    }
+
+    /// Write `batch` (in `schema`, which may be wider than the table's) as Parquet files, split by partition,
+    /// and make them durable. Returns their Add actions; nothing is committed.
+    pub async fn write_files(&self, schema: &TableSchema, batch: RecordBatch) -> Result<Vec<Add>> {
+        let mut writer = RecordBatchWriter::try_new(
+            self.url.as_str(),
+            schema.arrow(),
+            Some(self.partition_columns.clone()),
+            Some(self.storage_options.clone()),
+        )
+        .map_err(|e| ProcessError::delta(&self.name, e))?;
+        writer
+            .write(batch)
+            .await
+            .map_err(|e| ProcessError::delta(&self.name, e))?;
+        let adds = writer
+            .flush()
+            .await
+            .map_err(|e| ProcessError::delta(&self.name, e))?;
+        if let Some(dir) = &self.local_dir {
+            let files: Vec<PathBuf> = adds.iter().map(|a| dir.join(percent_decode(&a.path))).collect();
+            sync_files(dir.clone(), files).await?;
+        }
+        Ok(adds)
+    }
+
+    /// Commit `adds`, an optional new schema, and `txns` as one Delta commit; returns the new version.
+    pub async fn commit(
+        &mut self,
+        adds: Vec<Add>,
+        new_schema: Option<&TableSchema>,
+        txns: Vec<Transaction>,
+        app_metadata: HashMap<String, serde_json::Value>,
+    ) -> Result<i64> {
+        let name = self.name.clone();
+        let derr = |e| ProcessError::delta(&name, e);
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        let snapshot = self.table.snapshot().map_err(derr)?;
+        if let Some(schema) = new_schema {
+            let st: StructType = schema
+                .arrow()
+                .as_ref()
+                .try_into_kernel()
+                .map_err(|e| derr(e.into()))?;
+            let metadata = snapshot
+                .metadata()
+                .clone()
+                .with_schema(&st)
+                .map_err(|e| ProcessError::delta(&name, e.into()))?;
+            actions.push(Action::Metadata(metadata));
+        }
+        let partition_by = (!self.partition_columns.is_empty()).then(|| self.partition_columns.clone());
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by,
+            predicate: None,
+        };
+        let finalized = CommitBuilder::from(
+            CommitProperties::default()
+                .with_application_transactions(txns)
+                .with_metadata(app_metadata),
+        )
+        .with_actions(actions)
+        .build(Some(snapshot), self.table.log_store(), operation)
+        .await
+        .map_err(derr)?;
+        let version = finalized.version() as i64;
+        self.table.state = Some(finalized.snapshot());
+        if let Some(dir) = &self.local_dir {
+            sync_log_entry(dir, version).await?;
+        }
+        Ok(version)
+    }
+}
+
+/// `%XX` escapes in a Delta Add path, undone (partition values may be escaped).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> ProcessError {
+    ProcessError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn fsync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(path, e))
+}
+
+/// fsync each file, then every directory between it and `root` (inclusive), each once.
+async fn sync_files(root: PathBuf, files: Vec<PathBuf>) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let mut dirs = std::collections::BTreeSet::new();
+        for f in &files {
+            fsync_path(f)?;
+            let mut d = f.parent();
+            while let Some(dir) = d {
+                dirs.insert(dir.to_path_buf());
+                if dir == root {
+                    break;
+                }
+                d = dir.parent();
+            }
+        }
+        for d in dirs.iter().rev() {
+            fsync_path(d)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ProcessError::Internal(format!("fsync task: {e}")))?
+}
+
+/// fsync commit `version`'s log entry, a checkpoint of that version and `_last_checkpoint` if present, and
+/// `_delta_log/` itself.
+async fn sync_log_entry(table_dir: &Path, version: i64) -> Result<()> {
+    let log = table_dir.join("_delta_log");
+    tokio::task::spawn_blocking(move || {
+        for name in [
+            format!("{version:020}.json"),
+            format!("{version:020}.checkpoint.parquet"),
+            "_last_checkpoint".to_string(),
+        ] {
+            let p = log.join(name);
+            if p.exists() {
+                fsync_path(&p)?;
+            }
+        }
+        fsync_path(&log)?;
+        if let Some(parent) = log.parent() {
+            fsync_path(parent)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ProcessError::Internal(format!("fsync task: {e}")))?
+}
+
+/// Create `dir` (and parents) and fsync it and its parent, so the table's directory entry is durable.
+async fn create_dir_synced(dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        fsync_path(&dir)?;
+        if let Some(parent) = dir.parent() {
+            fsync_path(parent)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ProcessError::Internal(format!("fsync task: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_escapes() {
+        assert_eq!(percent_decode("a=b%20c/x.parquet"), "a=b c/x.parquet");
+        assert_eq!(
+            percent_decode("event_date=2024-01-01/p.parquet"),
+            "event_date=2024-01-01/p.parquet"
+        );
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+    }
+}
