@@ -36,7 +36,7 @@ use crate::convert::{Converter, SourceRecord, TableSchema, errors_batch, errors_
 use crate::error::{ProcessError, Result};
 use crate::events::{CommitEvent, ensure_events_stream, publish};
 use crate::maintenance::Maintainer;
-use crate::table::DeltaSink;
+use crate::table::{DeltaSink, TxnState};
 
 const READ_BYTES_MAX: usize = 10 << 20;
 const WAIT_MAX: Duration = Duration::from_secs(1);
@@ -410,9 +410,48 @@ impl Delivery {
         Ok(got)
     }
 
+    /// Flush; if another writer moved this delivery's positions, drop the buffer and resume from the table.
+    async fn flush(&mut self) -> Result<FlushReport> {
+        match self.flush_inner().await {
+            Err(ProcessError::Fenced { table, app_id }) => {
+                tracing::warn!(delivery = %self.config.name, %table, %app_id,
+                    "another writer moved this delivery's positions; reloading them from the table");
+                self.resync().await?;
+                Ok(FlushReport::default())
+            }
+            other => other,
+        }
+    }
+
+    /// Reload positions and schema from the tables and read again from there; the buffer is dropped.
+    async fn resync(&mut self) -> Result<()> {
+        self.data.refresh().await?;
+        self.errors.refresh().await?;
+        self.schema = self.data.schema()?;
+        let desc = self.store.describe_stream(&self.stream).await?;
+        self.committed.clear();
+        self.errors_committed.clear();
+        for shard in &desc.shards {
+            let id = app_id(&self.config.name, shard.shard_id);
+            if let Some(v) = self.data.txn_version(&id).await? {
+                self.committed.insert(shard.shard_id, SequenceNumber(v as u64));
+            }
+            if let Some(v) = self.errors.txn_version(&id).await? {
+                self.errors_committed
+                    .insert(shard.shard_id, SequenceNumber(v as u64));
+            }
+        }
+        self.read = self.committed.clone();
+        self.iterators.clear();
+        self.buffer.clear();
+        self.buffer_bytes = 0;
+        self.buffer_since = None;
+        Ok(())
+    }
+
     /// Convert and commit what is buffered: error rows first (error table), then data rows and every shard's
     /// new position in one commit of the data table.
-    async fn flush(&mut self) -> Result<FlushReport> {
+    async fn flush_inner(&mut self) -> Result<FlushReport> {
         if self.buffer.is_empty() && !self.dirty() {
             self.buffer_since = None;
             return Ok(FlushReport::default());
@@ -450,6 +489,11 @@ impl Delivery {
                     )
                 })
                 .collect();
+            let expected = moved
+                .iter()
+                .filter(|(s, _)| shards.contains(s))
+                .map(|(s, _)| self.errors_committed.get(s).map(|q| q.0 as i64))
+                .collect();
             let batch = errors_batch(&errors, now_ms())?;
             commit_durably(
                 &mut self.errors,
@@ -458,6 +502,7 @@ impl Delivery {
                 Some(batch),
                 None,
                 txns,
+                expected,
             )
             .await?;
             for (s, q) in moved.iter().filter(|(s, _)| shards.contains(s)) {
@@ -473,6 +518,10 @@ impl Delivery {
                 Transaction::new_with_last_update(app_id(&self.config.name, *s), q.0 as i64, Some(now_ms()))
             })
             .collect();
+        let expected = moved
+            .iter()
+            .map(|(s, _)| self.committed.get(s).map(|q| q.0 as i64))
+            .collect();
         let new_schema = (converted.schema != self.schema).then_some(&converted.schema);
         let rows = converted.rows() as u64;
         let outcome = commit_durably(
@@ -482,9 +531,10 @@ impl Delivery {
             converted.batch.clone(),
             new_schema,
             txns,
+            expected,
         )
         .await?;
-        self.schema = converted.schema.clone();
+        self.schema = self.data.schema()?;
         for (s, q) in &moved {
             self.committed.insert(*s, *q);
         }
@@ -532,7 +582,9 @@ struct CommitOutcome {
 }
 
 /// Write the files (retrying), then commit (retrying); before each retry re-read the table's txn versions so a
-/// commit that landed despite an error is not made twice. Gives up only on shutdown.
+/// commit that landed despite an error is not made twice. Gives up only on shutdown, or with
+/// [`ProcessError::Fenced`] when another writer moved the positions (`expected` are the versions this delivery
+/// believes are committed, one per txn).
 async fn commit_durably(
     sink: &mut DeltaSink,
     shutdown: &CancellationToken,
@@ -540,6 +592,7 @@ async fn commit_durably(
     batch: Option<deltalake::arrow::array::RecordBatch>,
     new_schema: Option<&TableSchema>,
     txns: Vec<Transaction>,
+    expected: Vec<Option<i64>>,
 ) -> Result<CommitOutcome> {
     let mut backoff = Duration::from_millis(100);
     let adds = match batch {
@@ -563,8 +616,9 @@ async fn commit_durably(
             bytes,
         });
     }
-    // A txn version at or past ours means this flush was committed by a previous run or attempt.
-    if !txns.is_empty() && sink.landed(&txns).await? {
+    // A txn version at or past ours means this flush was committed by a previous run or attempt; one that moved
+    // elsewhere means another writer, and the caller resyncs.
+    if !txns.is_empty() && sink.txn_state(&txns, &expected).await? == TxnState::Landed {
         return Ok(CommitOutcome {
             version: None,
             files: 0,
@@ -572,9 +626,8 @@ async fn commit_durably(
         });
     }
     loop {
-        let metadata = HashMap::from([("freshet.rows".to_string(), serde_json::json!(files))]);
         match sink
-            .commit(adds.clone(), new_schema, txns.clone(), metadata)
+            .commit(adds.clone(), new_schema, txns.clone(), HashMap::new())
             .await
         {
             Ok(version) => {
@@ -588,8 +641,8 @@ async fn commit_durably(
                 tracing::warn!(table = sink.name(), error = %e,
                     "commit failed; re-reading the table's txn versions before retrying");
                 backoff_or_stop(shutdown, &mut backoff, e).await?;
-                match sink.landed(&txns).await {
-                    Ok(true) if !txns.is_empty() => {
+                match sink.txn_state(&txns, &expected).await {
+                    Ok(TxnState::Landed) if !txns.is_empty() => {
                         return Ok(CommitOutcome {
                             version: None,
                             files,
@@ -597,7 +650,9 @@ async fn commit_durably(
                         });
                     }
                     Ok(_) => {}
-                    Err(e @ ProcessError::Incompatible { .. }) => return Err(e),
+                    Err(e @ (ProcessError::Incompatible { .. } | ProcessError::Fenced { .. })) => {
+                        return Err(e);
+                    }
                     Err(e) => tracing::warn!(table = sink.name(), error = %e, "re-reading the table failed"),
                 }
             }
@@ -611,7 +666,10 @@ async fn backoff_or_stop(
     backoff: &mut Duration,
     err: ProcessError,
 ) -> Result<()> {
-    if matches!(err, ProcessError::Incompatible { .. } | ProcessError::Internal(_)) {
+    if matches!(
+        err,
+        ProcessError::Incompatible { .. } | ProcessError::Fenced { .. } | ProcessError::Internal(_)
+    ) {
         return Err(err);
     }
     tokio::select! {
@@ -674,4 +732,92 @@ pub fn app_id(delivery: &str, shard: ShardId) -> String {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::datafusion::prelude::SessionContext;
+    use freshet_storage::{PutRecord, Store, StoreConfig, SystemClock};
+
+    /// (rows, distinct (shard, sequence number) pairs) of a table, read through DataFusion.
+    async fn count(url: url::Url) -> (i64, i64) {
+        let table = deltalake::open_table(url).await.unwrap();
+        let ctx = SessionContext::new();
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT count(*) AS n, count(DISTINCT (_shard_id, _sequence_number)) AS d FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        use deltalake::arrow::array::AsArray;
+        use deltalake::arrow::datatypes::Int64Type;
+        let b = &batches[0];
+        (
+            b.column(0).as_primitive::<Int64Type>().value(0),
+            b.column(1).as_primitive::<Int64Type>().value(0),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivers_once_across_restarts_and_skips_committed_txns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StreamStore> =
+            Arc::new(Store::open(StoreConfig::new(dir.path().join("data")), Arc::new(SystemClock)).unwrap());
+        let stream = StreamName::new("s").unwrap();
+        store.create_stream(&stream, 2).await.unwrap();
+        let mut config = DeliveryConfig::new("d", "s", "t", dir.path().join("wh").display().to_string());
+        config.buffer_interval_ms = 900_000;
+        config.maintenance.checkpoint_interval_commits = 2;
+        let mut total = 0;
+        for round in 0..3 {
+            let d = spawn_delivery(config.clone(), store.clone(), CancellationToken::new());
+            let recs: Vec<PutRecord> = (0..50)
+                .map(|i| PutRecord::new(format!("k{i}"), format!(r#"{{"i": {i}, "r{round}": true}}"#)))
+                .collect();
+            store.put_records(&stream, recs).await.unwrap();
+            total += 50;
+            let mut rows = 0;
+            while rows < 50 {
+                rows += d.flush_now().await.unwrap().rows;
+            }
+            d.shutdown().await.unwrap();
+        }
+        let (rows, distinct) = count(config.table_url().unwrap()).await;
+        assert_eq!((rows, distinct), (total, total));
+        // A checkpoint was written (every 2 commits).
+        let log = dir.path().join("wh/t/_delta_log");
+        assert!(log.join("_last_checkpoint").exists());
+        // A commit whose txn versions are already in the table is recognised as landed.
+        let mut sink = DeltaSink::open_or_create(
+            "t",
+            config.table_url().unwrap(),
+            HashMap::new(),
+            &TableSchema::initial(&config),
+            &["event_date".to_string()],
+            HashMap::new(),
+        )
+        .await
+        .unwrap();
+        let shard = ShardId(0);
+        let v = sink.txn_version(&app_id("d", shard)).await.unwrap().unwrap();
+        let t = |v| vec![Transaction::new(app_id("d", shard), v)];
+        assert_eq!(
+            sink.txn_state(&t(v), &[Some(v - 1)]).await.unwrap(),
+            TxnState::Landed
+        );
+        assert_eq!(
+            sink.txn_state(&t(v + 1), &[Some(v)]).await.unwrap(),
+            TxnState::Ready
+        );
+        // Positions moved by someone else: fenced.
+        assert!(matches!(
+            sink.txn_state(&t(v + 1), &[Some(v - 5)]).await,
+            Err(ProcessError::Fenced { .. })
+        ));
+    }
 }

@@ -39,6 +39,9 @@ pub enum ProcessError {
     },
     #[error("table {table} cannot be delivered into: {message}")]
     Incompatible { table: String, message: String },
+    /// Another writer moved this delivery's positions in the table (two deliveries with one name).
+    #[error("table {table}: another writer moved txn {app_id}; positions are reloaded from the table")]
+    Fenced { table: String, app_id: String },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -53,7 +56,9 @@ impl ProcessError {
 
     pub fn fault(&self) -> Fault {
         match self {
-            ProcessError::Config(_) | ProcessError::Incompatible { .. } => Fault::Caller,
+            ProcessError::Config(_) | ProcessError::Incompatible { .. } | ProcessError::Fenced { .. } => {
+                Fault::Caller
+            }
             ProcessError::Store(e) => match e.fault() {
                 freshet_storage::Fault::Caller => Fault::Caller,
                 freshet_storage::Fault::Resource => Fault::Resource,

@@ -27,6 +27,13 @@ use crate::config::local_path;
 use crate::convert::TableSchema;
 use crate::error::{ProcessError, Result};
 
+/// Where a commit stands relative to the table's `txn` versions; see [`DeltaSink::txn_state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnState {
+    Ready,
+    Landed,
+}
+
 /// An open Delta table plus what is needed to write to it durably.
 #[derive(Debug)]
 pub struct DeltaSink {
@@ -159,24 +166,33 @@ impl DeltaSink {
             .map_err(|e| ProcessError::delta(&self.name, e))
     }
 
-    /// Whether a commit carrying `txns` already landed (re-read the log first). All-or-nothing, since one commit
-    /// carries them all; a mix means another writer uses the same app ids, which freshet refuses to guess about.
-    pub async fn landed(&mut self, txns: &[Transaction]) -> Result<bool> {
+    /// Where a commit carrying `txns` stands, after re-reading the log. `expected[i]` is the version of
+    /// `txns[i].app_id` the caller believes is committed (`None`: none yet).
+    ///
+    /// - every txn is at or past its new version: the commit (or an identical one) already [`TxnState::Landed`];
+    /// - every txn is at its expected version: [`TxnState::Ready`] to commit;
+    /// - anything else means another writer moved this delivery's positions: [`ProcessError::Fenced`]; the caller
+    ///   must reload its positions from the table and read again.
+    pub async fn txn_state(&mut self, txns: &[Transaction], expected: &[Option<i64>]) -> Result<TxnState> {
         self.refresh().await?;
-        let mut seen = 0;
-        for t in txns {
-            if self.txn_version(&t.app_id).await?.is_some_and(|v| v >= t.version) {
-                seen += 1;
+        let mut landed = 0;
+        for (t, want) in txns.iter().zip(expected) {
+            let have = self.txn_version(&t.app_id).await?;
+            if have.is_some_and(|v| v >= t.version) {
+                landed += 1;
+            } else if have != *want {
+                return Err(ProcessError::Fenced {
+                    table: self.name.clone(),
+                    app_id: t.app_id.clone(),
+                });
             }
         }
-        match seen {
-            0 => Ok(false),
-            n if n == txns.len() => Ok(true),
-            _ => Err(ProcessError::Incompatible {
+        match landed {
+            0 => Ok(TxnState::Ready),
+            n if n == txns.len() => Ok(TxnState::Landed),
+            _ => Err(ProcessError::Fenced {
                 table: self.name.clone(),
-                message: "some but not all of this commit's txn versions are in the table: \
-                          another writer is using this delivery's app ids"
-                    .to_string(),
+                app_id: txns[0].app_id.clone(),
             }),
         }
     }
@@ -219,6 +235,14 @@ impl DeltaSink {
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         let snapshot = self.table.snapshot().map_err(derr)?;
         if let Some(schema) = new_schema {
+            // Keep every column the table has now, even one this delivery has not seen (columns only grow).
+            let mut schema = schema.clone();
+            let current = TableSchema::from_arrow(&name, snapshot.snapshot().arrow_schema().as_ref())?;
+            for c in current.columns {
+                if !schema.columns.iter().any(|s| s.name == c.name) {
+                    schema.columns.push(c);
+                }
+            }
             let st: StructType = schema
                 .arrow()
                 .as_ref()
