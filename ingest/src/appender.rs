@@ -1,0 +1,408 @@
+//! The batching appender: records from the rules go to the stream store in batches, through bounded queues.
+//!
+//! ```text
+//! connections ──append()──▶ [input queue, queue_records_max] ──▶ batcher ──▶ [per-stream queue, 2 batches]
+//!                                                                              ──▶ writer (one put at a time per stream)
+//! ```
+//!
+//! Guarantees:
+//! - Bounded: the input queue holds at most `queue_records_max` records; each stream's writer queue at most two
+//!   batches; a batch at most [`PUT_RECORDS_MAX`] records and `batch_bytes_max` bytes. When they are full,
+//!   [`Appender::append`] waits: the caller (a connection) stops reading its socket, which is the backpressure
+//!   a publisher feels. Nothing is buffered without bound.
+//! - A batch is flushed when it reaches the count or byte bound, or when its first record has waited
+//!   `linger_ms` (a few milliseconds), whichever comes first.
+//! - Records of one stream are written in the order they were appended (one put in flight per stream).
+//! - Failures are retried with exponential backoff (1 ms doubling to 1 s) for as long as the error is retryable
+//!   and `retry_ms_max` has not passed; then the record's [`Ticket`] resolves to an error and the failure is
+//!   counted and logged. Nothing is dropped silently: every record's ticket resolves exactly once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use freshet_storage::{PUT_RECORDS_MAX, PutRecord, PutResult, StoreError, StreamName, StreamStore};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Counters;
+
+/// Bounds of the appender (`[gateway.append]` in the configuration).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppendConfig {
+    /// Records per put, at most 500 (Kinesis's PutRecords limit).
+    pub batch_records_max: usize,
+    /// Bytes of data + keys per put.
+    pub batch_bytes_max: usize,
+    /// How long the first record of a batch may wait for more, in milliseconds.
+    pub linger_ms: u64,
+    /// Records waiting in the input queue before `append` waits.
+    pub queue_records_max: usize,
+    /// How long a failing record is retried before its ticket fails, in milliseconds.
+    pub retry_ms_max: u64,
+}
+
+impl Default for AppendConfig {
+    fn default() -> Self {
+        Self {
+            batch_records_max: PUT_RECORDS_MAX,
+            batch_bytes_max: 4 * 1024 * 1024,
+            linger_ms: 2,
+            queue_records_max: 10_000,
+            retry_ms_max: 30_000,
+        }
+    }
+}
+
+/// Why a record could not be appended.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("the store refused the record: {0}")]
+    Store(#[from] StoreError),
+    #[error("the appender stopped before the record was written")]
+    Stopped,
+}
+
+/// Resolves when the record is durable in the store (`Ok`), or has failed for good.
+pub type Ticket = oneshot::Receiver<Result<PutResult, AppendError>>;
+
+struct Item {
+    stream: StreamName,
+    record: PutRecord,
+    done: Option<oneshot::Sender<Result<PutResult, AppendError>>>,
+    enqueued: Instant,
+}
+
+/// A handle to the appender; cheap to clone. The appender stops when every handle is dropped, after
+/// writing (or failing) everything it holds.
+#[derive(Clone)]
+pub struct Appender {
+    tx: mpsc::Sender<Item>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Appender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appender")
+            .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
+            .finish()
+    }
+}
+
+impl Appender {
+    /// Start the batcher; returns the handle and the batcher's task (which ends once all handles are gone
+    /// and every record has been written or failed).
+    pub fn spawn(
+        store: Arc<dyn StreamStore>,
+        config: AppendConfig,
+        counters: Arc<Counters>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(config.queue_records_max.max(1));
+        let task = tokio::spawn(batcher(store, config, rx, counters.clone()));
+        (Self { tx, counters }, task)
+    }
+
+    /// Queue one record; waits while the queue is full. With `want_ticket`, returns a ticket that
+    /// resolves once the record is durable (or has failed for good).
+    pub async fn append(
+        &self,
+        stream: StreamName,
+        record: PutRecord,
+        want_ticket: bool,
+    ) -> Result<Option<Ticket>, AppendError> {
+        let (done, ticket) = if want_ticket {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let item = Item {
+            stream,
+            record,
+            done,
+            enqueued: Instant::now(),
+        };
+        self.tx.send(item).await.map_err(|_| AppendError::Stopped)?;
+        self.counters
+            .queue_depth((self.tx.max_capacity() - self.tx.capacity()) as u64);
+        Ok(ticket)
+    }
+
+    /// Records waiting in the input queue now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    items: Vec<Item>,
+    bytes: usize,
+    first: Option<Instant>,
+}
+
+async fn batcher(
+    store: Arc<dyn StreamStore>,
+    config: AppendConfig,
+    mut rx: mpsc::Receiver<Item>,
+    counters: Arc<Counters>,
+) {
+    let linger = Duration::from_millis(config.linger_ms);
+    let count_max = config.batch_records_max.clamp(1, PUT_RECORDS_MAX);
+    let mut batches: HashMap<StreamName, Batch> = HashMap::new();
+    let mut writers: HashMap<StreamName, mpsc::Sender<Vec<Item>>> = HashMap::new();
+    let mut writer_tasks = Vec::new();
+    loop {
+        let deadline = batches.values().filter_map(|b| b.first).min().map(|t| t + linger);
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                let now = Instant::now();
+                let due: Vec<StreamName> = batches
+                    .iter()
+                    .filter(|(_, b)| b.first.is_some_and(|t| t + linger <= now))
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for stream in due {
+                    flush(&store, &config, &counters, &mut batches, &mut writers, &mut writer_tasks, &stream).await;
+                }
+                continue;
+            }
+        };
+        let Some(item) = item else { break };
+        counters.queue_depth(rx.len() as u64);
+        let size = item.record.data.len() + item.record.partition_key.len();
+        let stream = item.stream.clone();
+        let batch = batches.entry(stream.clone()).or_default();
+        if !batch.items.is_empty() && batch.bytes + size > config.batch_bytes_max {
+            flush(
+                &store,
+                &config,
+                &counters,
+                &mut batches,
+                &mut writers,
+                &mut writer_tasks,
+                &stream,
+            )
+            .await;
+        }
+        let batch = batches.entry(stream.clone()).or_default();
+        batch.first.get_or_insert_with(Instant::now);
+        batch.bytes += size;
+        batch.items.push(item);
+        if batch.items.len() >= count_max || batch.bytes >= config.batch_bytes_max {
+            flush(
+                &store,
+                &config,
+                &counters,
+                &mut batches,
+                &mut writers,
+                &mut writer_tasks,
+                &stream,
+            )
+            .await;
+        }
+    }
+    let streams: Vec<StreamName> = batches.keys().cloned().collect();
+    for stream in streams {
+        flush(
+            &store,
+            &config,
+            &counters,
+            &mut batches,
+            &mut writers,
+            &mut writer_tasks,
+            &stream,
+        )
+        .await;
+    }
+    drop(writers);
+    for task in writer_tasks {
+        let _ = task.await;
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn flush(
+    store: &Arc<dyn StreamStore>,
+    config: &AppendConfig,
+    counters: &Arc<Counters>,
+    batches: &mut HashMap<StreamName, Batch>,
+    writers: &mut HashMap<StreamName, mpsc::Sender<Vec<Item>>>,
+    writer_tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    stream: &StreamName,
+) {
+    let Some(batch) = batches.remove(stream) else {
+        return;
+    };
+    if batch.items.is_empty() {
+        return;
+    }
+    let writer = writers.entry(stream.clone()).or_insert_with(|| {
+        let (tx, rx) = mpsc::channel(2);
+        writer_tasks.push(tokio::spawn(writer(
+            store.clone(),
+            stream.clone(),
+            Duration::from_millis(config.retry_ms_max),
+            rx,
+            counters.clone(),
+        )));
+        tx
+    });
+    if let Err(mpsc::error::SendError(items)) = writer.send(batch.items).await {
+        // The writer task is gone (it panicked): fail the records rather than lose them silently.
+        tracing::error!(stream = %stream, records = items.len(), "append writer stopped; failing records");
+        for item in items {
+            finish(counters, item, Err(AppendError::Stopped));
+        }
+    }
+}
+
+/// Writes batches of one stream, one put at a time, retrying what may succeed later.
+async fn writer(
+    store: Arc<dyn StreamStore>,
+    stream: StreamName,
+    retry_max: Duration,
+    mut rx: mpsc::Receiver<Vec<Item>>,
+    counters: Arc<Counters>,
+) {
+    while let Some(mut pending) = rx.recv().await {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(1);
+        while !pending.is_empty() {
+            let records: Vec<PutRecord> = pending.iter().map(|i| i.record.clone()).collect();
+            let results = match store.put_records(&stream, records).await {
+                Ok(results) if results.len() == pending.len() => results,
+                Ok(results) => {
+                    let e = StoreError::Internal(format!(
+                        "put_records answered {} results for {} records",
+                        results.len(),
+                        pending.len()
+                    ));
+                    pending.iter().map(|_| Err(e.clone())).collect()
+                }
+                Err(e) => pending.iter().map(|_| Err(e.clone())).collect(),
+            };
+            let mut retry = Vec::new();
+            let mut last_error = None;
+            let give_up = started.elapsed() >= retry_max;
+            for (item, result) in pending.drain(..).zip(results) {
+                match result {
+                    Ok(put) => finish(&counters, item, Ok(put)),
+                    Err(e) if e.is_retryable() && !give_up => {
+                        last_error = Some(e);
+                        retry.push(item);
+                    }
+                    Err(e) => {
+                        tracing::error!(stream = %stream, error = %e, "append failed for good");
+                        finish(&counters, item, Err(AppendError::Store(e)));
+                    }
+                }
+            }
+            if !retry.is_empty() {
+                counters.append_retried(retry.len() as u64);
+                tracing::warn!(
+                    stream = %stream,
+                    records = retry.len(),
+                    error = %last_error.map(|e| e.to_string()).unwrap_or_default(),
+                    backoff_ms = backoff.as_millis() as u64,
+                    "append failed; retrying"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            pending = retry;
+        }
+    }
+}
+
+fn finish(counters: &Counters, item: Item, result: Result<PutResult, AppendError>) {
+    match &result {
+        Ok(_) => counters.appended(item.stream.as_str(), item.enqueued.elapsed()),
+        Err(_) => counters.append_failed(),
+    }
+    if let Some(done) = item.done {
+        // The waiter may have gone (its connection closed); the record's fate is counted either way.
+        let _ = done.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshet_storage::{Store, StoreConfig, SystemClock};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_reach_the_store_in_order_and_tickets_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StreamStore> =
+            Arc::new(Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap());
+        let stream = StreamName::new("s").unwrap();
+        store.create_stream(&stream, 1).await.unwrap();
+        let counters = Arc::new(Counters::default());
+        let config = AppendConfig {
+            batch_records_max: 7,
+            queue_records_max: 3,
+            ..AppendConfig::default()
+        };
+        let (appender, task) = Appender::spawn(store.clone(), config, counters.clone());
+        let mut tickets = Vec::new();
+        for i in 0..50 {
+            let t = appender
+                .append(stream.clone(), PutRecord::new("k", format!("{i}")), i % 2 == 0)
+                .await
+                .unwrap();
+            tickets.extend(t);
+        }
+        let mut last = None;
+        for t in tickets {
+            let put = t.await.unwrap().unwrap();
+            assert!(Some(put.sequence_number) > last);
+            last = Some(put.sequence_number);
+        }
+        drop(appender);
+        task.await.unwrap();
+        assert_eq!(counters.snapshot().appended, 50);
+        let it = store
+            .get_shard_iterator(
+                &stream,
+                freshet_storage::ShardId(0),
+                freshet_storage::StartingPosition::TrimHorizon,
+            )
+            .await
+            .unwrap();
+        let out = store.get_records(&it, Default::default()).await.unwrap();
+        let data: Vec<String> = out
+            .records
+            .iter()
+            .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
+            .collect();
+        assert_eq!(data, (0..50).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_missing_stream_fails_the_ticket_instead_of_dropping() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StreamStore> =
+            Arc::new(Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap());
+        let counters = Arc::new(Counters::default());
+        let (appender, _task) = Appender::spawn(store, AppendConfig::default(), counters.clone());
+        let t = appender
+            .append(StreamName::new("nope").unwrap(), PutRecord::new("k", "x"), true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            t.await.unwrap(),
+            Err(AppendError::Store(StoreError::StreamNotFound(_)))
+        ));
+        assert_eq!(counters.snapshot().append_failed, 1);
+    }
+}

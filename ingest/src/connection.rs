@@ -1,0 +1,787 @@
+//! One client connection: the gateway's own "front link" in place of rumqttd's remote link.
+//!
+//! rumqttd's remote link answers a QoS 1 PUBLISH with PUBACK as soon as the router has it in memory, and gives
+//! no hook in between. This link reads and writes the socket itself with rumqttd's codecs, so that:
+//!
+//! - a QoS 1 PUBACK (QoS 2 PUBREC) is written only once every record the publish produced — on target streams
+//!   or error streams — is durable in the store (its append [`Ticket`](crate::appender::Ticket) resolved);
+//!   acknowledgements go out in the order the publishes came in, as MQTT requires;
+//! - at most `max_inflight` publishes per connection await durability; beyond that the link stops reading the
+//!   socket, so a fast publisher is slowed by TCP backpressure instead of buffered without bound;
+//! - authentication and topic ACLs (publish and subscribe) are checked here ([`crate::auth`]);
+//! - a publish is also handed to rumqttd's router (as QoS 0) so that MQTT subscribers get it; SUBSCRIBE,
+//!   UNSUBSCRIBE and acknowledgements of the router's outgoing publishes travel through a rumqttd local link.
+//!
+//! Answers to bad input: a malformed packet or one over `max_packet_bytes` closes the connection (MQTT 5:
+//! after a DISCONNECT with reason 0x81 Malformed Packet / 0x95 Packet Too Large); a publish the ACL refuses is
+//! answered with PUBACK 0x87 Not Authorized (MQTT 5) or closes the connection (MQTT 3.1.1 has no way to say no);
+//! a publish whose records could not be made durable gets PUBACK 0x80 Unspecified Error (MQTT 5) or closes the
+//! connection without PUBACK (3.1.1), so the client sends it again. Keep-alive 0 is accepted (the spec allows it).
+//! The will message is published (through the rules and to subscribers) when the connection ends without DISCONNECT.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use freshet_storage::PutResult;
+use rumqttd::Notification;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PingResp, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, SubAck,
+    Subscribe, SubscribeReasonCode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
+
+use crate::appender::{AppendError, Ticket};
+use crate::auth::{Identity, Refusal};
+use crate::codec::{self, Codec, Peek, Version};
+use crate::gateway::Shared;
+use crate::rules::Message;
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Close {
+    /// Client sent DISCONNECT.
+    Graceful,
+    /// Anything else (error, timeout, protocol violation, shutdown); the will fires.
+    Abrupt(String),
+}
+
+/// A publish waiting for its records to be durable before it is acknowledged.
+struct Pending {
+    pkid: u16,
+    qos: u8,
+    tickets: Vec<Ticket>,
+    failure: Option<String>,
+    denied: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Serve one accepted connection until it ends.
+pub(crate) async fn serve<S>(stream: S, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let connect_timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+    let connect = tokio::time::timeout(connect_timeout, read_connect(&mut rd, &mut buf, &shared)).await;
+    let (codec, packet) = match connect {
+        Err(_) => {
+            shared.counters.refused("connect_timeout");
+            return;
+        }
+        Ok(Err(ConnectFailure::Close(reason))) => {
+            tracing::debug!(reason, "connection closed before CONNECT");
+            shared.counters.refused("protocol");
+            return;
+        }
+        Ok(Err(ConnectFailure::Answer(codec, code))) => {
+            shared.counters.refused("protocol");
+            let _ = write_packet(
+                &mut wr,
+                &codec,
+                Packet::ConnAck(
+                    ConnAck {
+                        session_present: false,
+                        code,
+                    },
+                    None,
+                ),
+            )
+            .await;
+            return;
+        }
+        Ok(Ok(ok)) => ok,
+    };
+    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+        return;
+    };
+    let v5 = codec.version() == Version::V5;
+    let mut client_id = connect.client_id.clone();
+    let mut assigned = None;
+    if client_id.is_empty() {
+        if !connect.clean_session {
+            let _ = write_packet(
+                &mut wr,
+                &codec,
+                connack(ConnectReturnCode::ClientIdentifierNotValid),
+            )
+            .await;
+            shared.counters.refused("client_id");
+            return;
+        }
+        client_id = format!("freshet-{}", uuid::Uuid::new_v4().simple());
+        assigned = Some(client_id.clone());
+    }
+
+    // Argon2 is slow on purpose: verify off the async workers.
+    let auth = shared.auth.clone();
+    let login_pair = login.map(|l| (l.username, l.password));
+    let cid = client_id.clone();
+    let identity = tokio::task::spawn_blocking(move || {
+        auth.authenticate(&cid, login_pair.as_ref().map(|(u, p)| (u.as_str(), p.as_str())))
+    })
+    .await;
+    let identity = match identity {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(refusal)) => {
+            let code = match (refusal, v5) {
+                (Refusal::BadCredentials, _) => ConnectReturnCode::BadUserNamePassword,
+                (Refusal::NotAuthorized, _) => ConnectReturnCode::NotAuthorized,
+            };
+            shared.counters.refused("auth");
+            tracing::info!(client_id, ?refusal, "connection refused");
+            let _ = write_packet(&mut wr, &codec, connack(code)).await;
+            return;
+        }
+        Err(_) => return,
+    };
+
+    // Session takeover: the older connection with this client id is told to go, and waited for (bounded).
+    let (kick_tx, kick_rx) = oneshot::channel();
+    let (done_tx, _done_rx) = watch::channel(false);
+    let serial = shared
+        .takeover
+        .register(&client_id, kick_tx, done_tx.subscribe())
+        .await;
+
+    let links = shared.links.clone();
+    let cid = client_id.clone();
+    let clean = connect.clean_session;
+    let link = tokio::task::spawn_blocking(move || links(&cid, clean)).await;
+    let (link_tx, link_rx, notification) = match link {
+        Ok(Ok(l)) => l,
+        other => {
+            tracing::error!(client_id, error = ?other.err(), "router refused the link");
+            shared.counters.refused("router");
+            let code = if v5 {
+                ConnectReturnCode::ServerUnavailable
+            } else {
+                ConnectReturnCode::ServiceUnavailable
+            };
+            let _ = write_packet(&mut wr, &codec, connack(code)).await;
+            shared.takeover.unregister(&client_id, serial);
+            let _ = done_tx.send(true);
+            return;
+        }
+    };
+    let mut ack = match Option::<Packet>::from(notification) {
+        Some(Packet::ConnAck(ack, props)) => Packet::ConnAck(ack, props),
+        _ => connack(ConnectReturnCode::Success),
+    };
+    if let Packet::ConnAck(_, props) = &mut ack {
+        if v5 {
+            let mut p = props.take().unwrap_or_default();
+            p.receive_max = Some(shared.config.max_inflight.max(1));
+            p.max_packet_size = u32::try_from(shared.config.max_packet_bytes).ok();
+            p.topic_alias_max = Some(TOPIC_ALIASES_MAX);
+            p.assigned_client_identifier = assigned;
+            *props = Some(p);
+        } else {
+            *props = None;
+        }
+    }
+    shared.counters.connection_opened();
+    let mut conn = Conn {
+        shared: shared.clone(),
+        codec,
+        identity,
+        link_tx,
+        link_rx,
+        pending: VecDeque::new(),
+        sub_splices: HashMap::new(),
+        aliases: HashMap::new(),
+        out: BytesMut::with_capacity(8 * 1024),
+    };
+    let result = match write_packet(&mut wr, &conn.codec, ack).await {
+        Ok(()) => {
+            conn.run(
+                &mut rd,
+                &mut wr,
+                &mut buf,
+                connect.keep_alive,
+                &mut shutdown,
+                kick_rx,
+            )
+            .await
+        }
+        Err(e) => Close::Abrupt(e),
+    };
+    match &result {
+        Close::Graceful => tracing::debug!(client_id, "connection closed by DISCONNECT"),
+        Close::Abrupt(reason) => tracing::debug!(client_id, reason, "connection closed"),
+    }
+    if let (Close::Abrupt(_), Some(will)) = (&result, will) {
+        conn.fire_will(will).await;
+    }
+    // Tell the router this connection is gone (its Disconnect handling frees the session state).
+    let _ = conn
+        .link_tx
+        .send(Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ))
+        .await;
+    let _ = wr.shutdown().await;
+    shared.counters.connection_closed();
+    shared.takeover.unregister(&client_id, serial);
+    let _ = done_tx.send(true);
+}
+
+const TOPIC_ALIASES_MAX: u16 = 64;
+
+enum ConnectFailure {
+    Close(String),
+    Answer(Codec, ConnectReturnCode),
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<(Codec, Packet), ConnectFailure> {
+    loop {
+        match codec::peek_connect(buf) {
+            Peek::Incomplete => {}
+            Peek::Malformed | Peek::NotConnect => {
+                return Err(ConnectFailure::Close("first packet is not a CONNECT".into()));
+            }
+            Peek::Connect(level) => {
+                let mut codec = match level {
+                    5 => Codec::new(Version::V5),
+                    4 => Codec::new(Version::V4),
+                    _ => {
+                        return Err(ConnectFailure::Answer(
+                            Codec::new(Version::V4),
+                            ConnectReturnCode::RefusedProtocolVersion,
+                        ));
+                    }
+                };
+                match codec.read(buf, shared.config.max_packet_bytes) {
+                    Ok(p @ Packet::Connect(..)) => return Ok((codec, p)),
+                    Ok(_) => return Err(ConnectFailure::Close("first packet is not a CONNECT".into())),
+                    Err(protocol::Error::InsufficientBytes(_)) => {}
+                    Err(e) => return Err(ConnectFailure::Close(format!("bad CONNECT: {e}"))),
+                }
+            }
+        }
+        if buf.len() > shared.config.max_packet_bytes {
+            return Err(ConnectFailure::Close("CONNECT over the packet size limit".into()));
+        }
+        let n = rd
+            .read_buf(buf)
+            .await
+            .map_err(|e| ConnectFailure::Close(e.to_string()))?;
+        if n == 0 {
+            return Err(ConnectFailure::Close("closed before CONNECT".into()));
+        }
+    }
+}
+
+fn connack(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        None,
+    )
+}
+
+async fn write_packet<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    codec: &Codec,
+    packet: Packet,
+) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    codec.write(packet, &mut out).map_err(|e| e.to_string())?;
+    wr.write_all(&out).await.map_err(|e| e.to_string())
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    codec: Codec,
+    identity: Identity,
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    pending: VecDeque<Pending>,
+    /// SUBSCRIBE packet id → per-filter codes decided here (`Some`: refused by the ACL).
+    sub_splices: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// MQTT 5 topic aliases set by the client.
+    aliases: HashMap<u16, Bytes>,
+    out: BytesMut,
+}
+
+impl Conn {
+    fn v5(&self) -> bool {
+        self.codec.version() == Version::V5
+    }
+
+    async fn run<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        buf: &mut BytesMut,
+        keep_alive_s: u16,
+        shutdown: &mut watch::Receiver<bool>,
+        mut kick: oneshot::Receiver<()>,
+    ) -> Close
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let inflight_max = usize::from(self.shared.config.max_inflight.max(1));
+        // MQTT: the server closes a connection silent for 1.5 keep-alive periods; 0 turns this off.
+        let keep_alive = (keep_alive_s > 0).then(|| Duration::from_millis(u64::from(keep_alive_s) * 1500));
+        let mut last_read = tokio::time::Instant::now();
+        loop {
+            // Packets already buffered are handled before reading more, as far as the inflight bound allows.
+            if self.pending.len() < inflight_max
+                && !buf.is_empty()
+                && let Err(close) = self.parse(buf, inflight_max).await
+            {
+                self.flush(wr).await.ok();
+                return close;
+            }
+            if let Err(e) = self.flush(wr).await {
+                return Close::Abrupt(e);
+            }
+            let can_read = self.pending.len() < inflight_max;
+            let deadline = keep_alive.map(|k| last_read + k);
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.disconnect_v5(DisconnectReasonCode::ServerShuttingDown);
+                    // Acknowledge what is already durable-bound before leaving.
+                    while !self.pending.is_empty() {
+                        self.settle_front().await;
+                    }
+                    let _ = self.flush(wr).await;
+                    return Close::Abrupt("server shutting down".into());
+                }
+                _ = &mut kick => {
+                    self.disconnect_v5(DisconnectReasonCode::SessionTakenOver);
+                    let _ = self.flush(wr).await;
+                    return Close::Abrupt("session taken over".into());
+                }
+                _ = wait_front(&mut self.pending), if !self.pending.is_empty() => {
+                    if let Err(close) = self.ack_front() {
+                        let _ = self.flush(wr).await;
+                        return close;
+                    }
+                }
+                read = rd.read_buf(buf), if can_read => {
+                    match read {
+                        Ok(0) => return Close::Abrupt("closed by the client".into()),
+                        Ok(_) => last_read = tokio::time::Instant::now(),
+                        Err(e) => return Close::Abrupt(e.to_string()),
+                    }
+                    if buf.len() > self.shared.config.max_packet_bytes + 16 * 1024 {
+                        // A packet bigger than the limit is refused by the codec on parse; this only guards memory.
+                    }
+                }
+                notification = self.link_rx.next() => {
+                    match notification {
+                        Ok(Some(n)) => if let Err(close) = self.handle_router(n).await {
+                            let _ = self.flush(wr).await;
+                            return close;
+                        },
+                        Ok(None) => {}
+                        Err(e) => return Close::Abrupt(format!("router link: {e}")),
+                    }
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    self.disconnect_v5(DisconnectReasonCode::KeepAliveTimeout);
+                    let _ = self.flush(wr).await;
+                    return Close::Abrupt("keep-alive timeout".into());
+                }
+            }
+        }
+    }
+
+    fn queue(&mut self, packet: Packet) {
+        if let Err(e) = self.codec.write(packet, &mut self.out) {
+            tracing::error!(error = %e, "cannot encode a packet for the client");
+        }
+    }
+
+    fn disconnect_v5(&mut self, reason_code: DisconnectReasonCode) {
+        if self.v5() {
+            self.queue(Packet::Disconnect(Disconnect { reason_code }, None));
+        }
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = wr.write_all(&self.out).await.map_err(|e| e.to_string());
+        self.out.clear();
+        r
+    }
+
+    /// Handle every whole packet in `buf` (up to the inflight bound).
+    async fn parse(&mut self, buf: &mut BytesMut, inflight_max: usize) -> Result<(), Close> {
+        while self.pending.len() < inflight_max && !buf.is_empty() {
+            let ids = codec::peek_publish(buf);
+            match self.codec.read(buf, self.shared.config.max_packet_bytes) {
+                Ok(packet) => self.handle_client(packet, ids).await?,
+                Err(protocol::Error::InsufficientBytes(_)) => return Ok(()),
+                Err(e @ (protocol::Error::PayloadSizeLimitExceeded(_) | protocol::Error::PayloadTooLong)) => {
+                    self.disconnect_v5(DisconnectReasonCode::PacketTooLarge);
+                    return Err(Close::Abrupt(format!("packet too large: {e}")));
+                }
+                Err(e) => {
+                    self.disconnect_v5(DisconnectReasonCode::MalformedPacket);
+                    return Err(Close::Abrupt(format!("malformed packet: {e}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_client(&mut self, packet: Packet, ids: Option<(u8, u16)>) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(publish, props) => {
+                let (qos, pkid) = ids.unwrap_or((0, 0));
+                self.publish(publish, props, qos, pkid).await
+            }
+            Packet::PubRel(pubrel, _) => {
+                self.queue(Packet::PubComp(
+                    PubComp {
+                        pkid: pubrel.pkid,
+                        reason: PubCompReason::Success,
+                    },
+                    None,
+                ));
+                Ok(())
+            }
+            p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::Unsubscribe(..)) => {
+                self.send_router(p).await
+            }
+            Packet::Subscribe(sub, props) => self.subscribe(sub, props).await,
+            Packet::PingReq(_) => {
+                self.queue(Packet::PingResp(PingResp));
+                Ok(())
+            }
+            Packet::Disconnect(..) => Err(Close::Graceful),
+            other => {
+                self.disconnect_v5(DisconnectReasonCode::ProtocolError);
+                Err(Close::Abrupt(format!(
+                    "unexpected packet from a client: {other:?}"
+                )))
+            }
+        }
+    }
+
+    async fn send_router(&mut self, packet: Packet) -> Result<(), Close> {
+        self.link_tx
+            .send(packet)
+            .await
+            .map(|_| ())
+            .map_err(|e| Close::Abrupt(format!("router link: {e}")))
+    }
+
+    async fn publish(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        qos: u8,
+        pkid: u16,
+    ) -> Result<(), Close> {
+        let mut topic = publish.topic.clone();
+        let mut props = props;
+        if let Some(alias) = props.as_mut().and_then(|p| p.topic_alias.take()) {
+            if alias == 0 || alias > TOPIC_ALIASES_MAX {
+                self.disconnect_v5(DisconnectReasonCode::TopicAliasInvalid);
+                return Err(Close::Abrupt(format!("topic alias {alias} out of range")));
+            }
+            if topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => topic = t.clone(),
+                    None => {
+                        self.disconnect_v5(DisconnectReasonCode::ProtocolError);
+                        return Err(Close::Abrupt(format!("unknown topic alias {alias}")));
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, topic.clone());
+            }
+        }
+        let Ok(topic_str) = std::str::from_utf8(&topic) else {
+            self.disconnect_v5(DisconnectReasonCode::TopicNameInvalid);
+            return Err(Close::Abrupt("topic is not UTF-8".into()));
+        };
+        if topic_str.is_empty() || topic_str.contains(['+', '#', '\0']) {
+            self.disconnect_v5(DisconnectReasonCode::TopicNameInvalid);
+            return Err(Close::Abrupt(format!("invalid topic name {topic_str:?}")));
+        }
+        self.shared.counters.received();
+        if !self.identity.may_publish(topic_str) {
+            self.shared.counters.denied();
+            tracing::info!(
+                client_id = self.identity.client_id,
+                topic = topic_str,
+                "publish refused by the ACL"
+            );
+            if !self.v5() {
+                return Err(Close::Abrupt(format!("publish to {topic_str} not authorized")));
+            }
+            if qos > 0 {
+                self.pending.push_back(Pending {
+                    pkid,
+                    qos,
+                    tickets: Vec::new(),
+                    failure: None,
+                    denied: true,
+                });
+            }
+            return Ok(());
+        }
+        let topic_owned = topic_str.to_string();
+        let tickets = self.route(&topic_owned, &publish.payload, qos > 0).await?;
+        // MQTT subscribers get the publish through rumqttd's router (as QoS 0 from the router's point of view;
+        // subscribers receive it at their subscription's QoS).
+        let forward = Publish::new(topic.clone(), publish.payload.clone(), publish.retain);
+        self.send_router(Packet::Publish(forward, props)).await?;
+        if qos > 0 {
+            self.pending.push_back(Pending {
+                pkid,
+                qos,
+                tickets,
+                failure: None,
+                denied: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Apply the rules and queue the records; returns the tickets when asked.
+    async fn route(
+        &mut self,
+        topic: &str,
+        payload: &Bytes,
+        want_tickets: bool,
+    ) -> Result<Vec<Ticket>, Close> {
+        let applied = self.shared.rules.apply(&Message {
+            topic,
+            client_id: &self.identity.client_id,
+            arrival_ms: now_ms(),
+            payload,
+        });
+        if applied.matched == 0 {
+            self.shared.counters.unmatched();
+        } else {
+            self.shared.counters.matched();
+        }
+        if applied.outputs.iter().any(|o| o.failure.is_some()) {
+            self.shared.counters.failed();
+        }
+        let mut tickets = Vec::new();
+        for out in applied.outputs {
+            match self
+                .shared
+                .appender
+                .append(out.stream, out.record, want_tickets)
+                .await
+            {
+                Ok(t) => tickets.extend(t),
+                Err(e) => return Err(Close::Abrupt(format!("appender: {e}"))),
+            }
+        }
+        Ok(tickets)
+    }
+
+    /// Acknowledge the front publish (its tickets have all resolved).
+    fn ack_front(&mut self) -> Result<(), Close> {
+        let Some(p) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        if p.failure.is_some() && !self.v5() {
+            // MQTT 3.1.1 cannot say "failed": no PUBACK, close, and the client sends it again.
+            return Err(Close::Abrupt(format!(
+                "publish {} could not be made durable: {}",
+                p.pkid,
+                p.failure.unwrap_or_default()
+            )));
+        }
+        let v5 = self.v5();
+        if p.qos == 1 {
+            let reason = match (&p.failure, p.denied) {
+                (_, true) => PubAckReason::NotAuthorized,
+                (Some(_), _) => PubAckReason::UnspecifiedError,
+                _ => PubAckReason::Success,
+            };
+            let reason = if v5 { reason } else { PubAckReason::Success };
+            self.queue(Packet::PubAck(PubAck { pkid: p.pkid, reason }, None));
+        } else {
+            let reason = match (&p.failure, p.denied) {
+                (_, true) => PubRecReason::NotAuthorized,
+                (Some(_), _) => PubRecReason::UnspecifiedError,
+                _ => PubRecReason::Success,
+            };
+            let reason = if v5 { reason } else { PubRecReason::Success };
+            self.queue(Packet::PubRec(PubRec { pkid: p.pkid, reason }, None));
+        }
+        Ok(())
+    }
+
+    /// Wait for the front publish and acknowledge it (used while shutting down).
+    async fn settle_front(&mut self) {
+        wait_front(&mut self.pending).await;
+        if self.ack_front().is_err() {
+            self.pending.clear();
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        sub: Subscribe,
+        props: Option<protocol::SubscribeProperties>,
+    ) -> Result<(), Close> {
+        let v5 = self.v5();
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut allowed = Vec::new();
+        for f in sub.filters {
+            if !protocol::valid_filter(&f.path) {
+                codes.push(Some(if v5 {
+                    SubscribeReasonCode::TopicFilterInvalid
+                } else {
+                    SubscribeReasonCode::Failure
+                }));
+            } else if !self.identity.may_subscribe(&f.path) {
+                tracing::info!(
+                    client_id = self.identity.client_id,
+                    filter = f.path,
+                    "subscribe refused by the ACL"
+                );
+                codes.push(Some(if v5 {
+                    SubscribeReasonCode::NotAuthorized
+                } else {
+                    SubscribeReasonCode::Failure
+                }));
+            } else {
+                codes.push(None);
+                allowed.push(f);
+            }
+        }
+        if allowed.is_empty() {
+            let return_codes = codes.into_iter().flatten().collect();
+            self.queue(Packet::SubAck(
+                SubAck {
+                    pkid: sub.pkid,
+                    return_codes,
+                },
+                None,
+            ));
+            return Ok(());
+        }
+        if codes.iter().any(Option::is_some) {
+            self.sub_splices.insert(sub.pkid, codes);
+        }
+        self.send_router(Packet::Subscribe(
+            Subscribe {
+                pkid: sub.pkid,
+                filters: allowed,
+            },
+            props,
+        ))
+        .await
+    }
+
+    async fn handle_router(&mut self, n: Notification) -> Result<(), Close> {
+        if let Notification::Unschedule = n {
+            return self
+                .link_rx
+                .wake()
+                .await
+                .map_err(|e| Close::Abrupt(format!("router link: {e}")));
+        }
+        match Option::<Packet>::from(n) {
+            Some(Packet::SubAck(mut ack, props)) => {
+                if let Some(codes) = self.sub_splices.remove(&ack.pkid) {
+                    let mut from_router = ack.return_codes.into_iter();
+                    ack.return_codes = codes
+                        .into_iter()
+                        .map(|c| {
+                            c.or_else(|| from_router.next())
+                                .unwrap_or(SubscribeReasonCode::Failure)
+                        })
+                        .collect();
+                }
+                let props = if self.v5() { props } else { None };
+                self.queue(Packet::SubAck(ack, props));
+            }
+            Some(Packet::Disconnect(d, props)) => {
+                if self.v5() {
+                    self.queue(Packet::Disconnect(d, props));
+                }
+                return Err(Close::Abrupt("disconnected by the router".into()));
+            }
+            // The router only acknowledges QoS > 0 publishes, and this link gives it QoS 0 only.
+            Some(Packet::PubAck(..)) => {}
+            Some(Packet::Publish(p, props)) => {
+                let props = if self.v5() { props } else { None };
+                self.queue(Packet::Publish(p, props));
+            }
+            Some(Packet::UnsubAck(u, _)) if !self.v5() => self.queue(Packet::UnsubAck(u, None)),
+            Some(p) => self.queue(p),
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn fire_will(&mut self, will: LastWill) {
+        let LastWill {
+            topic,
+            message,
+            retain,
+            ..
+        } = will;
+        let Ok(topic_str) = std::str::from_utf8(&topic) else {
+            return;
+        };
+        let topic_str = topic_str.to_string();
+        self.shared.counters.received();
+        if !self.identity.may_publish(&topic_str) {
+            self.shared.counters.denied();
+            return;
+        }
+        let _ = self.route(&topic_str, &message, false).await;
+        let _ = self
+            .send_router(Packet::Publish(Publish::new(topic, message, retain), None))
+            .await;
+    }
+}
+
+/// Wait until every ticket of the front publish has resolved (cancel-safe: a resolved ticket is removed
+/// only after it resolved, and its outcome is recorded in the entry).
+async fn wait_front(pending: &mut VecDeque<Pending>) {
+    let Some(front) = pending.front_mut() else { return };
+    while let Some(ticket) = front.tickets.last_mut() {
+        let outcome: Result<Result<PutResult, AppendError>, _> = ticket.await;
+        front.tickets.pop();
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => front.failure = Some(e.to_string()),
+            Err(_) => front.failure = Some("the appender dropped the record".into()),
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d).await;
+    }
+}
