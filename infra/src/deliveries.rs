@@ -1,0 +1,306 @@
+//! `freshet deliveries ...` and `freshet tables ...`: run a delivery stream on a data directory, show deliveries,
+//! and inspect or maintain the Delta tables of a warehouse. Wiring only; the work is in `freshet_process`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use freshet_process::config::{parse_duration, table_url};
+use freshet_process::maintenance::{describe_table, list_tables, optimize_table, vacuum_table};
+use freshet_process::{CancellationToken, DeliveryConfig, app_id};
+use freshet_storage::{Store, StreamName, StreamStore, SystemClock};
+use serde::Deserialize;
+
+use crate::cli::StoreArgs;
+
+#[derive(Debug, Args)]
+pub struct DeliveriesArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// A JSON file `{"deliveries": [ {name, stream, table, warehouse, ...}, ... ]}`.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: DeliveriesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Run one delivery until SIGTERM/SIGINT (then flush and exit). Without --config, flags define it.
+    Run(RunArgs),
+    /// List the deliveries of the config file.
+    List,
+    /// Show a delivery: its config, its table, and each shard's committed position.
+    Describe { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Delivery name (picks it from --config, or names a delivery defined by the flags below).
+    #[arg(long, default_value = "telemetry")]
+    pub name: String,
+    #[arg(long, default_value = "telemetry")]
+    pub stream: String,
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Warehouse (local directory or object_store URL); default `<data-dir>/warehouse`.
+    #[arg(long)]
+    pub warehouse: Option<String>,
+    /// Buffer interval, e.g. `1s`, `500ms`, `60s` (0–900 s).
+    #[arg(long, value_parser = parse_duration)]
+    pub buffer_interval: Option<std::time::Duration>,
+    /// Buffer size in bytes (1–128 MiB).
+    #[arg(long)]
+    pub buffer_bytes: Option<u64>,
+    /// object_store option for the warehouse, `key=value` (repeatable).
+    #[arg(long = "storage-option")]
+    pub storage_options: Vec<String>,
+    /// Create the source stream with this many shards if it does not exist.
+    #[arg(long)]
+    pub create_stream_shards: Option<u32>,
+    /// Also serve the store's Kinesis API here (the data directory is locked by this process).
+    #[arg(long)]
+    pub kinesis_addr: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigFile {
+    deliveries: Vec<DeliveryConfig>,
+}
+
+fn load_config(path: &PathBuf) -> anyhow::Result<Vec<DeliveryConfig>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: ConfigFile =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    for d in &file.deliveries {
+        d.validate()?;
+    }
+    Ok(file.deliveries)
+}
+
+fn parse_options(opts: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    opts.iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => bail!("storage option {kv:?} is not key=value"),
+        })
+        .collect()
+}
+
+pub async fn run(args: DeliveriesArgs) -> anyhow::Result<()> {
+    let configs = match &args.config {
+        Some(path) => load_config(path)?,
+        None => Vec::new(),
+    };
+    match args.command {
+        DeliveriesCommand::List => {
+            for d in &configs {
+                println!("{}\t{} -> {} ({})", d.name, d.stream, d.table, d.warehouse);
+            }
+            Ok(())
+        }
+        DeliveriesCommand::Describe { name } => {
+            let d = configs
+                .iter()
+                .find(|d| d.name == name)
+                .with_context(|| format!("no delivery {name:?} in the config"))?;
+            let store = open_store(&args.store)?;
+            let desc = store.describe_stream(&StreamName::new(d.stream.clone())?).await;
+            let ids: Vec<String> = match &desc {
+                Ok(desc) => desc.shards.iter().map(|s| app_id(&d.name, s.shard_id)).collect(),
+                Err(_) => Vec::new(),
+            };
+            store.shutdown().await;
+            let table = describe_table(&d.warehouse, &d.table, &d.storage_options, &ids).await;
+            let out = serde_json::json!({
+                "delivery": d,
+                "table": table.as_ref().map_err(|e| e.to_string()).ok(),
+                "table_error": table.as_ref().err().map(|e| e.to_string()),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        DeliveriesCommand::Run(run) => {
+            let mut config = match configs.iter().find(|d| d.name == run.name) {
+                Some(d) => d.clone(),
+                None => {
+                    let warehouse = run
+                        .warehouse
+                        .clone()
+                        .unwrap_or_else(|| args.store.data_dir.join("warehouse").display().to_string());
+                    DeliveryConfig::new(
+                        &run.name,
+                        &run.stream,
+                        run.table.clone().unwrap_or_else(|| run.stream.clone()),
+                        warehouse,
+                    )
+                }
+            };
+            if let Some(i) = run.buffer_interval {
+                config.buffer_interval_ms = i.as_millis() as u64;
+            }
+            if let Some(b) = run.buffer_bytes {
+                config.buffer_bytes = b;
+            }
+            config
+                .storage_options
+                .extend(parse_options(&run.storage_options)?);
+            config.validate()?;
+            run_one(&args.store, config, &run).await
+        }
+    }
+}
+
+fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<Store>> {
+    let config = args.config();
+    let dir = config.data_dir.clone();
+    Ok(Arc::new(
+        Store::open(config, Arc::new(SystemClock))
+            .with_context(|| format!("opening the store in {}", dir.display()))?,
+    ))
+}
+
+async fn run_one(store_args: &StoreArgs, config: DeliveryConfig, run: &RunArgs) -> anyhow::Result<()> {
+    let store = open_store(store_args)?;
+    let dyn_store: Arc<dyn StreamStore> = store.clone();
+    let shutdown = CancellationToken::new();
+    if let Some(shards) = run.create_stream_shards {
+        let name = StreamName::new(config.stream.clone())?;
+        match dyn_store.create_stream(&name, shards).await {
+            Ok(()) | Err(freshet_storage::StoreError::StreamExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut api_task = None;
+    let mut ready = serde_json::json!({"ready": true, "delivery": config.name, "table": config.table});
+    if let Some(addr) = &run.kinesis_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the Kinesis API to {addr}"))?;
+        ready["kinesis_addr"] = listener.local_addr()?.to_string().into();
+        let router = freshet_storage::api::router(dyn_store.clone(), Default::default());
+        let token = shutdown.clone();
+        api_task = Some(tokio::spawn(freshet_storage::api::serve(
+            listener,
+            router,
+            async move { token.cancelled().await },
+        )));
+    }
+    let signals = {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received: flushing and stopping");
+            token.cancel();
+        })
+    };
+    let delivery = freshet_process::spawn_delivery(config, dyn_store, shutdown.clone());
+    println!("{ready}");
+    // Stop on a signal, or when the delivery ends on its own (an error).
+    while !shutdown.is_cancelled() && !delivery.is_finished() {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
+    let result = delivery.shutdown().await;
+    shutdown.cancel();
+    signals.abort();
+    if let Some(t) = api_task {
+        let _ = t.await;
+    }
+    store.shutdown().await;
+    result.map_err(Into::into)
+}
+
+#[derive(Debug, Args)]
+pub struct TablesArgs {
+    /// Warehouse (local directory or object_store URL).
+    #[arg(
+        long,
+        global = true,
+        env = "FRESHET_WAREHOUSE",
+        default_value = "./freshet-data/warehouse"
+    )]
+    pub warehouse: String,
+    /// object_store option for the warehouse, `key=value` (repeatable).
+    #[arg(long = "storage-option", global = true)]
+    pub storage_options: Vec<String>,
+    #[command(subcommand)]
+    pub command: TablesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TablesCommand {
+    /// List the Delta tables of the warehouse.
+    List,
+    /// Show a table's version, columns, partitioning, files and delivery positions (as JSON).
+    Describe {
+        name: String,
+        /// Also show the txn version of these app ids (e.g. `telemetry-shardId-000000000000`).
+        #[arg(long = "app-id")]
+        app_ids: Vec<String>,
+    },
+    /// Compact small files toward a target size.
+    Optimize {
+        name: String,
+        #[arg(long, default_value_t = 128 << 20)]
+        target_file_bytes: u64,
+    },
+    /// Delete files no longer referenced for longer than the retention.
+    Vacuum {
+        name: String,
+        #[arg(long, default_value_t = 168)]
+        retention_hours: u32,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub async fn tables(args: TablesArgs) -> anyhow::Result<()> {
+    let opts = parse_options(&args.storage_options)?;
+    match args.command {
+        TablesCommand::List => {
+            for name in list_tables(&args.warehouse, &opts).await? {
+                println!("{name}");
+            }
+        }
+        TablesCommand::Describe { name, app_ids } => {
+            let d = describe_table(&args.warehouse, &name, &opts, &app_ids).await?;
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        }
+        TablesCommand::Optimize {
+            name,
+            target_file_bytes,
+        } => {
+            let r = optimize_table(table_url(&args.warehouse, &name)?, &opts, target_file_bytes).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        TablesCommand::Vacuum {
+            name,
+            retention_hours,
+            dry_run,
+        } => {
+            let files = vacuum_table(
+                table_url(&args.warehouse, &name)?,
+                &opts,
+                retention_hours,
+                dry_run,
+            )
+            .await?;
+            println!("{}", serde_json::json!({"dry_run": dry_run, "files": files}));
+        }
+    }
+    Ok(())
+}
