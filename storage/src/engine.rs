@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::StreamStore;
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
-use crate::hash::{hash_key, uniform_ranges};
+use crate::hash::{hash_key_cached, uniform_ranges};
 use crate::shard::{LogConfig, Shard, ShardCore};
 use crate::types::*;
 
@@ -769,7 +769,7 @@ impl StreamStore for Store {
             for (i, record) in records.into_iter().enumerate() {
                 let key = record
                     .explicit_hash_key
-                    .unwrap_or_else(|| hash_key(&record.partition_key));
+                    .unwrap_or_else(|| hash_key_cached(&record.partition_key));
                 let group = groups.entry(topology.route(key)).or_default();
                 group.0.push(i);
                 group.1.push(record);

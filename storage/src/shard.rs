@@ -36,8 +36,10 @@ use crate::types::{PutRecord, ReadLimits, Record, SequenceNumber, ShardId};
 
 /// Most bytes of record data one group commit takes.
 pub const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Bytes read from a segment file per read call when the limit allows.
-const READ_CHUNK_BYTES: usize = 1024 * 1024;
+/// A read starts with chunks this large and doubles them up to the max, so a read of a few records at the tip costs
+/// a small buffer and a long catch-up read few syscalls.
+const READ_CHUNK_MIN_BYTES: usize = 64 * 1024;
+const READ_CHUNK_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// When the writer calls fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -367,6 +369,7 @@ impl ShardCore {
         // writer publishes lengths before the tip.
         let tip_last = self.tip().last_seq;
         let mut limited = false;
+        let mut chunk_bytes = READ_CHUNK_MIN_BYTES;
         'segments: loop {
             let located = {
                 let segments = self.segments.lock().unwrap();
@@ -407,8 +410,8 @@ impl ShardCore {
                     .min()
                     .unwrap_or(end)
                     .min(end);
-                let want =
-                    ((stop - offset) as usize).min(READ_CHUNK_BYTES.max(limits.bytes_max.min(8 << 20)));
+                let want = ((stop - offset) as usize).min(chunk_bytes);
+                chunk_bytes = (chunk_bytes * 2).min(READ_CHUNK_MAX_BYTES);
                 let mut chunk = read_at(&file, &path, offset, want)?;
                 let mut pos = 0usize;
                 loop {
