@@ -5,6 +5,9 @@ set -euo pipefail
 # Debian packages: command -> package.
 declare -A APT=(
   [unshare]=util-linux
+  [mosquitto_pub]=mosquitto-clients
+  [mosquitto_sub]=mosquitto-clients
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!APT[@]}"; do
@@ -19,6 +22,11 @@ fi
 
 # Python packages: import name -> pip requirement.
 declare -A PIP=(
+  [paho]=paho-mqtt
+  [deltalake]=deltalake
+  [duckdb]=duckdb
+  [pyarrow]=pyarrow
+  [moto.server]='moto[server]'
 )
 need=()
 for module in "${!PIP[@]}"; do

@@ -7,3 +7,6 @@ mod store_crash;
 mod store_disk_full;
 mod store_model;
 mod store_torn_tail;
+mod delivery_crash;
+mod delivery_readers;
+mod delivery_s3;

@@ -1,0 +1,22 @@
+"""Print every row of a Delta table, read with Python `deltalake`, as a JSON list of objects.
+
+Binary values are decoded as UTF-8 with replacement; dates and timestamps are printed with str().
+usage: delivery_rows.py <table_dir>
+"""
+
+import json
+import sys
+
+from deltalake import DeltaTable
+
+
+def plain(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+rows = DeltaTable(sys.argv[1]).to_pyarrow_table().to_pylist()
+print(json.dumps([{k: plain(v) for k, v in r.items()} for r in rows]))

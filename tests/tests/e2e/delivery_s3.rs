@@ -1,0 +1,128 @@
+//! Delivery into a Delta table on a real S3-compatible server (moto_server from PyPI `moto[server]`, started here on
+//! 127.0.0.1). Commits go through object_store's conditional put (`If-None-Match: *`), which moto answers with 412
+//! when the log entry exists. Two deliveries with the *same name* run at once on the same stream while records keep
+//! arriving: they race for every commit; each record must still be in the table exactly once (the loser of a race
+//! either finds its txn versions landed or is fenced and reloads its positions from the table).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use freshet_process::maintenance::describe_table;
+use freshet_process::{CancellationToken, DeliveryConfig, app_id, spawn_delivery};
+use freshet_storage::{PutRecord, Store, StoreConfig, StreamName, StreamStore, SystemClock};
+use freshet_tests::{fnv1a64_lines, poll_until, python_json, read_stream};
+use serde_json::{Value, json};
+
+struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A raw HTTP/1.1 request; returns the status code.
+async fn http(addr: &str, method: &str, path: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_s3_conditional_put_with_racing_writers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let _moto = Moto(
+        Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server runs (the test command installs moto[server])"),
+    );
+    let probe = addr.clone();
+    tokio::task::spawn_blocking(move || {
+        poll_until(Duration::from_secs(30), "moto_server to listen", || {
+            std::net::TcpStream::connect(&probe).ok()
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(http(&addr, "PUT", "/freshet").await.unwrap(), 200, "create bucket");
+
+    let options: std::collections::HashMap<String, String> = [
+        ("AWS_ENDPOINT_URL", format!("http://{addr}")),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("data")), Arc::new(SystemClock)).unwrap());
+    let stream = StreamName::new("s3feed").unwrap();
+    store.create_stream(&stream, 2).await.unwrap();
+    let mut config = DeliveryConfig::new("s3d", "s3feed", "feed", "s3://freshet/wh");
+    config.storage_options = options.clone();
+    config.buffer_interval_ms = 100;
+    config.maintenance.optimize_every_commits = 0;
+
+    let shutdown = CancellationToken::new();
+    let a = spawn_delivery(config.clone(), store.clone(), shutdown.clone());
+    let b = spawn_delivery(config.clone(), store.clone(), shutdown.clone());
+    let mut n = 0;
+    for round in 0..30 {
+        let records = (0..40)
+            .map(|_| {
+                n += 1;
+                PutRecord::new(format!("k{}", n % 7), json!({"id": format!("r{n}"), "round": round}).to_string())
+            })
+            .collect();
+        for r in store.put_records(&stream, records).await.unwrap() {
+            r.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // Wait until the table's positions reach the end of every shard.
+    let mut expected = Vec::new();
+    let mut ends = Vec::new();
+    for (shard, records) in read_stream(store.as_ref(), &stream).await {
+        for r in &records {
+            let v: Value = serde_json::from_slice(&r.data).unwrap();
+            expected.push(format!("{shard}|{}|{}", r.sequence_number, v["id"].as_str().unwrap()));
+        }
+        ends.push((app_id("s3d", shard), records.last().unwrap().sequence_number.0 as i64));
+    }
+    expected.sort();
+    let ids: Vec<String> = ends.iter().map(|(id, _)| id.clone()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = describe_table("s3://freshet/wh", "feed", &options, &ids).await;
+        if let Ok(d) = &d
+            && ends.iter().all(|(id, end)| d.app_transactions.iter().any(|(i, v)| i == id && v >= end))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the deliveries did not catch up: {d:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+
+    let opts = serde_json::to_string(&options).unwrap();
+    let seen = python_json("delivery_read.py", &["s3://freshet/wh/feed", "id", "--options", &opts]);
+    let r = &seen["deltalake"];
+    assert_eq!(r["rows"], json!(expected.len()), "{r}");
+    assert_eq!(r["distinct_positions"], json!(expected.len()), "{r}");
+    assert_eq!(r["checksum"], json!(fnv1a64_lines(&expected).to_string()), "{r}");
+}
