@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use freshet_storage::{FsyncPolicy, LogConfig, StoreConfig};
 
-use crate::{bench, streams};
+use crate::{bench, deliveries, streams};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +27,10 @@ pub enum Command {
     Streams(streams::StreamsArgs),
     /// Benchmarks against peer systems, in one run (use a release build).
     Bench(bench::BenchArgs),
+    /// Delivery streams into Delta tables: run one, list or describe them.
+    Deliveries(deliveries::DeliveriesArgs),
+    /// The Delta tables of a warehouse: list, describe, optimize (compact), vacuum.
+    Tables(deliveries::TablesArgs),
 }
 
 /// Where the store lives and how it syncs.
@@ -77,5 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Streams(args) => streams::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Deliveries(args) => deliveries::run(args).await,
+        Command::Tables(args) => deliveries::tables(args).await,
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod deliveries;
 mod streams;
 
 use clap::Parser;
