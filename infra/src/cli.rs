@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use freshet_storage::{FsyncPolicy, LogConfig, StoreConfig};
 
-use crate::{bench, deliveries, streams};
+use crate::{bench, deliveries, streams, up};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the pipeline in one process on embedded defaults (today: the stream store and its Kinesis API).
+    Up(up::UpArgs),
     /// Work with the streams of a data directory directly (no server needed; the directory is locked while in use).
     Streams(streams::StreamsArgs),
     /// Benchmarks against peer systems, in one run (use a release build).
@@ -79,6 +81,7 @@ pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Up(args) => up::run(args).await,
         Command::Streams(args) => streams::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Deliveries(args) => deliveries::run(args).await,

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod deliveries;
 mod streams;
+mod up;
 
 use clap::Parser;
 
