@@ -13,6 +13,7 @@
 //! - [`auth`]: Argon2 password hashes, per-user/per-client ACLs.
 //! - [`gateway`]: configuration, startup checks, listeners (TCP, TLS), [`gateway::start`] / [`gateway::run`].
 //! - [`metrics`]: the counters and their `metrics` names.
+//! - [`bench`]: the MQTT load generator of `freshet bench ingest`.
 //!
 //! # Acknowledgement and loss
 //!
@@ -33,6 +34,7 @@
 
 pub mod appender;
 pub mod auth;
+pub mod bench;
 pub mod codec;
 pub mod connection;
 pub mod error;

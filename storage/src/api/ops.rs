@@ -844,6 +844,15 @@ async fn get_shard_iterator(
 }
 
 async fn get_records(state: &ApiState, input: GetRecordsInput) -> Result<GetRecordsOutput, ApiError> {
+    let records_max =
+        bounded(input.limit, "Limit", 1, GET_RECORDS_MAX as i64)?.unwrap_or(GET_RECORDS_MAX as i64);
+    let bytes_max = bounded(
+        input.freshet_bytes_max,
+        "FreshetBytesMax",
+        1,
+        GET_BYTES_MAX as i64,
+    )?
+    .unwrap_or(GET_BYTES_MAX as i64);
     let token = required(input.shard_iterator, "ShardIterator")?;
     let t = state
         .sealer
@@ -872,15 +881,6 @@ async fn get_records(state: &ApiState, input: GetRecordsInput) -> Result<GetReco
             )));
         }
     }
-    let records_max =
-        bounded(input.limit, "Limit", 1, GET_RECORDS_MAX as i64)?.unwrap_or(GET_RECORDS_MAX as i64);
-    let bytes_max = bounded(
-        input.freshet_bytes_max,
-        "FreshetBytesMax",
-        1,
-        GET_BYTES_MAX as i64,
-    )?
-    .unwrap_or(GET_BYTES_MAX as i64);
     if let Some(throttle) = &state.throttle
         && !throttle.try_read(&stream, shard)
     {

@@ -10,3 +10,4 @@ mod store_torn_tail;
 mod delivery_crash;
 mod delivery_readers;
 mod delivery_s3;
+mod ingest_gateway;
