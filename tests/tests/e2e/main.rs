@@ -9,5 +9,6 @@ mod store_model;
 mod store_torn_tail;
 mod delivery_crash;
 mod delivery_readers;
+mod kinesis_api;
 mod delivery_s3;
 mod ingest_gateway;
