@@ -136,7 +136,12 @@ def basics(endpoint):
     assert len(latest) == 3
     after = kin.list_shards(StreamName="basics", ExclusiveStartShardId="shardId-000000000000")["Shards"]
     assert [s["ShardId"] for s in after] == ["shardId-000000000001", "shardId-000000000002"]
-    expect_error("InvalidArgumentException", kin.list_shards, StreamName="basics",
+    # boto3's paginator resends StreamName with the NextToken; a token of another stream is refused.
+    paginated = []
+    for page in kin.get_paginator("list_shards").paginate(StreamName="basics", PaginationConfig={"PageSize": 1}):
+        paginated += [s["ShardId"] for s in page["Shards"]]
+    assert paginated == [s["ShardId"] for s in desc["Shards"]], paginated
+    expect_error("InvalidArgumentException", kin.list_shards, StreamName="basics-b",
                  NextToken=kin.list_shards(StreamName="basics", MaxResults=1)["NextToken"])
 
     kin.delete_stream(StreamName="basics-c")

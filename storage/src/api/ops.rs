@@ -600,18 +600,21 @@ async fn list_shards(state: &ApiState, input: ListShardsInput) -> Result<ListSha
     let max = bounded(input.max_results, "MaxResults", 1, 10_000)?.unwrap_or(1000) as usize;
     let (stream, mut after, filter) = match &input.next_token {
         Some(token) => {
-            if input.stream_name.is_some() {
-                return Err(ApiError::invalid_argument(
-                    "NextToken and StreamName cannot be provided together.",
-                ));
-            }
-            if input.exclusive_start_shard_id.is_some() || input.shard_filter.is_some() {
-                return Err(ApiError::invalid_argument(
-                    "NextToken cannot be combined with ExclusiveStartShardId or ShardFilter.",
-                ));
-            }
+            // Kinesis documents NextToken as excluding StreamName, but SDK paginators resend the first call's
+            // members with it: accept them when they name the token's stream; the token carries the rest.
+            let named = match (&input.stream_name, &input.stream_arn) {
+                (None, None) => None,
+                (name, arn) => Some(state.stream(name.as_deref(), arn.as_deref())?),
+            };
             let t = state.open_page(token, TokenKind::ShardPage)?;
             let stream = StreamName::new(t.text).map_err(|e| ApiError::invalid_argument(e.to_string()))?;
+            if let Some(named) = named
+                && named != stream
+            {
+                return Err(ApiError::invalid_argument(format!(
+                    "The NextToken is for stream {stream}, not {named}."
+                )));
+            }
             let after = u32::try_from(t.a)
                 .ok()
                 .and_then(|a| a.checked_sub(1))

@@ -323,7 +323,7 @@ pub fn verify<'s>(
     if (signed_at * 1000 - now_ms).abs() > CLOCK_SKEW_MAX_MS {
         return Err(invalid(format!(
             "Signature expired or not yet valid: {amz_date} is more than 15 minutes from the server's time {}",
-            amz_date_of(now_ms)
+            self::amz_date(now_ms)
         )));
     }
     if !auth.signed_headers.contains(&"host") {
@@ -380,10 +380,6 @@ pub fn verify<'s>(
                 .into(),
         )
     })
-}
-
-fn amz_date_of(ms: i64) -> String {
-    amz_date(ms)
 }
 
 #[cfg(test)]
