@@ -23,6 +23,8 @@ fi
 # Python packages: import name -> pip requirement.
 declare -A PIP=(
   [paho]=paho-mqtt
+  [boto3]=boto3
+  [awscli]=awscli
   [deltalake]=deltalake
   [duckdb]=duckdb
   [pyarrow]=pyarrow

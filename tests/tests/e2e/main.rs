@@ -12,3 +12,4 @@ mod delivery_readers;
 mod kinesis_api;
 mod delivery_s3;
 mod ingest_gateway;
+mod up_pipeline;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use freshet_storage::{SequenceNumber, ShardId, Store, StoreConfig, StreamName, StreamStore, SystemClock};
+use freshet_storage::{SequenceNumber, ShardId, Store, StoreConfig, StreamName, SystemClock};
 use freshet_tests::{freshet_bin, poll_until, read_stream};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
