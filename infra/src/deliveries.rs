@@ -206,6 +206,11 @@ async fn run_one(store_args: &StoreArgs, config: DeliveryConfig, run: &RunArgs) 
         })
     };
     let delivery = freshet_process::spawn_delivery(config, dyn_store, shutdown.clone());
+    // Ready once the tables are open and positions loaded (or the delivery failed to start).
+    tokio::select! {
+        () = delivery.started() => {}
+        () = shutdown.cancelled() => {}
+    }
     println!("{ready}");
     // Stop on a signal, or when the delivery ends on its own (an error).
     while !shutdown.is_cancelled() && !delivery.is_finished() {

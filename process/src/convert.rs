@@ -892,4 +892,46 @@ mod tests {
         assert_eq!(out.errors[0].kind, ErrorKind::ValueTooLarge);
         assert_eq!(out.event_time_ms_min, Some(1_700_000_000_000));
     }
+
+    #[test]
+    fn declared_schema_is_strict() {
+        use crate::config::DeclaredColumn;
+        let mut cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        cfg.schema = Some(vec![
+            DeclaredColumn {
+                name: "device".into(),
+                data_type: ColumnType::String,
+                nullable: false,
+            },
+            DeclaredColumn {
+                name: "at".into(),
+                data_type: ColumnType::Timestamp,
+                nullable: true,
+            },
+        ]);
+        let cfg = Arc::new(cfg);
+        let s = TableSchema::initial(&cfg);
+        let out = Converter::new(cfg)
+            .convert(
+                &s,
+                &[
+                    rec(0, 1, r#"{"device": "a", "at": "2024-01-01T00:00:00Z"}"#),
+                    rec(0, 2, r#"{"device": "b", "extra": 1}"#),
+                    rec(0, 3, r#"{"at": 5}"#),
+                    rec(0, 4, r#"{"device": "c", "at": true}"#),
+                ],
+            )
+            .unwrap();
+        let kinds: Vec<_> = out.errors.iter().map(|e| (e.sequence_number, e.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (2, ErrorKind::SchemaMismatch),
+                (3, ErrorKind::SchemaMismatch),
+                (4, ErrorKind::TypeConflict)
+            ]
+        );
+        assert_eq!(out.rows(), 1);
+        assert_eq!(out.schema, s, "a declared schema never grows");
+    }
 }

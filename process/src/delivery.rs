@@ -56,6 +56,7 @@ pub struct FlushReport {
 #[derive(Debug)]
 pub struct DeliveryHandle {
     flush_tx: mpsc::Sender<oneshot::Sender<Result<FlushReport>>>,
+    started: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -80,6 +81,12 @@ impl DeliveryHandle {
             .map_err(|e| ProcessError::Internal(format!("delivery task: {e}")))?
     }
 
+    /// Wait until the delivery has opened its tables and loaded its positions (or has ended).
+    pub async fn started(&self) {
+        let mut rx = self.started.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     /// Whether the delivery task has ended (by error or shutdown).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -94,10 +101,18 @@ pub fn spawn_delivery(
     shutdown: CancellationToken,
 ) -> DeliveryHandle {
     let (flush_tx, flush_rx) = mpsc::channel(4);
+    let (started_tx, started) = tokio::sync::watch::channel(false);
     let token = shutdown.child_token();
-    let task = tokio::spawn(run(config, store, token.clone(), Some(flush_rx)));
+    let task = tokio::spawn(run(
+        config,
+        store,
+        token.clone(),
+        Some(flush_rx),
+        Some(started_tx),
+    ));
     DeliveryHandle {
         flush_tx,
+        started,
         shutdown: token,
         task,
     }
@@ -109,7 +124,7 @@ pub async fn run_delivery(
     store: Arc<dyn StreamStore>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    run(config, store, shutdown, None).await
+    run(config, store, shutdown, None, None).await
 }
 
 async fn run(
@@ -117,12 +132,16 @@ async fn run(
     store: Arc<dyn StreamStore>,
     shutdown: CancellationToken,
     flush_rx: Option<mpsc::Receiver<oneshot::Sender<Result<FlushReport>>>>,
+    started: Option<tokio::sync::watch::Sender<bool>>,
 ) -> Result<()> {
     config.validate()?;
     let mut delivery = tokio::select! {
         d = Delivery::start(config, store, shutdown.clone()) => d?,
         () = shutdown.cancelled() => return Ok(()),
     };
+    if let Some(started) = started {
+        let _ = started.send(true);
+    }
     let result = delivery.run(flush_rx).await;
     delivery.maintainer.stop().await;
     result

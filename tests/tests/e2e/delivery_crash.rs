@@ -112,9 +112,9 @@ async fn delivery_exactly_once_under_sigkill() {
     let mut rng = StdRng::seed_from_u64(0xDE17A);
     for kill in 0..KILLS {
         let mut child = start(&data_dir, &warehouse, &addr);
-        // Let it run a random while (20–700 ms) with records arriving, then SIGKILL.
+        // Let it run a random while (20–1500 ms) with records arriving, then SIGKILL.
         let before = sent.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(20..700))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..1500))).await;
         child.kill().unwrap();
         child.wait().unwrap();
         eprintln!(
@@ -225,6 +225,24 @@ async fn delivery_exactly_once_under_sigkill() {
         "the delivery did not exit cleanly on SIGTERM"
     );
 
+    let desc = freshet_process::maintenance::describe_table(
+        &warehouse.display().to_string(),
+        "crash",
+        &Default::default(),
+        &[],
+    )
+    .await
+    .unwrap();
+    let on_disk = count_parquet(&warehouse.join("crash"));
+    eprintln!(
+        "table at version {:?}: {} active files, {on_disk} Parquet files on disk (the rest: unreferenced, from \
+         kills between write and commit, or compacted away)",
+        desc.version, desc.files
+    );
+    assert!(
+        desc.version.unwrap_or(0) >= KILLS as i64,
+        "too few commits to have been interrupted: {desc:?}"
+    );
     let seen = python_json(
         "delivery_read.py",
         &[&warehouse.join("crash").display().to_string(), "id"],
@@ -244,4 +262,21 @@ async fn delivery_exactly_once_under_sigkill() {
             "{reader}: the rows differ from the stream: {r}"
         );
     }
+}
+
+fn count_parquet(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            if p.is_dir() {
+                count_parquet(&p)
+            } else {
+                usize::from(
+                    p.extension().is_some_and(|e| e == "parquet")
+                        && !p.to_string_lossy().contains("_delta_log"),
+                )
+            }
+        })
+        .sum()
 }

@@ -342,3 +342,75 @@ async fn delivery_restart_resumes_from_table_txn_versions() {
     );
     assert!(events.iter().any(|e| e["replayed"] == true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_maintenance_compacts_vacuums_and_checkpoints_without_changing_data() {
+    use freshet_process::config::table_url;
+    use freshet_process::maintenance::{describe_table, list_tables, optimize_table, vacuum_table};
+    let f = Fixture::new("maint", 2).await;
+    let mut config = f.config("maint");
+    config.maintenance.checkpoint_interval_commits = 3;
+    let d = f.start(config);
+    for round in 0..8 {
+        let payloads: Vec<Value> = (0..25)
+            .map(|i| json!({"id": format!("m{round}-{i}"), "ts": 1_700_000_000_000i64}))
+            .collect();
+        f.put(&format!("k{round}"), &payloads).await;
+        f.flush_all(&d, 25).await;
+    }
+    let wh = f.warehouse.display().to_string();
+    let opts = std::collections::HashMap::new();
+    let before = describe_table(&wh, "maint", &opts, &[]).await.unwrap();
+    assert!(before.files >= 8, "one file per flush expected: {before:?}");
+    assert_eq!(
+        before
+            .configuration
+            .get("delta.checkpointInterval")
+            .map(String::as_str),
+        Some("3")
+    );
+    assert!(
+        f.warehouse.join("maint/_delta_log/_last_checkpoint").exists(),
+        "no checkpoint after 8 commits"
+    );
+    // Compact while the delivery keeps running, then deliver more.
+    let report = optimize_table(table_url(&wh, "maint").unwrap(), &opts, 64 << 20)
+        .await
+        .unwrap();
+    assert!(report.files_removed >= 8 && report.files_added >= 1, "{report:?}");
+    f.put(
+        "after",
+        &[json!({"id": "after-compaction", "ts": 1_700_000_000_000i64})],
+    )
+    .await;
+    f.flush_all(&d, 1).await;
+    d.shutdown().await.unwrap();
+    let after = describe_table(&wh, "maint", &opts, &[]).await.unwrap();
+    assert!(
+        after.files < before.files,
+        "{} files before, {} after",
+        before.files,
+        after.files
+    );
+    // Vacuum with a 1 h retention keeps the just-removed files (still within retention).
+    let deleted = vacuum_table(table_url(&wh, "maint").unwrap(), &opts, 1, false)
+        .await
+        .unwrap();
+    assert!(deleted.is_empty(), "{deleted:?}");
+    let tables = list_tables(&wh, &opts).await.unwrap();
+    assert_eq!(tables, vec!["maint".to_string(), "maint_errors".to_string()]);
+    let expected = f.expected_lines("id").await;
+    let seen = python_json("delivery_read.py", &[&f.table_dir("maint"), "id"]);
+    for reader in ["deltalake", "duckdb"] {
+        assert_eq!(
+            seen[reader]["rows"],
+            json!(expected.len()),
+            "{reader}: {}",
+            seen[reader]
+        );
+        assert_eq!(
+            seen[reader]["checksum"],
+            json!(fnv1a64_lines(&expected).to_string())
+        );
+    }
+}
