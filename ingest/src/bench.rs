@@ -6,7 +6,8 @@
 //! It speaks raw MQTT over TCP (CONNECT, PUBLISH, PUBACK, DISCONNECT, a few dozen bytes of framing) so it adds no
 //! client library to the build and has no client-side queue that could hide broker latency: each client keeps at
 //! most `inflight` QoS 1 publishes outstanding and records the time each one was written. Everything is bounded:
-//! message counts, the inflight window, and `timeout` for the whole run.
+//! message counts, the inflight window, and `timeout` for the whole run. [`drain`] is the one subscriber each
+//! broker gets during the run, and [`start_bare_rumqttd`] the store-less baseline (infra may not use rumqttd itself).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -225,6 +226,102 @@ async fn client(c: LoadConfig, index: usize) -> std::io::Result<(u64, Vec<u64>)>
     }
     wr.write_all(&[0xe0, 0x00]).await?;
     Ok((next as u64, latencies))
+}
+
+/// Start a bare rumqttd broker (no store behind it; MQTT 3.1.1 on `addr`) on its own threads, as the baseline of
+/// `freshet bench ingest`. The broker runs until the process exits (rumqttd has no stop). Fails if `addr` cannot
+/// be bound (checked here, since rumqttd only logs that).
+pub fn start_bare_rumqttd(addr: SocketAddr) -> std::io::Result<()> {
+    drop(std::net::TcpListener::bind(addr)?);
+    let server = rumqttd::ServerSettings {
+        name: "bench-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: 1024 * 1024,
+            max_inflight_count: 256,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = rumqttd::Config {
+        router: rumqttd::RouterConfig {
+            max_connections: 10_000,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            ..rumqttd::RouterConfig::default()
+        },
+        v4: Some(std::iter::once(("bench".to_string(), server)).collect()),
+        ..rumqttd::Config::default()
+    };
+    std::thread::Builder::new()
+        .name("bare-rumqttd".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "bare rumqttd stopped");
+            }
+        })?;
+    Ok(())
+}
+
+/// A subscriber that drains `filter` at QoS 0 and counts the publishes it receives, until it has `expected`
+/// of them or `timeout` passes. Returns the count.
+pub async fn drain(addr: SocketAddr, filter: &str, expected: u64, timeout: Duration) -> std::io::Result<u64> {
+    let mut socket = TcpStream::connect(addr).await?;
+    socket
+        .write_all(&connect_packet(&format!("bench-drain-{}", std::process::id())))
+        .await?;
+    let mut ack = [0u8; 4];
+    socket.read_exact(&mut ack).await?;
+    let mut sub = vec![0x82];
+    remaining_length(2 + 2 + filter.len() + 1, &mut sub);
+    sub.extend_from_slice(&[0, 1]);
+    sub.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    sub.extend_from_slice(filter.as_bytes());
+    sub.push(0);
+    socket.write_all(&sub).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut count = 0u64;
+    while count < expected {
+        let n = match tokio::time::timeout_at(deadline, socket.read(&mut chunk)).await {
+            Err(_) => break,
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        // fixed header + varint remaining length
+        while let Some(&first) = buf.get(at) {
+            let (mut len, mut used, mut done) = (0usize, 0usize, false);
+            for i in 0..4 {
+                let Some(&b) = buf.get(at + 1 + i) else { break };
+                len |= usize::from(b & 0x7f) << (7 * i);
+                used = i + 1;
+                if b & 0x80 == 0 {
+                    done = true;
+                    break;
+                }
+            }
+            if !done || buf.len() < at + 1 + used + len {
+                break;
+            }
+            if first >> 4 == 3 {
+                count += 1;
+            }
+            at += 1 + used + len;
+        }
+        buf.drain(..at);
+    }
+    Ok(count)
 }
 
 #[cfg(test)]
