@@ -84,7 +84,9 @@ pub fn fnv1a64_lines<S: AsRef<str>>(lines: &[S]) -> u64 {
 
 /// Run `tests/py/<script>` with `args` and parse its stdout as JSON; panics with its stderr on failure.
 pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(script);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
     let out = std::process::Command::new("python3")
         .arg(&path)
         .args(args)
@@ -120,10 +122,15 @@ pub fn base64_encode(data: &[u8]) -> String {
 
 /// One Kinesis JSON 1.1 call (`X-Amz-Target: Kinesis_20131202.<op>`) over a plain HTTP/1.1 connection to `addr`,
 /// unsigned. Returns the JSON body of a 200 answer; any other outcome is an error (for callers that retry).
-pub async fn kinesis_call(addr: &str, op: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+pub async fn kinesis_call(
+    addr: &str,
+    op: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = serde_json::to_vec(body)?;
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    let mut conn =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
     let head = format!(
         "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: Kinesis_20131202.{op}\r\n\
          Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -139,7 +146,11 @@ pub async fn kinesis_call(addr: &str, op: &str, body: &serde_json::Value) -> any
         .ok_or_else(|| anyhow::anyhow!("no HTTP header end in the answer"))?;
     let head = String::from_utf8_lossy(&response[..split]);
     let status = head.split_whitespace().nth(1).unwrap_or("");
-    anyhow::ensure!(status == "200", "HTTP {status}: {}", String::from_utf8_lossy(&response[split + 4..]));
+    anyhow::ensure!(
+        status == "200",
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&response[split + 4..])
+    );
     Ok(serde_json::from_slice(&response[split + 4..])?)
 }
 pub mod store_contract;

@@ -3,13 +3,13 @@
 //! Every end-to-end, interop, crash and fault test lives here, one module per subject, so the workspace links one
 //! test binary. Tests that run the `freshet` binary expect `cargo build -p freshet` first (the test command does it).
 
+mod delivery_crash;
+mod delivery_readers;
+mod delivery_s3;
+mod ingest_gateway;
+mod kinesis_api;
 mod store_crash;
 mod store_disk_full;
 mod store_model;
 mod store_torn_tail;
-mod delivery_crash;
-mod delivery_readers;
-mod kinesis_api;
-mod delivery_s3;
-mod ingest_gateway;
 mod up_pipeline;
