@@ -27,17 +27,26 @@ impl Drop for Moto {
 async fn http(addr: &str, method: &str, path: &str) -> std::io::Result<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     conn.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
     conn.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out);
-    Ok(text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0))
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_s3_conditional_put_with_racing_writers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let _moto = Moto(
         Command::new("moto_server")
@@ -55,7 +64,11 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
     })
     .await
     .unwrap();
-    assert_eq!(http(&addr, "PUT", "/freshet").await.unwrap(), 200, "create bucket");
+    assert_eq!(
+        http(&addr, "PUT", "/freshet").await.unwrap(),
+        200,
+        "create bucket"
+    );
 
     let options: std::collections::HashMap<String, String> = [
         ("AWS_ENDPOINT_URL", format!("http://{addr}")),
@@ -69,7 +82,8 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
     .collect();
 
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("data")), Arc::new(SystemClock)).unwrap());
+    let store =
+        Arc::new(Store::open(StoreConfig::new(dir.path().join("data")), Arc::new(SystemClock)).unwrap());
     let stream = StreamName::new("s3feed").unwrap();
     store.create_stream(&stream, 2).await.unwrap();
     let mut config = DeliveryConfig::new("s3d", "s3feed", "feed", "s3://freshet/wh");
@@ -85,7 +99,10 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
         let records = (0..40)
             .map(|_| {
                 n += 1;
-                PutRecord::new(format!("k{}", n % 7), json!({"id": format!("r{n}"), "round": round}).to_string())
+                PutRecord::new(
+                    format!("k{}", n % 7),
+                    json!({"id": format!("r{n}"), "round": round}).to_string(),
+                )
             })
             .collect();
         for r in store.put_records(&stream, records).await.unwrap() {
@@ -99,9 +116,16 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
     for (shard, records) in read_stream(store.as_ref(), &stream).await {
         for r in &records {
             let v: Value = serde_json::from_slice(&r.data).unwrap();
-            expected.push(format!("{shard}|{}|{}", r.sequence_number, v["id"].as_str().unwrap()));
+            expected.push(format!(
+                "{shard}|{}|{}",
+                r.sequence_number,
+                v["id"].as_str().unwrap()
+            ));
         }
-        ends.push((app_id("s3d", shard), records.last().unwrap().sequence_number.0 as i64));
+        ends.push((
+            app_id("s3d", shard),
+            records.last().unwrap().sequence_number.0 as i64,
+        ));
     }
     expected.sort();
     let ids: Vec<String> = ends.iter().map(|(id, _)| id.clone()).collect();
@@ -109,18 +133,26 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
     loop {
         let d = describe_table("s3://freshet/wh", "feed", &options, &ids).await;
         if let Ok(d) = &d
-            && ends.iter().all(|(id, end)| d.app_transactions.iter().any(|(i, v)| i == id && v >= end))
+            && ends
+                .iter()
+                .all(|(id, end)| d.app_transactions.iter().any(|(i, v)| i == id && v >= end))
         {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the deliveries did not catch up: {d:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deliveries did not catch up: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 
     let opts = serde_json::to_string(&options).unwrap();
-    let seen = python_json("delivery_read.py", &["s3://freshet/wh/feed", "id", "--options", &opts]);
+    let seen = python_json(
+        "delivery_read.py",
+        &["s3://freshet/wh/feed", "id", "--options", &opts],
+    );
     let r = &seen["deltalake"];
     assert_eq!(r["rows"], json!(expected.len()), "{r}");
     assert_eq!(r["distinct_positions"], json!(expected.len()), "{r}");
