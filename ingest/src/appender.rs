@@ -387,6 +387,153 @@ mod tests {
         assert_eq!(data, (0..50).map(|i| i.to_string()).collect::<Vec<_>>());
     }
 
+    /// The embedded store, with the first `failures` puts refused as throttled (a retryable error).
+    #[derive(Debug)]
+    struct Flaky {
+        inner: Store,
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl StreamStore for Flaky {
+        async fn create_stream(&self, n: &StreamName, c: u32) -> freshet_storage::StoreResult<()> {
+            self.inner.create_stream(n, c).await
+        }
+        async fn delete_stream(&self, n: &StreamName) -> freshet_storage::StoreResult<()> {
+            self.inner.delete_stream(n).await
+        }
+        async fn list_streams(&self) -> freshet_storage::StoreResult<Vec<StreamName>> {
+            self.inner.list_streams().await
+        }
+        async fn describe_stream(
+            &self,
+            n: &StreamName,
+        ) -> freshet_storage::StoreResult<freshet_storage::StreamDescription> {
+            self.inner.describe_stream(n).await
+        }
+        async fn put_records(
+            &self,
+            n: &StreamName,
+            records: Vec<PutRecord>,
+        ) -> freshet_storage::StoreResult<Vec<freshet_storage::StoreResult<PutResult>>> {
+            let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+                return Err(StoreError::LimitExceeded("throttled (test)".into()));
+            }
+            self.inner.put_records(n, records).await
+        }
+        async fn get_shard_iterator(
+            &self,
+            n: &StreamName,
+            s: freshet_storage::ShardId,
+            p: freshet_storage::StartingPosition,
+        ) -> freshet_storage::StoreResult<freshet_storage::ShardIterator> {
+            self.inner.get_shard_iterator(n, s, p).await
+        }
+        async fn get_records(
+            &self,
+            i: &freshet_storage::ShardIterator,
+            l: freshet_storage::ReadLimits,
+        ) -> freshet_storage::StoreResult<freshet_storage::GetRecordsOutput> {
+            self.inner.get_records(i, l).await
+        }
+        async fn wait_for_records(
+            &self,
+            i: &freshet_storage::ShardIterator,
+            t: Duration,
+        ) -> freshet_storage::StoreResult<()> {
+            self.inner.wait_for_records(i, t).await
+        }
+        async fn split_shard(
+            &self,
+            n: &StreamName,
+            s: freshet_storage::ShardId,
+            k: u128,
+        ) -> freshet_storage::StoreResult<()> {
+            self.inner.split_shard(n, s, k).await
+        }
+        async fn merge_shards(
+            &self,
+            n: &StreamName,
+            s: freshet_storage::ShardId,
+            a: freshet_storage::ShardId,
+        ) -> freshet_storage::StoreResult<()> {
+            self.inner.merge_shards(n, s, a).await
+        }
+        async fn update_shard_count(&self, n: &StreamName, t: u32) -> freshet_storage::StoreResult<()> {
+            self.inner.update_shard_count(n, t).await
+        }
+        async fn set_retention_hours(&self, n: &StreamName, h: u32) -> freshet_storage::StoreResult<()> {
+            self.inner.set_retention_hours(n, h).await
+        }
+        async fn register_consumer(
+            &self,
+            n: &StreamName,
+            c: &str,
+        ) -> freshet_storage::StoreResult<freshet_storage::ConsumerDescription> {
+            self.inner.register_consumer(n, c).await
+        }
+        async fn deregister_consumer(&self, n: &StreamName, c: &str) -> freshet_storage::StoreResult<()> {
+            self.inner.deregister_consumer(n, c).await
+        }
+        async fn list_consumers(
+            &self,
+            n: &StreamName,
+        ) -> freshet_storage::StoreResult<Vec<freshet_storage::ConsumerDescription>> {
+            self.inner.list_consumers(n).await
+        }
+        async fn checkpoints(&self, n: &StreamName, c: &str) -> freshet_storage::StoreResult<HashMapAlias> {
+            self.inner.checkpoints(n, c).await
+        }
+        async fn checkpoint(
+            &self,
+            n: &StreamName,
+            c: &str,
+            s: freshet_storage::ShardId,
+            q: freshet_storage::SequenceNumber,
+        ) -> freshet_storage::StoreResult<()> {
+            self.inner.checkpoint(n, c, s, q).await
+        }
+    }
+
+    type HashMapAlias = std::collections::BTreeMap<freshet_storage::ShardId, freshet_storage::SequenceNumber>;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retryable_failures_are_retried_with_backoff_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap();
+        let store: Arc<dyn StreamStore> = Arc::new(Flaky {
+            inner,
+            failures: std::sync::atomic::AtomicU32::new(5),
+        });
+        let stream = StreamName::new("s").unwrap();
+        store.create_stream(&stream, 2).await.unwrap();
+        let counters = Arc::new(Counters::default());
+        let (appender, task) = Appender::spawn(store.clone(), AppendConfig::default(), counters.clone());
+        let mut tickets = Vec::new();
+        for i in 0..100 {
+            let t = appender
+                .append(
+                    stream.clone(),
+                    PutRecord::new(format!("k{}", i % 7), format!("{i}")),
+                    true,
+                )
+                .await
+                .unwrap();
+            tickets.extend(t);
+        }
+        for t in tickets {
+            t.await.unwrap().unwrap();
+        }
+        drop(appender);
+        task.await.unwrap();
+        let stats = counters.snapshot();
+        assert_eq!(stats.appended, 100);
+        assert_eq!(stats.append_failed, 0);
+        assert!(stats.append_retries >= 5, "{stats:?}");
+    }
+
     #[tokio::test]
     async fn a_missing_stream_fails_the_ticket_instead_of_dropping() {
         let dir = tempfile::tempdir().unwrap();
