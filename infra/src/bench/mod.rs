@@ -1,6 +1,7 @@
 //! `freshet bench ...`: the benchmark harness. Each benchmark measures freshet and, in the same run and with the
 //! same load, a peer system, and prints the ratios. Numbers come from release builds; nothing here is a test.
 
+pub mod api;
 pub mod nats;
 pub mod store;
 
@@ -19,11 +20,14 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Stream store appends and reads, against NATS JetStream.
     Store(store::StoreBenchArgs),
+    /// Kinesis API PutRecords and GetRecords over HTTP, against kinesalite.
+    Api(api::ApiBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Store(args) => store::run(args).await,
+        BenchCommand::Api(args) => api::run(args).await,
     }
 }
 
