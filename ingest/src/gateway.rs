@@ -92,11 +92,18 @@ pub struct ListenerConfig {
     /// MQTT over TLS when set.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// MQTT over WebSocket (binary frames, subprotocol `mqtt`; any path); with `tls`, WebSocket over TLS.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 impl ListenerConfig {
     pub fn tcp(addr: SocketAddr) -> Self {
-        Self { addr, tls: None }
+        Self {
+            addr,
+            tls: None,
+            websocket: false,
+        }
     }
 }
 
@@ -290,7 +297,7 @@ pub async fn start(config: GatewayConfig, store: Arc<dyn StreamStore>) -> Result
         let addr = listener
             .local_addr()
             .map_err(|source| IngestError::Bind { addr: l.addr, source })?;
-        bound.push((listener, addr, tls));
+        bound.push((listener, addr, tls, l.websocket));
     }
 
     let router = Router::new(
@@ -328,11 +335,12 @@ pub async fn start(config: GatewayConfig, store: Arc<dyn StreamStore>) -> Result
     let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     let mut tasks = JoinSet::new();
     let mut addrs = Vec::new();
-    for (listener, addr, tls) in bound {
+    for (listener, addr, tls, websocket) in bound {
         addrs.push(addr);
         tasks.spawn(accept_loop(
             listener,
             tls,
+            websocket,
             shared.clone(),
             permits.clone(),
             shutdown_rx.clone(),
@@ -370,6 +378,7 @@ pub async fn run(
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    websocket: bool,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
@@ -403,21 +412,39 @@ async fn accept_loop(
         while conns.try_join_next().is_some() {}
         conns.spawn(async move {
             let _permit = permit;
+            let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
             match tls {
-                None => crate::connection::serve(socket, shared, shutdown).await,
-                Some(acceptor) => {
-                    let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
-                    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => crate::connection::serve(stream, shared, shutdown).await,
-                        Ok(Err(e)) => {
-                            shared.counters.refused("tls");
-                            tracing::info!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => shared.counters.refused("tls"),
+                None => serve_maybe_ws(socket, websocket, shared, shutdown).await,
+                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                    Ok(Ok(stream)) => serve_maybe_ws(stream, websocket, shared, shutdown).await,
+                    Ok(Err(e)) => {
+                        shared.counters.refused("tls");
+                        tracing::info!(%peer, error = %e, "TLS handshake failed");
                     }
-                }
+                    Err(_) => shared.counters.refused("tls"),
+                },
             }
         });
+    }
+}
+
+/// Serve a connection, after a WebSocket handshake when the listener is a WebSocket one.
+async fn serve_maybe_ws<S>(stream: S, websocket: bool, shared: Arc<Shared>, shutdown: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if !websocket {
+        return crate::connection::serve(stream, shared, shutdown).await;
+    }
+    let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+    let limit = shared.config.max_packet_bytes + 1024;
+    match tokio::time::timeout(timeout, crate::websocket::accept(stream, limit)).await {
+        Ok(Ok(pipe)) => crate::connection::serve(pipe, shared, shutdown).await,
+        Ok(Err(e)) => {
+            shared.counters.refused("websocket");
+            tracing::info!(error = %e, "WebSocket handshake failed");
+        }
+        Err(_) => shared.counters.refused("websocket"),
     }
 }
 

@@ -11,7 +11,8 @@
 //! - [`appender`]: batches bounded by count, bytes and age; bounded queues; retries; tickets.
 //! - [`connection`]: one client connection; where acknowledgement and backpressure are decided.
 //! - [`auth`]: Argon2 password hashes, per-user/per-client ACLs.
-//! - [`gateway`]: configuration, startup checks, listeners (TCP, TLS), [`gateway::start`] / [`gateway::run`].
+//! - [`websocket`]: MQTT over WebSocket.
+//! - [`gateway`]: configuration, startup checks, listeners (TCP, TLS, WebSocket), [`gateway::start`] / [`gateway::run`].
 //! - [`metrics`]: the counters and their `metrics` names.
 //! - [`bench`]: the MQTT load generator of `freshet bench ingest`.
 //!
@@ -41,6 +42,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod rules;
+pub mod websocket;
 
 pub use auth::{AuthConfig, UserConfig, hash_password};
 pub use error::{IngestError, Result};

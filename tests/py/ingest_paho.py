@@ -1,7 +1,7 @@
 """Publishes JSON messages with paho-mqtt (the real Python MQTT client) to the freshet gateway and reports what
 the broker acknowledged, as JSON on stdout.
 
-usage: ingest_paho.py HOST PORT PROTOCOL(311|5) QOS COUNT CLIENT_ID TOPIC
+usage: ingest_paho.py HOST PORT PROTOCOL(311|5) QOS COUNT CLIENT_ID TOPIC [tcp|websockets]
 Each message is {"seq": i, "client": CLIENT_ID}. Exits non-zero if a publish is not acknowledged in time."""
 import json
 import sys
@@ -12,9 +12,13 @@ import paho.mqtt.client as mqtt
 
 def main():
     host, port, proto, qos, count, client_id, topic = sys.argv[1:8]
+    transport = sys.argv[8] if len(sys.argv) > 8 else "tcp"
     port, qos, count = int(port), int(qos), int(count)
     protocol = mqtt.MQTTv5 if proto == "5" else mqtt.MQTTv311
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                         transport=transport)
+    if transport == "websockets":
+        client.ws_set_options(path="/mqtt")
     connected = []
     client.on_connect = lambda c, u, flags, rc, props=None: connected.append(str(rc))
     client.connect(host, port, keepalive=30)

@@ -586,6 +586,7 @@ async fn ingest_tls_with_a_test_ca() {
             cert_path: cert,
             key_path: key,
         }),
+        websocket: false,
     }];
     let gw = Gw::start(cfg, &[("telemetry", 1)]).await;
     let ca = ca.to_str().unwrap();
@@ -756,4 +757,44 @@ async fn ingest_bad_rule_and_busy_port_fail_startup_clearly() {
     cfg.listeners = vec![ListenerConfig::tcp(busy.local_addr().unwrap())];
     let e = freshet_ingest::start(cfg, store).await.unwrap_err().to_string();
     assert!(e.contains("cannot listen on"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_paho_over_websocket() {
+    let mut cfg = config(vec![telemetry_rule()]);
+    cfg.listeners = vec![ListenerConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        websocket: true,
+    }];
+    let gw = Gw::start(cfg, &[("telemetry", 1)]).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/ingest_paho.py");
+    let port = gw.port.to_string();
+    for (proto, client) in [("311", "ws-a"), ("5", "ws-b")] {
+        let topic = format!("devices/{client}/telemetry");
+        let out = run(
+            "python3",
+            &[
+                script.to_str().unwrap(),
+                "127.0.0.1",
+                &port,
+                proto,
+                "1",
+                "50",
+                client,
+                &topic,
+                "websockets",
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{}", text(&out));
+        // QoS 1 over WebSocket: acknowledged means durable.
+        let have = gw.records("telemetry").await;
+        assert_eq!(
+            have.iter().filter(|(_, k, _)| k == client).count(),
+            50,
+            "{client}"
+        );
+    }
+    gw.stop().await;
 }
