@@ -107,11 +107,10 @@ fn config(rules: Vec<RuleConfig>) -> GatewayConfig {
 }
 
 async fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = tokio::time::timeout(DEADLINE, Command::new(cmd).args(args).kill_on_drop(true).output())
+    tokio::time::timeout(DEADLINE, Command::new(cmd).args(args).kill_on_drop(true).output())
         .await
         .unwrap_or_else(|_| panic!("{cmd} {args:?} did not finish in time"))
-        .unwrap_or_else(|e| panic!("{cmd} runs (the test command installs it): {e}"));
-    out
+        .unwrap_or_else(|e| panic!("{cmd} runs (the test command installs it): {e}"))
 }
 
 fn text(out: &Output) -> String {
