@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use freshet_storage::{FsyncPolicy, LogConfig, StoreConfig};
 
-use crate::{bench, deliveries, streams, up};
+use crate::{bench, deliveries, query, streams, up};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,8 @@ pub enum Command {
     Deliveries(deliveries::DeliveriesArgs),
     /// The Delta tables of a warehouse: list, describe, optimize (compact), vacuum.
     Tables(deliveries::TablesArgs),
+    /// Run one read-only SQL query against a running server or a warehouse directly.
+    Query(query::QueryArgs),
 }
 
 /// Where the store lives and how it syncs.
@@ -86,5 +88,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Deliveries(args) => deliveries::run(args).await,
         Command::Tables(args) => deliveries::tables(args).await,
+        Command::Query(args) => query::run(args).await,
     }
 }

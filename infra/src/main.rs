@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod deliveries;
+mod query;
 mod streams;
 mod up;
 

@@ -99,8 +99,15 @@ fn default_delivery(warehouse: &std::path::Path, buffer_interval: Option<Duratio
     config
 }
 
-fn http_router(store: Arc<dyn StreamStore>, metrics: PrometheusHandle) -> Router {
+fn http_router(
+    store: Arc<dyn StreamStore>,
+    metrics: PrometheusHandle,
+    warehouse: &std::path::Path,
+) -> Router {
+    let query =
+        freshet_query::QueryEngine::new(freshet_query::Warehouse::local(warehouse), Default::default());
     api::router(store, ApiConfig::default())
+        .merge(freshet_query::router(Arc::new(query)))
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(move || std::future::ready(metrics.render())))
 }
@@ -158,9 +165,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("starting the MQTT gateway on {}", args.mqtt_addr))?;
     let mut http = {
         let shutdown = shutdown.clone();
-        tokio::spawn(api::serve(listener, http_router(shared, metrics), async move {
-            shutdown.cancelled().await
-        }))
+        tokio::spawn(api::serve(
+            listener,
+            http_router(shared, metrics, &warehouse),
+            async move { shutdown.cancelled().await },
+        ))
     };
     tracing::info!(
         http = %args.http_addr,
