@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deltalake::kernel::Transaction;
@@ -52,11 +53,27 @@ pub struct FlushReport {
     pub files_added: u64,
 }
 
+/// Counters of one delivery since it started.
+#[derive(Debug, Default)]
+pub struct DeliveryCounters {
+    /// Commits of the data table made by this delivery.
+    pub commits: AtomicU64,
+    pub rows: AtomicU64,
+    pub error_rows: AtomicU64,
+    /// Commit attempts that failed (conflicts, object-store errors) and were retried or settled.
+    pub commit_failures: AtomicU64,
+    /// Failed commits found to have landed after all (their txn versions were in the table).
+    pub landed_after_error: AtomicU64,
+    /// Times another writer had moved this delivery's positions and they were reloaded.
+    pub fenced: AtomicU64,
+}
+
 /// A running delivery: ask it to flush now, or to flush and stop.
 #[derive(Debug)]
 pub struct DeliveryHandle {
     flush_tx: mpsc::Sender<oneshot::Sender<Result<FlushReport>>>,
     started: tokio::sync::watch::Receiver<bool>,
+    counters: Arc<DeliveryCounters>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -87,6 +104,10 @@ impl DeliveryHandle {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    pub fn counters(&self) -> &DeliveryCounters {
+        &self.counters
+    }
+
     /// Whether the delivery task has ended (by error or shutdown).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -103,16 +124,19 @@ pub fn spawn_delivery(
     let (flush_tx, flush_rx) = mpsc::channel(4);
     let (started_tx, started) = tokio::sync::watch::channel(false);
     let token = shutdown.child_token();
+    let counters = Arc::new(DeliveryCounters::default());
     let task = tokio::spawn(run(
         config,
         store,
         token.clone(),
         Some(flush_rx),
         Some(started_tx),
+        counters.clone(),
     ));
     DeliveryHandle {
         flush_tx,
         started,
+        counters,
         shutdown: token,
         task,
     }
@@ -124,7 +148,7 @@ pub async fn run_delivery(
     store: Arc<dyn StreamStore>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    run(config, store, shutdown, None, None).await
+    run(config, store, shutdown, None, None, Arc::default()).await
 }
 
 async fn run(
@@ -133,10 +157,11 @@ async fn run(
     shutdown: CancellationToken,
     flush_rx: Option<mpsc::Receiver<oneshot::Sender<Result<FlushReport>>>>,
     started: Option<tokio::sync::watch::Sender<bool>>,
+    counters: Arc<DeliveryCounters>,
 ) -> Result<()> {
     config.validate()?;
     let mut delivery = tokio::select! {
-        d = Delivery::start(config, store, shutdown.clone()) => d?,
+        d = Delivery::start(config, store, shutdown.clone(), counters) => d?,
         () = shutdown.cancelled() => return Ok(()),
     };
     if let Some(started) = started {
@@ -167,6 +192,7 @@ struct Delivery {
     buffer_bytes: u64,
     buffer_since: Option<Instant>,
     maintainer: Maintainer,
+    counters: Arc<DeliveryCounters>,
 }
 
 impl Delivery {
@@ -174,6 +200,7 @@ impl Delivery {
         config: DeliveryConfig,
         store: Arc<dyn StreamStore>,
         shutdown: CancellationToken,
+        counters: Arc<DeliveryCounters>,
     ) -> Result<Self> {
         let config = Arc::new(config);
         let stream = StreamName::new(config.stream.clone())?;
@@ -262,6 +289,7 @@ impl Delivery {
             buffer_bytes: 0,
             buffer_since: None,
             maintainer,
+            counters,
         })
     }
 
@@ -435,6 +463,7 @@ impl Delivery {
             Err(ProcessError::Fenced { table, app_id }) => {
                 tracing::warn!(delivery = %self.config.name, %table, %app_id,
                     "another writer moved this delivery's positions; reloading them from the table");
+                self.counters.fenced.fetch_add(1, Ordering::Relaxed);
                 self.resync().await?;
                 Ok(FlushReport::default())
             }
@@ -522,6 +551,7 @@ impl Delivery {
                 None,
                 txns,
                 expected,
+                &self.counters,
             )
             .await?;
             for (s, q) in moved.iter().filter(|(s, _)| shards.contains(s)) {
@@ -551,6 +581,7 @@ impl Delivery {
             new_schema,
             txns,
             expected,
+            &self.counters,
         )
         .await?;
         self.schema = self.data.schema()?;
@@ -563,7 +594,12 @@ impl Delivery {
         report.rows = rows;
         report.files_added = outcome.files;
         report.version = outcome.version;
+        self.counters.rows.fetch_add(rows, Ordering::Relaxed);
+        self.counters
+            .error_rows
+            .fetch_add(report.error_rows, Ordering::Relaxed);
         if let Some(version) = outcome.version {
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(delivery = %self.config.name, version, rows, errors = report.error_rows, "committed");
             let fmt = |ms: Option<i64>| {
                 ms.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
@@ -612,6 +648,7 @@ async fn commit_durably(
     new_schema: Option<&TableSchema>,
     txns: Vec<Transaction>,
     expected: Vec<Option<i64>>,
+    counters: &DeliveryCounters,
 ) -> Result<CommitOutcome> {
     let mut backoff = Duration::from_millis(100);
     let adds = match batch {
@@ -635,15 +672,11 @@ async fn commit_durably(
             bytes,
         });
     }
-    // A txn version at or past ours means this flush was committed by a previous run or attempt; one that moved
-    // elsewhere means another writer, and the caller resyncs.
-    if !txns.is_empty() && sink.txn_state(&txns, &expected).await? == TxnState::Landed {
-        return Ok(CommitOutcome {
-            version: None,
-            files: 0,
-            bytes: 0,
-        });
-    }
+    // No pre-check of the table's txn versions is needed here: this commit is built on the snapshot of our own
+    // last commit (or of the start), and delta-rs's conflict checker refuses it if any commit since then carries
+    // one of its app ids (another writer, or an earlier attempt of ours that landed despite an error). Such a
+    // refusal, like any other error, leads to the txn re-read below.
+    let mut failures = 0;
     loop {
         match sink
             .commit(adds.clone(), new_schema, txns.clone(), HashMap::new())
@@ -659,9 +692,16 @@ async fn commit_durably(
             Err(e) => {
                 tracing::warn!(table = sink.name(), error = %e,
                     "commit failed; re-reading the table's txn versions before retrying");
-                backoff_or_stop(shutdown, &mut backoff, e).await?;
+                // A conflict is settled by the txn re-read at once (landed, fenced, or retry on the new
+                // snapshot); other errors (object store, IO) wait with backoff first.
+                failures += 1;
+                counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                if !is_conflict(&e) || failures > 3 {
+                    backoff_or_stop(shutdown, &mut backoff, e).await?;
+                }
                 match sink.txn_state(&txns, &expected).await {
                     Ok(TxnState::Landed) if !txns.is_empty() => {
+                        counters.landed_after_error.fetch_add(1, Ordering::Relaxed);
                         return Ok(CommitOutcome {
                             version: None,
                             files,
@@ -677,6 +717,20 @@ async fn commit_durably(
             }
         }
     }
+}
+
+/// Whether a commit lost a race (delta-rs's conflict checker refused it).
+fn is_conflict(e: &ProcessError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    matches!(
+        e,
+        ProcessError::Delta {
+            source: deltalake::DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_) | TransactionError::VersionAlreadyExists(_),
+            },
+            ..
+        }
+    )
 }
 
 /// Sleep `backoff` (doubling, capped) unless shutdown is requested, in which case return `err`.

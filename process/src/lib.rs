@@ -24,7 +24,7 @@ pub mod maintenance;
 pub mod table;
 
 pub use config::{DeliveryConfig, MaintenanceConfig, PartitionColumn, PartitionExpr};
-pub use delivery::{DeliveryHandle, FlushReport, app_id, run_delivery, spawn_delivery};
+pub use delivery::{DeliveryCounters, DeliveryHandle, FlushReport, app_id, run_delivery, spawn_delivery};
 pub use error::{ProcessError, Result};
 pub use events::{CommitEvent, EVENTS_STREAM};
 pub use tokio_util::sync::CancellationToken;

@@ -145,6 +145,20 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The two writers did race: commits were refused (412 / conflict) and settled as landed or fenced.
+    use std::sync::atomic::Ordering::Relaxed;
+    let (ca, cb) = (a.counters(), b.counters());
+    let races = ca.commit_failures.load(Relaxed) + cb.commit_failures.load(Relaxed);
+    let settled = ca.fenced.load(Relaxed)
+        + cb.fenced.load(Relaxed)
+        + ca.landed_after_error.load(Relaxed)
+        + cb.landed_after_error.load(Relaxed);
+    eprintln!(
+        "commits {} + {}, failed attempts {races}, settled by fencing or landed-check {settled}",
+        ca.commits.load(Relaxed),
+        cb.commits.load(Relaxed)
+    );
+    assert!(races > 0 && settled > 0, "the two deliveries never raced");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 
