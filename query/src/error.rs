@@ -132,6 +132,9 @@ impl QueryError {
     pub(crate) fn from_datafusion(error: DataFusionError, memory_limit_bytes: usize) -> Self {
         let message = error.strip_backtrace();
         match error.find_root() {
+            DataFusionError::SQL(..) if message.contains("found: EOF") => {
+                Self::Syntax(format!("{message} (at the end of the SQL)"))
+            }
             DataFusionError::SQL(..) => Self::Syntax(message),
             DataFusionError::SchemaError(schema_error, _) => match schema_error.as_ref() {
                 deltalake::datafusion::common::SchemaError::FieldNotFound { .. } => {

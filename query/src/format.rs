@@ -1,13 +1,13 @@
 //! Result formats: JSON (the `/v1/sql` contract), CSV, Arrow IPC stream, Parquet, and a pretty text table.
 //!
 //! JSON is `{"columns":[{"name":..,"type":..}],"rows":[{..},..]}`: `type` is the Arrow data type as Arrow displays it
-//! (`Int64`, `Float64`, `Utf8`, `Timestamp(µs, "UTC")`, ...); every row has every column (nulls are `null`);
+//! (`Int64`, `Float64`, `Utf8`, `Timestamp(µs, "UTC")`, ...; see [`type_name`]); every row has every column (nulls are `null`);
 //! timestamps and dates are ISO 8601 strings; nested types are JSON objects and arrays.
 
 use std::sync::Arc;
 
 use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::datatypes::{DataType, SchemaRef};
 use deltalake::arrow::json::writer::JsonArray;
 use deltalake::parquet::arrow::ArrowWriter;
 
@@ -69,6 +69,18 @@ impl Format {
     }
 }
 
+/// The JSON `type` of a column: Arrow's name of its logical type, so that storage encodings do not leak:
+/// dictionary-encoded columns are named after their values, `Utf8View`/`LargeUtf8` are `Utf8`, `BinaryView`/
+/// `LargeBinary` are `Binary`.
+pub fn type_name(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Dictionary(_, values) => type_name(values),
+        DataType::Utf8View | DataType::LargeUtf8 => "Utf8".into(),
+        DataType::BinaryView | DataType::LargeBinary => "Binary".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Encode a whole result in `format`.
 pub fn encode(result: &QueryResult, format: Format) -> Result<Vec<u8>> {
     let internal = |e: &dyn std::fmt::Display| QueryError::Internal(format!("encoding {format:?}: {e}"));
@@ -79,7 +91,7 @@ pub fn encode(result: &QueryResult, format: Format) -> Result<Vec<u8>> {
                 .schema
                 .fields()
                 .iter()
-                .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+                .map(|f| serde_json::json!({"name": f.name(), "type": type_name(f.data_type())}))
                 .collect();
             out.extend_from_slice(b"{\"columns\":");
             serde_json::to_writer(&mut out, &columns).map_err(|e| internal(&e))?;

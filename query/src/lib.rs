@@ -20,7 +20,7 @@ mod warehouse;
 pub use client::Client;
 pub use engine::{QueryEngine, QueryLimits};
 pub use error::{Fault, QueryError, Result};
-pub use format::{Format, QueryResult, decode_arrow_ipc, encode, pretty};
+pub use format::{Format, QueryResult, decode_arrow_ipc, encode, pretty, type_name};
 pub use http::router;
 pub use warehouse::{Warehouse, split_version};
 

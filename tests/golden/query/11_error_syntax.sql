@@ -1,0 +1,1 @@
+SELEC device_id FROM telemetry
