@@ -34,6 +34,18 @@ pub enum DeliveriesCommand {
     List,
     /// Show a delivery: its config, its table, and each shard's committed position.
     Describe { name: String },
+    /// Benchmark delivery (stream → committed Delta) against DuckDB converting the same NDJSON to Parquet.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Records of 10 fields (~200 B) to deliver.
+    #[arg(long, default_value_t = 500_000)]
+    pub records: u64,
+    /// Records for the publish → committed latency run (1 s interval, one record every 20 ms).
+    #[arg(long, default_value_t = 250)]
+    pub latency_records: u64,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +134,7 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
+        DeliveriesCommand::Bench(bench) => crate::deliveries::bench(bench).await,
         DeliveriesCommand::Run(run) => {
             let mut config = match configs.iter().find(|d| d.name == run.name) {
                 Some(d) => d.clone(),
@@ -307,5 +320,146 @@ pub async fn tables(args: TablesArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::json!({"dry_run": dry_run, "files": files}));
         }
     }
+    Ok(())
+}
+
+fn bench_record(i: u64) -> String {
+    serde_json::json!({
+        "device_id": format!("dev-{:04}", i % 1000), "ts": 1_700_000_000_000u64 + i, "temp": 20.0 + (i % 100) as f64 / 10.0,
+        "humidity": 40.5, "pressure": 1013.25, "battery": i % 100, "rssi": -67, "status": "ok", "fw": "1.2.3", "seq": i
+    })
+    .to_string()
+}
+
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Throughput (stream → committed Delta) vs DuckDB NDJSON → Parquet on the same records, latency at a 1 s interval,
+/// peak RSS. Use a release build for numbers worth comparing.
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use freshet_storage::{PutRecord, StoreConfig};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir()?;
+    let store: Arc<Store> = Arc::new(Store::open(
+        StoreConfig::new(dir.path().join("data")),
+        Arc::new(SystemClock),
+    )?);
+    let dyn_store: Arc<dyn StreamStore> = store.clone();
+    let stream = StreamName::new("bench")?;
+    dyn_store.create_stream(&stream, 4).await?;
+    let mut ndjson = String::new();
+    let mut batch = Vec::with_capacity(500);
+    for i in 0..args.records {
+        let r = bench_record(i);
+        ndjson.push_str(&r);
+        ndjson.push('\n');
+        batch.push(PutRecord::new(format!("dev-{}", i % 1000), r));
+        if batch.len() == 500 || i + 1 == args.records {
+            for r in dyn_store.put_records(&stream, std::mem::take(&mut batch)).await? {
+                r?;
+            }
+        }
+    }
+    let warehouse = dir.path().join("warehouse").display().to_string();
+    let mut config = DeliveryConfig::new("bench", "bench", "bench", &warehouse);
+    config.buffer_bytes = 128 << 20;
+    config.buffer_interval_ms = 1_000;
+    config.maintenance.optimize_every_commits = 0;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let d = freshet_process::spawn_delivery(config.clone(), dyn_store.clone(), shutdown.clone());
+    while d.counters().rows.load(Relaxed) < args.records {
+        anyhow::ensure!(!d.is_finished(), "the delivery stopped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ours = args.records as f64 / secs;
+    d.shutdown().await?;
+
+    let path = dir.path().join("bench.ndjson");
+    std::fs::write(&path, &ndjson)?;
+    drop(ndjson);
+    let script = format!(
+        "import duckdb,time\nc=duckdb.connect()\nt=time.perf_counter()\n\
+         c.sql(\"COPY (SELECT * FROM read_json_auto('{0}')) TO '{0}.parquet' (FORMAT parquet)\")\n\
+         print(time.perf_counter()-t)",
+        path.display()
+    );
+    let duck = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()?;
+    let duck_secs: Option<f64> = String::from_utf8_lossy(&duck.stdout).trim().parse().ok();
+
+    // Latency: one record every 20 ms into a fresh stream, 1 s interval; a record is queryable when the
+    // delivery's committed row count covers it (each flush commits everything read so far).
+    let lat_stream = StreamName::new("latency")?;
+    dyn_store.create_stream(&lat_stream, 1).await?;
+    let mut lat_config = DeliveryConfig::new("latency", "latency", "latency", &warehouse);
+    lat_config.buffer_interval_ms = 1_000;
+    let d = freshet_process::spawn_delivery(lat_config, dyn_store.clone(), shutdown.clone());
+    d.started().await;
+    let mut put_at = Vec::new();
+    let mut latencies_ms = Vec::new();
+    let mut next_put = Instant::now();
+    while (latencies_ms.len() as u64) < args.latency_records {
+        let committed = d.counters().rows.load(Relaxed) as usize;
+        while latencies_ms.len() < committed.min(put_at.len()) {
+            let t: Instant = put_at[latencies_ms.len()];
+            latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        if (put_at.len() as u64) < args.latency_records && Instant::now() >= next_put {
+            dyn_store
+                .put_record(
+                    &lat_stream,
+                    PutRecord::new("k", bench_record(put_at.len() as u64)),
+                )
+                .await?;
+            put_at.push(Instant::now());
+            next_put += Duration::from_millis(20);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    d.shutdown().await?;
+    latencies_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies_ms[((latencies_ms.len() as f64 - 1.0) * p) as usize];
+    store.shutdown().await;
+
+    println!(
+        "freshet bench delivery ({} build)",
+        if cfg!(debug_assertions) {
+            "DEBUG"
+        } else {
+            "release"
+        }
+    );
+    println!(
+        "  records:                {} (10 fields, ~{} B each)",
+        args.records,
+        bench_record(1).len()
+    );
+    println!("  freshet stream→Delta:   {ours:.0} rows/s ({secs:.2} s, 4 shards, 128 MiB / 1 s buffer)");
+    match duck_secs {
+        Some(ds) => {
+            let theirs = args.records as f64 / ds;
+            println!("  DuckDB NDJSON→Parquet:  {theirs:.0} rows/s ({ds:.2} s)");
+            println!("  ratio freshet/DuckDB:   {:.2}x", ours / theirs);
+        }
+        None => println!(
+            "  DuckDB: not run ({})",
+            String::from_utf8_lossy(&duck.stderr).trim()
+        ),
+    }
+    println!(
+        "  publish→committed latency at 1 s interval: p50 {:.0} ms, p99 {:.0} ms ({} records)",
+        pct(0.5),
+        pct(0.99),
+        latencies_ms.len()
+    );
+    println!("  peak RSS: {} MiB", peak_rss_mib().unwrap_or(0));
     Ok(())
 }

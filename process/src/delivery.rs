@@ -543,17 +543,14 @@ impl Delivery {
                 .map(|(s, _)| self.errors_committed.get(s).map(|q| q.0 as i64))
                 .collect();
             let batch = errors_batch(&errors, now_ms())?;
-            commit_durably(
-                &mut self.errors,
-                &self.shutdown,
-                &errors_schema(),
-                Some(batch),
-                None,
+            let pending = Pending {
+                schema: &errors_schema(),
+                batch: Some(batch),
+                new_schema: None,
                 txns,
                 expected,
-                &self.counters,
-            )
-            .await?;
+            };
+            commit_durably(&mut self.errors, &self.shutdown, pending, &self.counters).await?;
             for (s, q) in moved.iter().filter(|(s, _)| shards.contains(s)) {
                 self.errors_committed.insert(*s, *q);
             }
@@ -573,17 +570,14 @@ impl Delivery {
             .collect();
         let new_schema = (converted.schema != self.schema).then_some(&converted.schema);
         let rows = converted.rows() as u64;
-        let outcome = commit_durably(
-            &mut self.data,
-            &self.shutdown,
-            &converted.schema,
-            converted.batch.clone(),
+        let pending = Pending {
+            schema: &converted.schema,
+            batch: converted.batch.clone(),
             new_schema,
             txns,
             expected,
-            &self.counters,
-        )
-        .await?;
+        };
+        let outcome = commit_durably(&mut self.data, &self.shutdown, pending, &self.counters).await?;
         self.schema = self.data.schema()?;
         for (s, q) in &moved {
             self.committed.insert(*s, *q);
@@ -636,6 +630,16 @@ struct CommitOutcome {
     bytes: u64,
 }
 
+/// One commit to make: rows in `schema`, an optional schema change, and the shards' new txn versions with the
+/// versions this delivery believes the table has now (`expected`, one per txn).
+struct Pending<'a> {
+    schema: &'a TableSchema,
+    batch: Option<deltalake::arrow::array::RecordBatch>,
+    new_schema: Option<&'a TableSchema>,
+    txns: Vec<Transaction>,
+    expected: Vec<Option<i64>>,
+}
+
 /// Write the files (retrying), then commit (retrying); before each retry re-read the table's txn versions so a
 /// commit that landed despite an error is not made twice. Gives up only on shutdown, or with
 /// [`ProcessError::Fenced`] when another writer moved the positions (`expected` are the versions this delivery
@@ -643,13 +647,16 @@ struct CommitOutcome {
 async fn commit_durably(
     sink: &mut DeltaSink,
     shutdown: &CancellationToken,
-    schema: &TableSchema,
-    batch: Option<deltalake::arrow::array::RecordBatch>,
-    new_schema: Option<&TableSchema>,
-    txns: Vec<Transaction>,
-    expected: Vec<Option<i64>>,
+    pending: Pending<'_>,
     counters: &DeliveryCounters,
 ) -> Result<CommitOutcome> {
+    let Pending {
+        schema,
+        batch,
+        new_schema,
+        txns,
+        expected,
+    } = pending;
     let mut backoff = Duration::from_millis(100);
     let adds = match batch {
         None => Vec::new(),

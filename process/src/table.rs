@@ -59,7 +59,19 @@ impl DeltaSink {
         if let Some(dir) = &local_dir {
             create_dir_synced(dir).await?;
         }
-        let table = match Self::open(name, &url, &storage_options).await {
+        // A local table without a log is created without trying to open it first (which logs a kernel error).
+        let absent_locally = local_dir.as_ref().is_some_and(|d| {
+            std::fs::read_dir(d.join("_delta_log")).map_or(true, |mut entries| entries.next().is_none())
+        });
+        let opened = if absent_locally {
+            Err(ProcessError::delta(
+                name,
+                deltalake::DeltaTableError::NotATable(url.to_string()),
+            ))
+        } else {
+            Self::open(name, &url, &storage_options).await
+        };
+        let table = match opened {
             Ok(t) => t,
             Err(ProcessError::Delta {
                 source: deltalake::DeltaTableError::NotATable(_),
