@@ -1,18 +1,19 @@
 //! The batching appender: records from the rules go to the stream store in batches, through bounded queues.
 //!
 //! ```text
-//! connections ──append()──▶ [input queue, queue_records_max] ──▶ batcher ──▶ [per-stream queue, 2 batches]
-//!                                                                              ──▶ writer (one put at a time per stream)
+//! connections ──append()──▶ [input queue, queue_records_max] ──▶ batcher ──▶ [per-lane queue, 2 batches]
+//!                                                      ──▶ writer lane (one put at a time; lanes per stream)
 //! ```
 //!
 //! Guarantees:
-//! - Bounded: the input queue holds at most `queue_records_max` records; each stream's writer queue at most two
+//! - Bounded: the input queue holds at most `queue_records_max` records; each writer lane's queue at most two
 //!   batches; a batch at most [`PUT_RECORDS_MAX`] records and `batch_bytes_max` bytes. When they are full,
 //!   [`Appender::append`] waits: the caller (a connection) stops reading its socket, which is the backpressure
 //!   a publisher feels. Nothing is buffered without bound.
 //! - A batch is flushed when it reaches the count or byte bound, or when its first record has waited
 //!   `linger_ms` (a few milliseconds), whichever comes first.
-//! - Records of one stream are written in the order they were appended (one put in flight per stream).
+//! - Records of one partition key are written in the order they were appended: each stream has
+//!   `writers_per_stream` writer lanes (one put in flight each), and a key always maps to the same lane.
 //! - Failures are retried with exponential backoff (1 ms doubling to 1 s) for as long as the error is retryable
 //!   and `retry_ms_max` has not passed; then the record's [`Ticket`] resolves to an error and the failure is
 //!   counted and logged. Nothing is dropped silently: every record's ticket resolves exactly once.
@@ -41,6 +42,9 @@ pub struct AppendConfig {
     pub queue_records_max: usize,
     /// How long a failing record is retried before its ticket fails, in milliseconds.
     pub retry_ms_max: u64,
+    /// Puts in flight per stream. Records are spread over this many writer lanes by partition key, so records of
+    /// one key keep their order while the store can group-commit several puts with one fsync.
+    pub writers_per_stream: u16,
 }
 
 impl Default for AppendConfig {
@@ -51,6 +55,7 @@ impl Default for AppendConfig {
             linger_ms: 2,
             queue_records_max: 10_000,
             retry_ms_max: 30_000,
+            writers_per_stream: 4,
         }
     }
 }
@@ -135,6 +140,20 @@ impl Appender {
     }
 }
 
+/// A stream and one of its writer lanes.
+type Lane = (StreamName, u16);
+
+/// The writer lane of a partition key: the same key always goes to the same lane, so its records stay in order.
+fn lane_of(partition_key: &str, lanes: u16) -> u16 {
+    use std::hash::{Hash, Hasher};
+    if lanes <= 1 {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    partition_key.hash(&mut h);
+    (h.finish() % u64::from(lanes)) as u16
+}
+
 #[derive(Default)]
 struct Batch {
     items: Vec<Item>,
@@ -150,8 +169,8 @@ async fn batcher(
 ) {
     let linger = Duration::from_millis(config.linger_ms);
     let count_max = config.batch_records_max.clamp(1, PUT_RECORDS_MAX);
-    let mut batches: HashMap<StreamName, Batch> = HashMap::new();
-    let mut writers: HashMap<StreamName, mpsc::Sender<Vec<Item>>> = HashMap::new();
+    let mut batches: HashMap<Lane, Batch> = HashMap::new();
+    let mut writers: HashMap<Lane, mpsc::Sender<Vec<Item>>> = HashMap::new();
     let mut writer_tasks = Vec::new();
     loop {
         let deadline = batches.values().filter_map(|b| b.first).min().map(|t| t + linger);
@@ -159,7 +178,7 @@ async fn batcher(
             item = rx.recv() => item,
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 let now = Instant::now();
-                let due: Vec<StreamName> = batches
+                let due: Vec<Lane> = batches
                     .iter()
                     .filter(|(_, b)| b.first.is_some_and(|t| t + linger <= now))
                     .map(|(s, _)| s.clone())
@@ -173,7 +192,10 @@ async fn batcher(
         let Some(item) = item else { break };
         counters.queue_depth(rx.len() as u64);
         let size = item.record.data.len() + item.record.partition_key.len();
-        let stream = item.stream.clone();
+        let stream: Lane = (
+            item.stream.clone(),
+            lane_of(&item.record.partition_key, config.writers_per_stream),
+        );
         let batch = batches.entry(stream.clone()).or_default();
         if !batch.items.is_empty() && batch.bytes + size > config.batch_bytes_max {
             flush(
@@ -204,7 +226,7 @@ async fn batcher(
             .await;
         }
     }
-    let streams: Vec<StreamName> = batches.keys().cloned().collect();
+    let streams: Vec<Lane> = batches.keys().cloned().collect();
     for stream in streams {
         flush(
             &store,
@@ -234,18 +256,19 @@ async fn flush(
     store: &Arc<dyn StreamStore>,
     config: &AppendConfig,
     counters: &Arc<Counters>,
-    batches: &mut HashMap<StreamName, Batch>,
-    writers: &mut HashMap<StreamName, mpsc::Sender<Vec<Item>>>,
+    batches: &mut HashMap<Lane, Batch>,
+    writers: &mut HashMap<Lane, mpsc::Sender<Vec<Item>>>,
     writer_tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    stream: &StreamName,
+    lane: &Lane,
 ) {
-    let Some(batch) = batches.remove(stream) else {
+    let stream = &lane.0;
+    let Some(batch) = batches.remove(lane) else {
         return;
     };
     if batch.items.is_empty() {
         return;
     }
-    let writer = writers.entry(stream.clone()).or_insert_with(|| {
+    let writer = writers.entry(lane.clone()).or_insert_with(|| {
         let (tx, rx) = mpsc::channel(2);
         writer_tasks.push(tokio::spawn(writer(
             store.clone(),
