@@ -131,7 +131,7 @@ async fn query_http_forbidden_statements_are_refused() {
     let outside = warehouse.path().join("outside");
     let o = outside.display();
     let forbidden = [
-        format!("CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd'"),
+        "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd'".to_string(),
         format!(
             "CREATE EXTERNAL TABLE t2 STORED AS PARQUET LOCATION '{}/telemetry'",
             warehouse.path().display()
