@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{histogram, machine, ms, peak_rss_mib, record_latency};
+use super::{histogram, load, machine, ms, peak_rss_mib, record_latency};
 
 /// The kinesalite release the bench installs when none is found.
 const KINESALITE_VERSION: &str = "3.3.3";
@@ -272,39 +273,31 @@ async fn create_stream(endpoint: &Endpoint, shards: u32) -> anyhow::Result<Vec<S
 
 /// PutRecords from `clients` concurrent clients, closed loop, for `seconds`.
 async fn put_phase(url: &str, args: &ApiBenchArgs) -> anyhow::Result<Phase> {
-    let duration = Duration::from_secs(args.seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for client in 0..args.clients {
-        let endpoint = Endpoint::new(url)?;
-        let body = put_body(client, args.batch, args.size)?;
-        let batch = args.batch as u64;
-        tasks.push(tokio::spawn(async move {
-            let (mut h, mut calls, mut failed) = (histogram(), 0u64, 0u64);
-            while start.elapsed() < duration {
-                let sent = Instant::now();
+    let clients: Arc<Vec<(Endpoint, Bytes)>> = Arc::new(
+        (0..args.clients)
+            .map(|client| Ok((Endpoint::new(url)?, put_body(client, args.batch, args.size)?)))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let (calls, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let batch = args.batch as u64;
+    let send = {
+        let (clients, calls, failed) = (clients.clone(), calls.clone(), failed.clone());
+        move |client: usize| {
+            let (clients, calls, failed) = (clients.clone(), calls.clone(), failed.clone());
+            async move {
+                let (endpoint, body) = &clients[client];
                 let out: PutOut = endpoint.call("PutRecords", body.clone()).await?;
-                record_latency(&mut h, sent.elapsed());
-                calls += 1;
-                failed += out.failed_record_count;
+                calls.fetch_add(1, Ordering::Relaxed);
+                failed.fetch_add(out.failed_record_count, Ordering::Relaxed);
+                anyhow::Ok(batch - out.failed_record_count)
             }
-            let ok = calls * batch - failed;
-            anyhow::Ok((calls, ok, failed, h))
-        }));
-    }
-    let (mut calls, mut records, mut failed, mut h) = (0, 0, 0, histogram());
-    for task in tasks {
-        let (c, ok, f, th) = task.await??;
-        calls += c;
-        records += ok;
-        failed += f;
-        h.add(th)?;
-    }
-    let elapsed = start.elapsed();
+        }
+    };
+    let (records, h, elapsed) = load(args.clients, Duration::from_secs(args.seconds), None, send).await?;
     Ok(phase(
-        calls,
+        calls.load(Ordering::Relaxed),
         records,
-        failed,
+        failed.load(Ordering::Relaxed),
         records * args.size as u64,
         elapsed,
         &h,

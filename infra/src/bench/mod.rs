@@ -5,7 +5,8 @@ pub mod api;
 pub mod nats;
 pub mod store;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
@@ -81,4 +82,53 @@ pub fn machine() -> String {
         })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
+}
+
+/// Run `producers` tasks for `duration`; each sends a batch per `interval` (or back to back when `None`).
+/// Latency is measured from when a batch was due, so a stalled store cannot hide its backlog.
+pub async fn load<F, Fut>(
+    producers: usize,
+    duration: Duration,
+    interval: Option<Duration>,
+    send: F,
+) -> anyhow::Result<(u64, Histogram<u64>, Duration)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
+{
+    let send = Arc::new(send);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut sent = 0u64;
+            let mut ticker = interval.map(|every| {
+                let mut t = tokio::time::interval_at(
+                    tokio::time::Instant::now() + every * p as u32 / producers as u32,
+                    every,
+                );
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            while start.elapsed() < duration {
+                let due = match ticker.as_mut() {
+                    Some(t) => t.tick().await.into_std(),
+                    None => Instant::now(),
+                };
+                sent += send(p).await?;
+                record_latency(&mut h, due.elapsed());
+            }
+            anyhow::Ok((sent, h))
+        }));
+    }
+    let mut total = 0;
+    let mut h = histogram();
+    for task in tasks {
+        let (sent, ph) = task.await??;
+        total += sent;
+        h.add(ph)?;
+    }
+    Ok((total, h, start.elapsed()))
 }

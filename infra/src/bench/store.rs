@@ -17,7 +17,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{histogram, machine, ms, nats, peak_rss_mib, record_latency};
+use super::{histogram, load, machine, ms, nats, peak_rss_mib};
 
 #[derive(Debug, Args)]
 pub struct StoreBenchArgs {
@@ -100,55 +100,6 @@ fn phase(records: u64, bytes_each: usize, elapsed: Duration, h: &Histogram<u64>)
         ack_ms_p50: ms(h, 0.5),
         ack_ms_p99: ms(h, 0.99),
     }
-}
-
-/// Run `producers` tasks for `duration`; each sends a batch per `interval` (or back to back when `None`).
-/// Latency is measured from when a batch was due, so a stalled store cannot hide its backlog.
-async fn load<F, Fut>(
-    producers: usize,
-    duration: Duration,
-    interval: Option<Duration>,
-    send: F,
-) -> anyhow::Result<(u64, Histogram<u64>, Duration)>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
-{
-    let send = Arc::new(send);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..producers {
-        let send = send.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut sent = 0u64;
-            let mut ticker = interval.map(|every| {
-                let mut t = tokio::time::interval_at(
-                    tokio::time::Instant::now() + every * p as u32 / producers as u32,
-                    every,
-                );
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                t
-            });
-            while start.elapsed() < duration {
-                let due = match ticker.as_mut() {
-                    Some(t) => t.tick().await.into_std(),
-                    None => Instant::now(),
-                };
-                sent += send(p).await?;
-                record_latency(&mut h, due.elapsed());
-            }
-            anyhow::Ok((sent, h))
-        }));
-    }
-    let mut total = 0;
-    let mut h = histogram();
-    for task in tasks {
-        let (sent, ph) = task.await??;
-        total += sent;
-        h.add(ph)?;
-    }
-    Ok((total, h, start.elapsed()))
 }
 
 async fn freshet_phases(
