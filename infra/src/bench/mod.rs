@@ -2,6 +2,7 @@
 //! same load, a peer system, and prints the ratios. Numbers come from release builds; nothing here is a test.
 
 pub mod api;
+pub mod ingest;
 pub mod nats;
 pub mod store;
 
@@ -23,12 +24,15 @@ pub enum BenchCommand {
     Store(store::StoreBenchArgs),
     /// Kinesis API PutRecords and GetRecords over HTTP, against kinesalite.
     Api(api::ApiBenchArgs),
+    /// MQTT publishes at QoS 1 into the gateway with durable appends, against Mosquitto and a bare rumqttd.
+    Ingest(ingest::IngestBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Api(args) => api::run(args).await,
+        BenchCommand::Ingest(args) => ingest::run(args).await,
     }
 }
 

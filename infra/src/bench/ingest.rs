@@ -1,0 +1,424 @@
+//! `freshet bench ingest`: N MQTT clients publish 100-byte JSON at QoS 1 into the gateway, whose rule appends every
+//! publish durably (embedded store, fsync `always`) before the PUBACK; then the same load against Mosquitto
+//! (in memory, a child process on 127.0.0.1) and against a bare rumqttd (no store behind it), each broker with one
+//! subscriber draining it. Reports sustained publishes/s, publish → PUBACK latency (for freshet that is publish →
+//! durable), peak RSS, and the ratios. The load generator is `freshet_ingest::bench`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use freshet_ingest::bench::{LoadConfig, LoadReport, drain, run_load, start_bare_rumqttd};
+use freshet_ingest::{GatewayConfig, ListenerConfig, RuleConfig};
+use freshet_storage::{FsyncPolicy, LogConfig, Store, StoreConfig, StreamName, StreamStore, SystemClock};
+use serde::Serialize;
+
+use super::{machine, peak_rss_mib};
+
+const TOPIC_PREFIX: &str = "bench";
+const FILTER: &str = "bench/+/telemetry";
+
+#[derive(Debug, Args)]
+pub struct IngestBenchArgs {
+    /// Target seconds of the measured run per broker (its size comes from a short calibration run).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrent MQTT clients (client i publishes to `bench/<i>/telemetry`).
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// QoS 1 publishes outstanding per client.
+    #[arg(long, default_value_t = 64)]
+    pub inflight: u16,
+    /// Payload size in bytes (JSON).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Shards of the `bench` stream.
+    #[arg(long, default_value_t = 4)]
+    pub shards: u32,
+    /// fsync policy of freshet's store: always (the default and the durable one), interval:<ms>, never.
+    #[arg(long, default_value = "always", value_parser = crate::cli::parse_fsync)]
+    pub fsync: FsyncPolicy,
+    /// Fixed publishes per client for every broker instead of sizing the run from `--seconds`.
+    #[arg(long)]
+    pub messages_per_client: Option<usize>,
+    /// Directory for freshet's store (default: the system temp directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Skip the Mosquitto peer.
+    #[arg(long)]
+    pub no_mosquitto: bool,
+    /// Skip the bare rumqttd peer.
+    #[arg(long)]
+    pub no_rumqttd: bool,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct BrokerResult {
+    system: String,
+    published: u64,
+    acked: u64,
+    seconds: f64,
+    publishes_per_s: f64,
+    /// Publish → PUBACK; for freshet the PUBACK follows the durable append, so this is publish → durable.
+    puback_ms_p50: f64,
+    puback_ms_p99: f64,
+    puback_ms_max: f64,
+    /// Publishes the one QoS 0 subscriber received during the measured run.
+    subscriber_received: u64,
+    peak_rss_mib: Option<f64>,
+    /// freshet only: records the gateway reported durable in the store during the measured run.
+    records_durable: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    clients: usize,
+    inflight: u16,
+    payload_bytes: usize,
+    shards: u32,
+    fsync: String,
+    results: Vec<BrokerResult>,
+    freshet_over_mosquitto: Option<f64>,
+    freshet_over_rumqttd: Option<f64>,
+}
+
+/// A Mosquitto child process with an in-memory configuration, killed on drop.
+struct Mosquitto {
+    child: Child,
+    addr: SocketAddr,
+    version: String,
+}
+
+impl Mosquitto {
+    async fn start(binary: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = dir.join("mosquitto.conf");
+        // No persistence: messages live in memory only. Nagle off like the load generator's sockets.
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n\
+                 log_dest none\nmax_queued_messages 100000\n"
+            ),
+        )?;
+        let version = Command::new(binary)
+            .arg("-h")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(|l| l.trim().to_string())
+            })
+            .unwrap_or_else(|| "mosquitto (unknown version)".into());
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let server = Self { child, addr, version };
+        wait_listening(addr, "mosquitto").await?;
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mosquitto` on PATH, or in /usr/sbin (where Debian puts it, often not on a user's PATH).
+fn find_mosquitto() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+}
+
+async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the port with a deadline
+    }
+    Ok(())
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn load_config(args: &IngestBenchArgs, addr: SocketAddr, messages_per_client: usize) -> LoadConfig {
+    LoadConfig {
+        addr,
+        clients: args.clients,
+        messages_per_client,
+        payload_bytes: args.payload_bytes,
+        qos: 1,
+        inflight: args.inflight,
+        topic_prefix: TOPIC_PREFIX.into(),
+        timeout: Duration::from_secs(args.seconds * 10 + 60),
+    }
+}
+
+/// A calibration run (which also warms up the broker), then the measured run sized to `--seconds`, with one
+/// subscriber draining the broker during it. Returns the measured run and what the subscriber received.
+async fn measure(
+    args: &IngestBenchArgs,
+    addr: SocketAddr,
+    name: &str,
+    gateway: Option<&freshet_ingest::GatewayHandle>,
+) -> anyhow::Result<(LoadReport, u64, u64)> {
+    let per_client = match args.messages_per_client {
+        Some(n) => n,
+        None => {
+            let warm = run_load(load_config(args, addr, 2_000))
+                .await
+                .with_context(|| format!("{name}: calibration run"))?;
+            let n = warm.publishes_per_s * args.seconds as f64 / args.clients.max(1) as f64;
+            eprintln!(
+                "  {name} calibration: {:.0} publishes/s → {:.0} per client",
+                warm.publishes_per_s, n
+            );
+            (n as usize).max(1_000)
+        }
+    };
+    let expected = (per_client * args.clients) as u64;
+    let drain_timeout = Duration::from_secs(args.seconds * 10 + 70);
+    let subscriber = tokio::spawn(drain(addr, FILTER, expected, drain_timeout));
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the subscription land before the load starts
+    let appended_before = gateway.map_or(0, |g| g.stats().appended);
+    let report = run_load(load_config(args, addr, per_client))
+        .await
+        .with_context(|| format!("{name}: measured run"))?;
+    // The subscriber gets a short grace period to catch up after the last PUBACK, then counts what it has.
+    let received = match tokio::time::timeout(Duration::from_secs(5), subscriber).await {
+        Ok(joined) => joined??,
+        Err(_) => {
+            eprintln!("  {name}: subscriber still behind 5 s after the load; counted as not received");
+            0
+        }
+    };
+    eprintln!(
+        "  {name}: {:.0} publishes/s, PUBACK p50 {:.2} ms p99 {:.2} ms; subscriber received {received} of {expected}",
+        report.publishes_per_s,
+        report.latency_us_p50 as f64 / 1000.0,
+        report.latency_us_p99 as f64 / 1000.0
+    );
+    let appended = gateway.map_or(0, |g| g.stats().appended) - appended_before;
+    Ok((report, received, appended))
+}
+
+fn result(
+    system: &str,
+    r: &LoadReport,
+    received: u64,
+    rss: Option<f64>,
+    durable: Option<u64>,
+) -> BrokerResult {
+    BrokerResult {
+        system: system.into(),
+        published: r.published,
+        acked: r.acked,
+        seconds: r.elapsed.as_secs_f64(),
+        publishes_per_s: r.publishes_per_s,
+        puback_ms_p50: r.latency_us_p50 as f64 / 1000.0,
+        puback_ms_p99: r.latency_us_p99 as f64 / 1000.0,
+        puback_ms_max: r.latency_us_max as f64 / 1000.0,
+        subscriber_received: received,
+        peak_rss_mib: rss,
+        records_durable: durable,
+    }
+}
+
+async fn freshet(args: &IngestBenchArgs, base: &Path) -> anyhow::Result<BrokerResult> {
+    let dir = tempfile::tempdir_in(base)?;
+    let store = Store::open(
+        StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            log: LogConfig {
+                fsync: args.fsync,
+                ..LogConfig::default()
+            },
+            record_bytes_max: freshet_storage::RECORD_BYTES_MAX_DEFAULT,
+        },
+        Arc::new(SystemClock),
+    )?;
+    store
+        .create_stream(&StreamName::new("bench")?, args.shards)
+        .await?;
+    let config = GatewayConfig {
+        listeners: vec![ListenerConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))],
+        rules: vec![RuleConfig {
+            name: "bench".into(),
+            sql: format!("SELECT * FROM '{FILTER}'"),
+            stream: "bench".into(),
+            partition_key: "${topic(2)}".into(),
+            error_stream: None,
+        }],
+        ..GatewayConfig::default()
+    };
+    let store_dyn: Arc<dyn StreamStore> = Arc::new(store.clone());
+    let gateway = freshet_ingest::start(config, store_dyn)
+        .await
+        .context("starting the gateway")?;
+    let addr = gateway.local_addrs()[0];
+    let (report, received, appended) = measure(args, addr, "freshet", Some(&gateway)).await?;
+    let stats = gateway.stats();
+    // VmHWM of this process, before the bare rumqttd runs in it: store + gateway + load generator + subscriber.
+    let rss = peak_rss_mib(None);
+    gateway.shutdown().await;
+    store.shutdown().await;
+    if stats.append_failed > 0 || stats.failed > 0 {
+        bail!(
+            "freshet: {} publishes failed rules, {} appends failed",
+            stats.failed,
+            stats.append_failed
+        );
+    }
+    Ok(result(
+        &format!("freshet (fsync {:?})", args.fsync),
+        &report,
+        received,
+        rss,
+        Some(appended),
+    ))
+}
+
+pub async fn run(args: IngestBenchArgs) -> anyhow::Result<()> {
+    if args.clients == 0 || args.seconds == 0 || args.inflight == 0 || args.payload_bytes < 16 {
+        bail!("--clients, --seconds and --inflight must be > 0, --payload-bytes >= 16");
+    }
+    let mosquitto_binary = if args.no_mosquitto {
+        None
+    } else {
+        Some(find_mosquitto().context(
+            "mosquitto is not installed: run `apt-get install mosquitto` (Debian), or pass --no-mosquitto",
+        )?)
+    };
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut results = Vec::new();
+
+    eprintln!("freshet gateway (durable appends):");
+    results.push(freshet(&args, &base).await?);
+
+    if let Some(binary) = &mosquitto_binary {
+        let dir = tempfile::tempdir_in(&base)?;
+        let server = Mosquitto::start(binary, dir.path()).await?;
+        eprintln!("{}:", server.version);
+        let (report, received, _) = measure(&args, server.addr, "mosquitto", None).await?;
+        let rss = peak_rss_mib(Some(server.pid()));
+        results.push(result(
+            &format!("Mosquitto ({}, in memory)", server.version),
+            &report,
+            received,
+            rss,
+            None,
+        ));
+    }
+
+    if !args.no_rumqttd {
+        // Last: rumqttd cannot be stopped and runs inside this process until it exits.
+        let addr = free_addr()?;
+        start_bare_rumqttd(addr)?;
+        wait_listening(addr, "bare rumqttd").await?;
+        eprintln!("bare rumqttd (no store):");
+        let (report, received, _) = measure(&args, addr, "rumqttd", None).await?;
+        results.push(result(
+            "bare rumqttd 0.20 (no store)",
+            &report,
+            received,
+            None,
+            None,
+        ));
+    }
+
+    let ratio = |prefix: &str| {
+        results
+            .iter()
+            .find(|r| r.system.starts_with(prefix))
+            .map(|peer| results[0].publishes_per_s / peer.publishes_per_s)
+    };
+    let report = Report {
+        machine: machine(),
+        clients: args.clients,
+        inflight: args.inflight,
+        payload_bytes: args.payload_bytes,
+        shards: args.shards,
+        fsync: format!("{:?}", args.fsync),
+        freshet_over_mosquitto: ratio("Mosquitto"),
+        freshet_over_rumqttd: ratio("bare rumqttd"),
+        results,
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    println!("\nfreshet bench ingest — {}", r.machine);
+    println!(
+        "{} clients, QoS 1, {} publishes in flight per client, {} B JSON payloads; freshet: rule → stream `bench` \
+         ({} shards, key ${{topic(2)}}), fsync {}; one QoS 0 subscriber on `{FILTER}` per broker\n",
+        r.clients, r.inflight, r.payload_bytes, r.shards, r.fsync
+    );
+    println!(
+        "| system | publishes/s | PUBACK p50 ms | PUBACK p99 ms | PUBACK max ms | subscriber got | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for b in &r.results {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} / {} | {} |",
+            b.system,
+            b.publishes_per_s,
+            b.puback_ms_p50,
+            b.puback_ms_p99,
+            b.puback_ms_max,
+            b.subscriber_received,
+            b.published,
+            b.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0}")),
+        );
+    }
+    println!();
+    if let Some(f) = r.results.first() {
+        println!(
+            "freshet: the gateway sends PUBACK only after the durable append, so its PUBACK latency is publish → durable; \
+             {} records durable during the measured run of {} published",
+            f.records_durable.unwrap_or(0),
+            f.published
+        );
+    }
+    if let Some(x) = r.freshet_over_mosquitto {
+        println!("freshet/Mosquitto publishes/s: {x:.2}x (target >= 2x)");
+    }
+    if let Some(x) = r.freshet_over_rumqttd {
+        println!("freshet/bare rumqttd publishes/s: {x:.2}x (target >= 0.8x)");
+    }
+    println!(
+        "peak RSS: freshet = VmHWM of this process after the freshet run (store + gateway + load generator); \
+         Mosquitto = its child process; bare rumqttd runs in this process afterwards (n/a)"
+    );
+}
