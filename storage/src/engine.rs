@@ -856,12 +856,7 @@ impl StreamStore for Store {
         iterator: &ShardIterator,
         limits: ReadLimits,
     ) -> StoreResult<GetRecordsOutput> {
-        if limits.records_max == 0 || limits.records_max > GET_RECORDS_MAX {
-            return Err(StoreError::InvalidArgument(format!(
-                "limit must be between 1 and {GET_RECORDS_MAX}, not {}",
-                limits.records_max
-            )));
-        }
+        limits.validate()?;
         let stream = self.stream(&iterator.stream)?;
         let (core, children) = {
             let topology = stream.topology.read().await;

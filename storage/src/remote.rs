@@ -799,12 +799,7 @@ impl StreamStore for RemoteStore {
         iterator: &ShardIterator,
         limits: ReadLimits,
     ) -> StoreResult<GetRecordsOutput> {
-        if limits.records_max == 0 || limits.records_max > GET_RECORDS_MAX {
-            return Err(invalid(format!(
-                "limit must be between 1 and {GET_RECORDS_MAX}, not {}",
-                limits.records_max
-            )));
-        }
+        limits.validate()?;
         let limits = ReadLimits {
             bytes_max: limits.bytes_max.clamp(1, GET_BYTES_MAX),
             ..limits

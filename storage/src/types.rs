@@ -267,6 +267,19 @@ pub struct ReadLimits {
     pub bytes_max: usize,
 }
 
+impl ReadLimits {
+    /// A read asks for 1 to [`GET_RECORDS_MAX`] records (Kinesis's `Limit`).
+    pub fn validate(&self) -> StoreResult<()> {
+        if self.records_max == 0 || self.records_max > GET_RECORDS_MAX {
+            return Err(StoreError::InvalidArgument(format!(
+                "limit must be between 1 and {GET_RECORDS_MAX}, not {}",
+                self.records_max
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ReadLimits {
     fn default() -> Self {
         Self {
