@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod deliveries;
 mod query;
+mod simulate;
 mod streams;
 mod up;
 
