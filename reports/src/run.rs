@@ -1,0 +1,541 @@
+//! Runs: one report over a fixed set of table versions, with its files in the warehouse.
+//!
+//! Layout under `<warehouse>/reports/<name>/`:
+//! - `runs/<run id>/result.{parquet,csv,json}`: the result, each file written atomically (temp file, fsync, rename);
+//! - `runs/<run id>/run.json`: the run's record ([`RunRecord`]: status, attempts, error, times), rewritten
+//!   atomically at every state change; this is what `freshet reports history` and the ops dashboard read;
+//! - `latest`: JSON pointer to the newest completed run, written atomically after that run's `run.json`.
+//!
+//! A run id names the table versions the run read: `telemetry@v3`, or `a@v3+b@v7` for several trigger tables. A
+//! run whose `run.json` says `completed` is never redone (the handler returns it as skipped), so a re-delivered
+//! commit event causes no second run; a run left `running` by a crash is redone under the same id.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use freshet_query::QueryEngine;
+use freshet_query::arrow::datatypes::{DataType, Schema};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ReportConfig, ReportQuery, validate};
+use crate::error::{ReportError, Result};
+
+/// The internal stream of commit events (written by delivery).
+pub const EVENTS_STREAM: &str = "_freshet_events";
+
+/// A commit event as delivery publishes it on `_freshet_events` (same JSON; fields this crate does not need are
+/// optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitEvent {
+    pub table: String,
+    pub version: i64,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub delivery: String,
+    #[serde(default)]
+    pub rows: u64,
+    #[serde(default)]
+    pub event_time_min: Option<String>,
+    #[serde(default)]
+    pub event_time_max: Option<String>,
+    #[serde(default)]
+    pub committed_at_ms: i64,
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    /// An attempt failed; another follows after a backoff.
+    Retrying,
+    Completed,
+    /// Every attempt failed.
+    Failed,
+}
+
+/// `run.json`: the record of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub report: String,
+    pub run_id: String,
+    /// The table versions the run read.
+    pub versions: BTreeMap<String, u64>,
+    pub status: RunStatus,
+    /// Attempts so far, across restarts.
+    pub attempts: u32,
+    /// The last attempt's error, if it failed.
+    pub error: Option<String>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub rows: Option<u64>,
+    /// Result file names inside the run's directory.
+    pub outputs: Vec<String>,
+}
+
+/// What handling a trigger did for one report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// True when a completed run with this key existed already and nothing ran.
+    pub skipped: bool,
+    pub record: RunRecord,
+}
+
+/// The `latest` pointer of a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatestPointer {
+    pub run_id: String,
+    pub versions: BTreeMap<String, u64>,
+    pub finished_at_ms: i64,
+    /// Paths relative to the report's directory, e.g. `runs/telemetry@v3/result.parquet`.
+    pub outputs: Vec<String>,
+}
+
+/// The run id of a set of versions, in trigger order: `a@v3+b@v7`.
+pub fn run_id(versions: &[(String, u64)]) -> String {
+    versions
+        .iter()
+        .map(|(t, v)| format!("{t}@v{v}"))
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// `<warehouse>/reports/<name>`.
+pub fn report_dir(warehouse: &Path, name: &str) -> PathBuf {
+    warehouse.join("reports").join(name)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The latest committed version of a local Delta table, from its `_delta_log/` listing; `None` without a log.
+pub fn table_version(warehouse: &Path, table: &str) -> Result<Option<u64>> {
+    let log = warehouse.join(table).join("_delta_log");
+    let entries = match std::fs::read_dir(&log) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ReportError::io(format!("listing {}", log.display()), e)),
+    };
+    let mut latest = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| ReportError::io(format!("listing {}", log.display()), e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let digits = name
+            .strip_suffix(".json")
+            .or_else(|| name.strip_suffix(".checkpoint.parquet"));
+        if let Some(v) = digits
+            .filter(|d| d.len() == 20)
+            .and_then(|d| d.parse::<u64>().ok())
+        {
+            latest = latest.max(Some(v));
+        }
+    }
+    Ok(latest)
+}
+
+/// Write `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    std::fs::create_dir_all(dir).map_err(|e| ReportError::io(ctx("creating the directory of"), e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut file = std::fs::File::create(&tmp).map_err(|e| ReportError::io(ctx("writing"), e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ReportError::io(ctx("writing"), e))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(ctx("renaming into"), e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ReportError::json(format!("reading {}", path.display()), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReportError::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| ReportError::json(format!("encoding {}", path.display()), e))?;
+    write_atomic(path, &bytes)
+}
+
+/// Every run of report `name` in `warehouse`, oldest first (by start time).
+pub fn history(warehouse: &Path, name: &str) -> Result<Vec<RunRecord>> {
+    let runs = report_dir(warehouse, name).join("runs");
+    let entries = match std::fs::read_dir(&runs) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ReportError::io(format!("listing {}", runs.display()), e)),
+    };
+    let mut records = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ReportError::io(format!("listing {}", runs.display()), e))?;
+        if let Some(record) = read_json::<RunRecord>(&entry.path().join("run.json"))? {
+            records.push(record);
+        }
+    }
+    records.sort_by(|a, b| (a.started_at_ms, &a.run_id).cmp(&(b.started_at_ms, &b.run_id)));
+    Ok(records)
+}
+
+/// The `latest` pointer of report `name`, if it has completed a run.
+pub fn latest(warehouse: &Path, name: &str) -> Result<Option<LatestPointer>> {
+    read_json(&report_dir(warehouse, name).join("latest"))
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The SQL of [`ReportQuery::MinutelyAggregates`] for a table version with `schema`.
+pub fn minutely_sql(table_ref: &str, key: &str, schema: &Schema) -> Result<String> {
+    if schema.field_with_name(key).is_err() {
+        return Err(ReportError::Query(freshet_query::QueryError::Invalid(format!(
+            "{table_ref} has no key column {key:?}"
+        ))));
+    }
+    let minute_of = match schema.field_with_name("ts").map(|f| f.data_type().clone()) {
+        Ok(t) if t.is_integer() || t.is_floating() => {
+            "COALESCE(to_timestamp_millis(CAST(\"ts\" AS BIGINT)), \"_arrival_time\")".to_string()
+        }
+        Ok(DataType::Timestamp(..)) => "\"ts\"".to_string(),
+        _ => "\"_arrival_time\"".to_string(),
+    };
+    let mut select = vec![
+        quote(key),
+        format!("date_trunc('minute', {minute_of}) AS \"minute\""),
+        "count(*) AS \"count\"".to_string(),
+    ];
+    for field in schema.fields() {
+        let name = field.name();
+        if name.starts_with('_') || name == "event_date" || name == "ts" || name == key {
+            continue;
+        }
+        if field.data_type().is_numeric() {
+            for agg in ["avg", "min", "max"] {
+                select.push(format!(
+                    "{agg}({}) AS {}",
+                    quote(name),
+                    quote(&format!("{agg}_{name}"))
+                ));
+            }
+        }
+    }
+    Ok(format!(
+        "SELECT {} FROM {table_ref} GROUP BY 1, 2 ORDER BY 1, 2",
+        select.join(", ")
+    ))
+}
+
+/// Runs reports: the handler behind the runtime, `freshet reports run`, and (by its shape: one commit event in,
+/// outcomes out) a Lambda function.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    engine: Arc<QueryEngine>,
+    reports: Vec<ReportConfig>,
+}
+
+impl Reporter {
+    /// Fails with every configuration problem at once.
+    pub fn new(engine: Arc<QueryEngine>, reports: Vec<ReportConfig>) -> Result<Self> {
+        validate(&reports)?;
+        Ok(Self { engine, reports })
+    }
+
+    pub fn reports(&self) -> &[ReportConfig] {
+        &self.reports
+    }
+
+    pub fn warehouse(&self) -> &Path {
+        self.engine.warehouse().root()
+    }
+
+    pub fn report(&self, name: &str) -> Result<&ReportConfig> {
+        self.reports
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| ReportError::UnknownReport(name.into()))
+    }
+
+    /// The handler: run every report triggered by `event`'s table, keyed by the event's version (and the latest
+    /// versions of the report's other trigger tables). Reports whose run already completed are skipped.
+    pub async fn handle(&self, event: &CommitEvent, cancel: &CancellationToken) -> Result<Vec<RunOutcome>> {
+        let Ok(version) = u64::try_from(event.version) else {
+            return Ok(Vec::new());
+        };
+        let mut outcomes = Vec::new();
+        for report in self
+            .reports
+            .iter()
+            .filter(|r| r.trigger.tables.contains(&event.table))
+        {
+            let mut versions = Vec::new();
+            for table in &report.trigger.tables {
+                let v = if *table == event.table {
+                    Some(version)
+                } else {
+                    table_version(self.warehouse(), table)?
+                };
+                match v {
+                    Some(v) => versions.push((table.clone(), v)),
+                    None => {
+                        tracing::warn!(report = %report.name, table = %table, "a trigger table is missing; not run");
+                        break;
+                    }
+                }
+            }
+            if versions.len() == report.trigger.tables.len() {
+                outcomes.push(self.run(report, &versions, cancel).await?);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Run report `name` over the latest versions of its trigger tables (skipped if that run completed).
+    pub async fn run_latest(&self, name: &str, cancel: &CancellationToken) -> Result<RunOutcome> {
+        let report = self.report(name)?;
+        let mut versions = Vec::new();
+        for table in &report.trigger.tables {
+            let v = table_version(self.warehouse(), table)?
+                .ok_or_else(|| ReportError::MissingTable(table.clone()))?;
+            versions.push((table.clone(), v));
+        }
+        self.run(report, &versions, cancel).await
+    }
+
+    /// Run `report` over `versions`, retrying with backoff; the run's record says how it ended. `Err` only when
+    /// the record itself cannot be written or the runtime is stopping.
+    pub async fn run(
+        &self,
+        report: &ReportConfig,
+        versions: &[(String, u64)],
+        cancel: &CancellationToken,
+    ) -> Result<RunOutcome> {
+        let id = run_id(versions);
+        let dir = report_dir(self.warehouse(), &report.name).join("runs").join(&id);
+        let record_path = dir.join("run.json");
+        let previous: Option<RunRecord> = read_json(&record_path)?;
+        if let Some(record) = previous.clone().filter(|r| r.status == RunStatus::Completed) {
+            tracing::debug!(report = %report.name, run = %id, "already completed; skipped");
+            return Ok(RunOutcome {
+                skipped: true,
+                record,
+            });
+        }
+        let mut record = previous.unwrap_or_else(|| RunRecord {
+            report: report.name.clone(),
+            run_id: id.clone(),
+            versions: versions.iter().cloned().collect(),
+            status: RunStatus::Running,
+            attempts: 0,
+            error: None,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+            rows: None,
+            outputs: Vec::new(),
+        });
+        for attempt in 1..=report.attempts_max {
+            if cancel.is_cancelled() {
+                return Err(ReportError::Cancelled);
+            }
+            record.attempts += 1;
+            record.status = RunStatus::Running;
+            write_json(&record_path, &record)?;
+            let result = tokio::select! {
+                r = self.attempt(report, versions, &dir) => r,
+                () = cancel.cancelled() => return Err(ReportError::Cancelled),
+            };
+            match result {
+                Ok((rows, outputs)) => {
+                    record.status = RunStatus::Completed;
+                    record.error = None;
+                    record.rows = Some(rows);
+                    record.outputs = outputs;
+                    record.finished_at_ms = Some(now_ms());
+                    write_json(&record_path, &record)?;
+                    self.advance_latest(report, &record)?;
+                    tracing::info!(report = %report.name, run = %id, rows, "report run completed");
+                    return Ok(RunOutcome {
+                        skipped: false,
+                        record,
+                    });
+                }
+                Err(e) => {
+                    record.error = Some(e.to_string());
+                    if attempt == report.attempts_max {
+                        record.status = RunStatus::Failed;
+                        record.finished_at_ms = Some(now_ms());
+                        write_json(&record_path, &record)?;
+                        tracing::error!(report = %report.name, run = %id, error = %e, "report run failed");
+                        break;
+                    }
+                    record.status = RunStatus::Retrying;
+                    write_json(&record_path, &record)?;
+                    tracing::warn!(report = %report.name, run = %id, attempt, error = %e, "report run failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(report.backoff(attempt)) => {}
+                        () = cancel.cancelled() => return Err(ReportError::Cancelled),
+                    }
+                }
+            }
+        }
+        Ok(RunOutcome {
+            skipped: false,
+            record,
+        })
+    }
+
+    /// The SQL of one run: placeholders resolved to the versions it reads.
+    pub async fn sql_for(&self, report: &ReportConfig, versions: &[(String, u64)]) -> Result<String> {
+        let pinned = |table: &str| -> String {
+            match versions.iter().find(|(t, _)| t == table) {
+                Some((t, v)) => quote(&format!("{t}@v{v}")),
+                None => quote(table),
+            }
+        };
+        match &report.query {
+            ReportQuery::Sql(sql) => {
+                let mut sql = sql.clone();
+                for (table, _) in versions {
+                    sql = sql.replace(&format!("{{{{{table}}}}}"), &pinned(table));
+                }
+                Ok(sql)
+            }
+            ReportQuery::MinutelyAggregates { table, key } => {
+                let table_ref = pinned(table);
+                let schema = self
+                    .engine
+                    .sql(&format!("SELECT * FROM {table_ref} LIMIT 0"))
+                    .await?
+                    .schema;
+                minutely_sql(&table_ref, key, &schema)
+            }
+        }
+    }
+
+    /// One attempt: query, then every output file. Returns the row count and the file names.
+    async fn attempt(
+        &self,
+        report: &ReportConfig,
+        versions: &[(String, u64)],
+        dir: &Path,
+    ) -> Result<(u64, Vec<String>)> {
+        let sql = self.sql_for(report, versions).await?;
+        let result = self.engine.sql(&sql).await?;
+        let mut files = Vec::new();
+        for format in &report.outputs {
+            let bytes = freshet_query::encode(&result, format.query_format())?;
+            let file = format!("result.{}", format.extension());
+            let path = dir.join(&file);
+            tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+                .await
+                .map_err(|e| ReportError::io("writing a result", std::io::Error::other(e)))??;
+            files.push(file);
+        }
+        Ok((result.num_rows() as u64, files))
+    }
+
+    /// Point `latest` at `record` unless it points at a run over newer versions already.
+    fn advance_latest(&self, report: &ReportConfig, record: &RunRecord) -> Result<()> {
+        let dir = report_dir(self.warehouse(), &report.name);
+        if let Some(current) = latest(self.warehouse(), &report.name)? {
+            let newer = current
+                .versions
+                .iter()
+                .any(|(t, v)| record.versions.get(t).is_some_and(|mine| mine < v));
+            if newer {
+                return Ok(());
+            }
+        }
+        let pointer = LatestPointer {
+            run_id: record.run_id.clone(),
+            versions: record.versions.clone(),
+            finished_at_ms: record.finished_at_ms.unwrap_or_else(now_ms),
+            outputs: record
+                .outputs
+                .iter()
+                .map(|f| format!("runs/{}/{f}", record.run_id))
+                .collect(),
+        };
+        write_json(&dir.join("latest"), &pointer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshet_query::arrow::datatypes::{Field, TimeUnit};
+
+    #[test]
+    fn run_ids_name_the_versions() {
+        assert_eq!(run_id(&[("telemetry".into(), 3)]), "telemetry@v3");
+        assert_eq!(run_id(&[("a".into(), 3), ("b".into(), 7)]), "a@v3+b@v7");
+    }
+
+    #[test]
+    fn minutely_sql_aggregates_numeric_fields_only() {
+        let schema = Schema::new(vec![
+            Field::new("ts", DataType::Int64, true),
+            Field::new("temp", DataType::Float64, true),
+            Field::new("hum", DataType::Int64, true),
+            Field::new("note", DataType::Utf8, true),
+            Field::new("device_id", DataType::Utf8, true),
+            Field::new("_shard_id", DataType::Int64, true),
+            Field::new(
+                "_arrival_time",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
+            Field::new("event_date", DataType::Date32, true),
+        ]);
+        let sql = minutely_sql("\"telemetry@v2\"", "device_id", &schema).unwrap();
+        assert!(sql.contains("avg(\"temp\") AS \"avg_temp\""), "{sql}");
+        assert!(sql.contains("max(\"hum\") AS \"max_hum\""), "{sql}");
+        assert!(
+            !sql.contains("note") && !sql.contains("_shard_id") && !sql.contains("(\"ts\")"),
+            "{sql}"
+        );
+        assert!(minutely_sql("t", "nope", &schema).is_err());
+    }
+
+    #[test]
+    fn table_version_reads_the_log_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(table_version(dir.path(), "t").unwrap(), None);
+        let log = dir.path().join("t/_delta_log");
+        std::fs::create_dir_all(&log).unwrap();
+        for f in [
+            "00000000000000000000.json",
+            "00000000000000000001.json",
+            "00000000000000000001.checkpoint.parquet",
+            "_last_checkpoint",
+        ] {
+            std::fs::write(log.join(f), b"").unwrap();
+        }
+        assert_eq!(table_version(dir.path(), "t").unwrap(), Some(1));
+    }
+}
