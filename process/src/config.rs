@@ -60,6 +60,10 @@ pub struct DeliveryConfig {
     /// Table maintenance run by the delivery in the background.
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// Optional SQL over each buffered batch, read as table `batch` (e.g.
+    /// `SELECT *, temp * 1.8 + 32 AS temp_f FROM batch WHERE temp IS NOT NULL`). See [`crate::transform`].
+    #[serde(default)]
+    pub transform_sql: Option<String>,
 }
 
 /// A partition column and the expression that computes it from a record.
@@ -190,6 +194,7 @@ impl DeliveryConfig {
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             columns_max: COLUMNS_MAX_DEFAULT,
             maintenance: MaintenanceConfig::default(),
+            transform_sql: None,
         }
     }
 
@@ -244,6 +249,10 @@ impl DeliveryConfig {
         }
         if self.maintenance.checkpoint_interval_commits == 0 {
             return bad("maintenance.checkpoint_interval_commits must be at least 1".to_string());
+        }
+        if let Some(sql) = &self.transform_sql {
+            deltalake::datafusion::sql::parser::DFParser::parse_sql(sql)
+                .map_err(|e| ProcessError::Config(format!("transform_sql does not parse: {e}")))?;
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.partition_by {

@@ -47,6 +47,8 @@ pub enum ErrorKind {
     TooManyColumns,
     /// The record does not match the declared schema.
     SchemaMismatch,
+    /// The SQL transform failed on the record's batch.
+    TransformFailed,
 }
 
 impl ErrorKind {
@@ -59,6 +61,7 @@ impl ErrorKind {
             ErrorKind::ValueTooLarge => "value_too_large",
             ErrorKind::TooManyColumns => "too_many_columns",
             ErrorKind::SchemaMismatch => "schema_mismatch",
+            ErrorKind::TransformFailed => "transform_failed",
         }
     }
 }

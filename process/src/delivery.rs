@@ -38,6 +38,7 @@ use crate::error::{ProcessError, Result};
 use crate::events::{CommitEvent, ensure_events_stream, publish};
 use crate::maintenance::Maintainer;
 use crate::table::{DeltaSink, TxnState};
+use crate::transform::SqlTransform;
 
 const READ_BYTES_MAX: usize = 10 << 20;
 const WAIT_MAX: Duration = Duration::from_secs(1);
@@ -193,6 +194,7 @@ struct Delivery {
     buffer_since: Option<Instant>,
     maintainer: Maintainer,
     counters: Arc<DeliveryCounters>,
+    transform: Option<SqlTransform>,
 }
 
 impl Delivery {
@@ -272,6 +274,7 @@ impl Delivery {
             .await;
         }
         let maintainer = Maintainer::new(config.clone());
+        let config_for_transform = config.clone();
         Ok(Self {
             converter: Converter::new(config.clone()),
             read: committed.clone(),
@@ -290,6 +293,7 @@ impl Delivery {
             buffer_since: None,
             maintainer,
             counters,
+            transform: SqlTransform::new(&config_for_transform),
         })
     }
 
@@ -504,7 +508,43 @@ impl Delivery {
             self.buffer_since = None;
             return Ok(FlushReport::default());
         }
-        let converted = self.converter.convert(&self.schema, &self.buffer)?;
+        let mut converted = self.converter.convert(&self.schema, &self.buffer)?;
+        if let Some(t) = &self.transform
+            && let Some(batch) = converted.batch.take()
+        {
+            match t.apply(&converted.schema, batch, &converted.schema).await {
+                Ok((batch, schema)) => {
+                    converted.batch = batch;
+                    converted.schema = schema;
+                }
+                Err(reason) => {
+                    tracing::warn!(delivery = %self.config.name, %reason, "transform failed; the batch goes to the error table");
+                    let failed: std::collections::HashSet<(ShardId, u64)> = converted
+                        .errors
+                        .iter()
+                        .map(|e| (e.shard_id, e.sequence_number))
+                        .collect();
+                    for src in self
+                        .buffer
+                        .iter()
+                        .filter(|r| !failed.contains(&(r.shard_id, r.record.sequence_number.0)))
+                    {
+                        converted.errors.push(crate::convert::ErrorRow {
+                            shard_id: src.shard_id,
+                            sequence_number: src.record.sequence_number.0,
+                            partition_key: src.record.partition_key.clone(),
+                            arrival_ms: src.record.arrival_ms,
+                            raw: src.record.data.clone(),
+                            kind: crate::convert::ErrorKind::TransformFailed,
+                            message: format!("transform_sql failed: {reason}"),
+                        });
+                    }
+                    converted.schema = self.schema.clone();
+                    converted.event_time_ms_min = None;
+                    converted.event_time_ms_max = None;
+                }
+            }
+        }
         let moved: Vec<(ShardId, SequenceNumber)> = self
             .read
             .iter()
@@ -899,5 +939,58 @@ mod tests {
             sink.txn_state(&t(v + 1), &[Some(v - 5)]).await,
             Err(ProcessError::Fenced { .. })
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sql_transform_filters_and_enriches_and_failures_go_to_the_error_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StreamStore> =
+            Arc::new(Store::open(StoreConfig::new(dir.path().join("data")), Arc::new(SystemClock)).unwrap());
+        let stream = StreamName::new("s").unwrap();
+        store.create_stream(&stream, 1).await.unwrap();
+        let wh = dir.path().join("wh").display().to_string();
+        let mut config = DeliveryConfig::new("d", "s", "t", &wh);
+        config.buffer_interval_ms = 900_000;
+        config.transform_sql = Some("SELECT *, i * 2 AS doubled FROM batch WHERE i % 2 = 0".into());
+        let d = spawn_delivery(config.clone(), store.clone(), CancellationToken::new());
+        let recs: Vec<PutRecord> = (0..50)
+            .map(|i| PutRecord::new("k", format!(r#"{{"i": {i}, "s": "x{i}"}}"#)))
+            .collect();
+        store.put_records(&stream, recs).await.unwrap();
+        let mut rows = 0;
+        while rows < 25 {
+            rows += d.flush_now().await.unwrap().rows;
+        }
+        d.shutdown().await.unwrap();
+        assert_eq!(count(config.table_url().unwrap()).await, (25, 25));
+        let table = deltalake::open_table(config.table_url().unwrap()).await.unwrap();
+        let cols: Vec<String> = table
+            .snapshot()
+            .unwrap()
+            .snapshot()
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert!(cols.contains(&"doubled".to_string()), "{cols:?}");
+
+        // A transform that fails at run time: the batch's records become error rows.
+        config.transform_sql = Some("SELECT *, CAST(s AS INT) AS n FROM batch".into());
+        let d = spawn_delivery(config.clone(), store.clone(), CancellationToken::new());
+        let recs: Vec<PutRecord> = (0..10)
+            .map(|i| PutRecord::new("k", format!(r#"{{"i": {i}, "s": "y"}}"#)))
+            .collect();
+        store.put_records(&stream, recs).await.unwrap();
+        let mut errors = 0;
+        while errors < 10 {
+            errors += d.flush_now().await.unwrap().error_rows;
+        }
+        d.shutdown().await.unwrap();
+        assert_eq!(count(config.errors_table_url().unwrap()).await, (10, 10));
+        assert_eq!(count(config.table_url().unwrap()).await, (25, 25));
+        // A query that does not parse is a configuration error.
+        config.transform_sql = Some("SELEC nonsense".into());
+        assert!(config.validate().is_err());
     }
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod maintenance;
 pub mod table;
+pub mod transform;
 
 pub use config::{DeliveryConfig, MaintenanceConfig, PartitionColumn, PartitionExpr};
 pub use delivery::{DeliveryCounters, DeliveryHandle, FlushReport, app_id, run_delivery, spawn_delivery};
