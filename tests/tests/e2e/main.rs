@@ -11,6 +11,7 @@ mod kinesis_api;
 mod query_duckdb;
 mod query_golden;
 mod query_http;
+mod reports_trigger;
 mod store_crash;
 mod store_disk_full;
 mod store_model;
