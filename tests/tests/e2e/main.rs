@@ -12,6 +12,7 @@ mod query_duckdb;
 mod query_golden;
 mod query_http;
 mod reports_trigger;
+mod simulate;
 mod store_crash;
 mod store_disk_full;
 mod store_model;
