@@ -109,6 +109,12 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
             r.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
+        if round % 10 == 9 {
+            // Both flush at once what they have read: the same records, so they race for the same commit.
+            let (ra, rb) = tokio::join!(a.flush_now(), b.flush_now());
+            ra.unwrap();
+            rb.unwrap();
+        }
     }
     // Wait until the table's positions reach the end of every shard.
     let mut expected = Vec::new();
