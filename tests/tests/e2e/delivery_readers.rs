@@ -414,3 +414,74 @@ async fn delivery_maintenance_compacts_vacuums_and_checkpoints_without_changing_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_cli_lists_describes_and_maintains_tables() {
+    let f = Fixture::new("cli", 1).await;
+    let d = f.start(f.config("cli"));
+    for round in 0..3 {
+        f.put("k", &[json!({"id": format!("c{round}"), "v": round})])
+            .await;
+        f.flush_all(&d, 1).await;
+    }
+    d.shutdown().await.unwrap();
+    let wh = f.warehouse.display().to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(freshet_tests::freshet_bin())
+            .args(["tables", "--log", "error", "--warehouse", &wh])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(&["list"]), "cli\ncli_errors\n");
+    let desc: Value =
+        serde_json::from_str(&run(&["describe", "cli", "--app-id", "cli-shardId-000000000000"])).unwrap();
+    assert_eq!(desc["partition_columns"], json!(["event_date"]));
+    assert_eq!(desc["files"], json!(3));
+    assert_eq!(desc["app_transactions"][0][0], "cli-shardId-000000000000");
+    let optimized: Value = serde_json::from_str(&run(&["optimize", "cli"])).unwrap();
+    assert_eq!(optimized["files_removed"], json!(3), "{optimized}");
+    let vacuum: Value =
+        serde_json::from_str(&run(&["vacuum", "cli", "--retention-hours", "1", "--dry-run"])).unwrap();
+    assert_eq!(vacuum["dry_run"], true);
+    let desc: Value = serde_json::from_str(&run(&["describe", "cli"])).unwrap();
+    assert_eq!(desc["files"], json!(1));
+
+    // `freshet deliveries list|describe` read a config file.
+    let config_path = f.warehouse.join("deliveries.json");
+    std::fs::write(&config_path, json!({"deliveries": [f.config("cli")]}).to_string()).unwrap();
+    let data_dir = f.warehouse.join("other-data");
+    let deliveries = |args: &[&str]| {
+        let out = std::process::Command::new(freshet_tests::freshet_bin())
+            .args(["deliveries", "--log", "error", "--data-dir"])
+            .arg(&data_dir)
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        deliveries(&["list"]).starts_with("cli\tcli -> cli"),
+        "list output"
+    );
+    let described: Value = serde_json::from_str(&deliveries(&["describe", "cli"])).unwrap();
+    assert_eq!(described["delivery"]["table"], "cli");
+    assert_eq!(
+        described["table"]["version"].as_i64().map(|v| v >= 4),
+        Some(true),
+        "{described}"
+    );
+}
