@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use freshet_storage::{FsyncPolicy, LogConfig, StoreConfig};
 
-use crate::{bench, deliveries, query, simulate, streams, up};
+use crate::{bench, deliveries, query, reports, simulate, streams, up};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +35,8 @@ pub enum Command {
     Tables(deliveries::TablesArgs),
     /// Run one read-only SQL query against a running server or a warehouse directly.
     Query(query::QueryArgs),
+    /// Report functions: list them, run one now, show a report's run history.
+    Reports(reports::ReportsArgs),
     /// Simulated devices publishing telemetry over MQTT, with a progress bar and a summary.
     Simulate(simulate::SimulateArgs),
 }
@@ -91,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deliveries(args) => deliveries::run(args).await,
         Command::Tables(args) => deliveries::tables(args).await,
         Command::Query(args) => query::run(args).await,
+        Command::Reports(args) => reports::run(args).await,
         Command::Simulate(args) => simulate::run(args).await,
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod deliveries;
 mod query;
+mod reports;
 mod simulate;
 mod streams;
 mod up;

@@ -5,6 +5,7 @@
 //! - the MQTT gateway (default `127.0.0.1:1883`) with the rule
 //!   `SELECT *, topic(2) AS device_id FROM 'devices/+/telemetry'` → `telemetry`, partition key = device id;
 //! - the delivery `telemetry` → Delta table `telemetry` in `<data-dir>/warehouse`, partitioned by event date;
+//! - the report runtime with `telemetry_minutely`, run on every commit of `telemetry` (`freshet-reports`);
 //! - one HTTP listener (default `127.0.0.1:8080`) serving the Kinesis API (`POST /` with `X-Amz-Target`),
 //!   `/health` and `/metrics` (Prometheus text).
 //!
@@ -160,6 +161,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let delivery_config = default_delivery(&warehouse, args.buffer_interval);
     delivery_config.validate().context("the default delivery")?;
     let delivery = freshet_process::spawn_delivery(delivery_config, shared.clone(), shutdown.child_token());
+    let reporter = crate::reports::default_reporter(&warehouse)?;
+    let reports = freshet_reports::spawn_runtime(
+        reporter,
+        shared.clone(),
+        freshet_reports::DEFAULT_CONSUMER,
+        shutdown.child_token(),
+    );
     let gateway = freshet_ingest::start(default_gateway(args.mqtt_addr), shared.clone())
         .await
         .with_context(|| format!("starting the MQTT gateway on {}", args.mqtt_addr))?;
@@ -194,7 +202,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => http.await,
     };
     let _ = retention.await;
+    let reports_result = reports.shutdown().await;
     store.shutdown().await;
+    reports_result.context("report runtime")?;
     http_result.context("HTTP server task")?.context("HTTP server")?;
     delivery_result.context("delivery telemetry")?;
     tracing::info!("stopped");
