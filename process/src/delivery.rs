@@ -629,11 +629,18 @@ impl Delivery {
         report.files_added = outcome.files;
         report.version = outcome.version;
         self.counters.rows.fetch_add(rows, Ordering::Relaxed);
+        let delivery = self.config.name.clone();
+        metrics::counter!("freshet_delivery_rows_total", "delivery" => delivery.clone()).increment(rows);
+        metrics::counter!("freshet_delivery_error_rows_total", "delivery" => delivery.clone())
+            .increment(report.error_rows);
+        metrics::gauge!("freshet_delivery_last_flush_ms", "delivery" => delivery).set(now_ms() as f64);
         self.counters
             .error_rows
             .fetch_add(report.error_rows, Ordering::Relaxed);
         if let Some(version) = outcome.version {
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("freshet_delivery_commits_total", "delivery" => self.config.name.clone())
+                .increment(1);
             tracing::debug!(delivery = %self.config.name, version, rows, errors = report.error_rows, "committed");
             let fmt = |ms: Option<i64>| {
                 ms.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
@@ -743,6 +750,8 @@ async fn commit_durably(
                 // snapshot); other errors (object store, IO) wait with backoff first.
                 failures += 1;
                 counters.commit_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("freshet_delivery_commit_failures_total", "table" => sink.name().to_string())
+                    .increment(1);
                 if !is_conflict(&e) || failures > 3 {
                     backoff_or_stop(shutdown, &mut backoff, e).await?;
                 }
