@@ -34,8 +34,6 @@ pub enum DeliveriesCommand {
     List,
     /// Show a delivery: its config, its table, and each shard's committed position.
     Describe { name: String },
-    /// Benchmark delivery (stream → committed Delta) against DuckDB converting the same NDJSON to Parquet.
-    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -134,7 +132,6 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
-        DeliveriesCommand::Bench(bench) => crate::deliveries::bench(bench).await,
         DeliveriesCommand::Run(run) => {
             let mut config = match configs.iter().find(|d| d.name == run.name) {
                 Some(d) => d.clone(),
@@ -340,7 +337,8 @@ fn peak_rss_mib() -> Option<u64> {
 
 /// Throughput (stream → committed Delta) vs DuckDB NDJSON → Parquet on the same records, latency at a 1 s interval,
 /// peak RSS. Use a release build for numbers worth comparing.
-async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+/// `freshet bench delivery`: stream → committed Delta against DuckDB converting the same NDJSON to Parquet.
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use freshet_storage::{PutRecord, StoreConfig};
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::{Duration, Instant};

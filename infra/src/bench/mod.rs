@@ -26,12 +26,15 @@ pub enum BenchCommand {
     Api(api::ApiBenchArgs),
     /// MQTT publishes at QoS 1 into the gateway with durable appends, against Mosquitto and a bare rumqttd.
     Ingest(ingest::IngestBenchArgs),
+    /// Delivery from the stream store into committed Delta, against DuckDB converting NDJSON to Parquet.
+    Delivery(crate::deliveries::BenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Api(args) => api::run(args).await,
+        BenchCommand::Delivery(args) => crate::deliveries::bench(args).await,
         BenchCommand::Ingest(args) => ingest::run(args).await,
     }
 }
