@@ -154,3 +154,4 @@ pub async fn kinesis_call(
     Ok(serde_json::from_slice(&response[split + 4..])?)
 }
 pub mod store_contract;
+pub mod up;

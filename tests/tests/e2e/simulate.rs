@@ -4,58 +4,11 @@
 //! nobody listens on it exits non-zero with a one-line reason.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use freshet_tests::up::{UpProcess, free_port};
 use freshet_tests::{freshet_bin, poll_until, python_json};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `freshet up` child (deliveries every second), killed when dropped.
-struct Up(Child);
-
-impl Up {
-    fn start(data_dir: &Path, http: u16, mqtt: u16) -> Self {
-        let child = Command::new(freshet_bin())
-            .args(["up", "--log", "warn", "--buffer-interval", "1s", "--data-dir"])
-            .arg(data_dir)
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(["--mqtt-addr", &format!("127.0.0.1:{mqtt}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let up = Self(child);
-        poll_until(Duration::from_secs(60), "freshet up to answer /health", || {
-            let mut stream = TcpStream::connect(("127.0.0.1", http)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(stream, "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).ok()?;
-            response.ends_with("\r\n\r\nok\n").then_some(())
-        });
-        poll_until(Duration::from_secs(30), "the MQTT listener", || {
-            TcpStream::connect(("127.0.0.1", mqtt)).ok().map(|_| ())
-        });
-        up
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The `key=value` pairs of the summary's last line.
 fn summary(stdout: &str) -> std::collections::BTreeMap<String, String> {
@@ -72,7 +25,7 @@ fn simulate_publishes_acknowledged_telemetry_that_lands_in_delta() {
     let data_dir = dir.path().join("freshet-data");
     let table = data_dir.join("warehouse/telemetry");
     let (http, mqtt) = (free_port(), free_port());
-    let _up = Up::start(&data_dir, http, mqtt);
+    let _up = UpProcess::start(&data_dir, http, mqtt);
 
     let out = Command::new(freshet_bin())
         .args(["simulate", "--devices", "5", "--rate", "100", "--duration", "3s"])

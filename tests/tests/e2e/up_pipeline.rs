@@ -4,87 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use freshet_tests::{freshet_bin, poll_until, python_json};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `freshet up` child, killed if the test ends without stopping it.
-struct Up {
-    child: Option<Child>,
-}
-
-impl Up {
-    fn start(data_dir: &Path, http: u16, mqtt: u16) -> Self {
-        let child = Command::new(freshet_bin())
-            .args(["up", "--log", "warn", "--buffer-interval", "1s", "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--http-addr",
-                &format!("127.0.0.1:{http}"),
-                "--mqtt-addr",
-                &format!("127.0.0.1:{mqtt}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let up = Self { child: Some(child) };
-        poll_until(Duration::from_secs(60), "freshet up to answer /health", || {
-            (http_get(http, "/health").as_deref() == Some("ok\n")).then_some(())
-        });
-        poll_until(Duration::from_secs(30), "the MQTT listener", || {
-            TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], mqtt)))
-                .ok()
-                .map(|_| ())
-        });
-        up
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        poll_until(
-            Duration::from_secs(60),
-            "freshet up to exit after SIGTERM",
-            || child.try_wait().unwrap(),
-        )
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The body of a GET, or `None` if the server does not answer yet.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
+use freshet_tests::up::{UpProcess, free_port};
+use freshet_tests::{poll_until, python_json};
 
 /// Publish one JSON message per line at QoS 1 with mosquitto_pub (one connection per device).
 fn publish(mqtt: u16, device: &str, from: usize, count: usize) {
@@ -180,7 +106,7 @@ fn up_delivers_mqtt_telemetry_into_delta_and_resumes_after_sigterm() {
     let table = data_dir.join("warehouse/telemetry");
     let (http, mqtt) = (free_port(), free_port());
 
-    let up = Up::start(&data_dir, http, mqtt);
+    let up = UpProcess::start(&data_dir, http, mqtt);
     for device in ["dev-a", "dev-b", "dev-c", "dev-d"] {
         publish(mqtt, device, 0, 50);
     }
@@ -192,7 +118,7 @@ fn up_delivers_mqtt_telemetry_into_delta_and_resumes_after_sigterm() {
     assert!(up.terminate().success(), "SIGTERM exits 0");
 
     // Second start: publish more; the table gets exactly the new ones.
-    let up = Up::start(&data_dir, http, mqtt);
+    let up = UpProcess::start(&data_dir, http, mqtt);
     for device in ["dev-a", "dev-e"] {
         publish(mqtt, device, 50, 50);
     }
@@ -233,7 +159,7 @@ fn up_answers_sql_over_the_delivered_table() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("freshet-data");
     let (http, mqtt) = (free_port(), free_port());
-    let up = Up::start(&data_dir, http, mqtt);
+    let up = UpProcess::start(&data_dir, http, mqtt);
     let (status, answer) = post_sql(http, "SELEC 1").unwrap();
     assert_eq!(status, 400);
     assert_eq!(answer["error"]["kind"], "syntax_error");

@@ -1,0 +1,88 @@
+//! Running the real `freshet up` binary in tests: free ports, start and wait until it serves, SIGTERM, and a
+//! plain HTTP GET.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{freshet_bin, poll_until};
+
+/// A port free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `freshet up` child (deliveries every second), killed if the test ends without stopping it.
+#[derive(Debug)]
+pub struct UpProcess {
+    child: Option<Child>,
+}
+
+impl UpProcess {
+    /// Start `freshet up` on `data_dir` and wait until `/health` answers and the MQTT port accepts.
+    pub fn start(data_dir: &Path, http: u16, mqtt: u16) -> Self {
+        let child = Command::new(freshet_bin())
+            .args(["up", "--log", "warn", "--buffer-interval", "1s", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+                "--mqtt-addr",
+                &format!("127.0.0.1:{mqtt}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let up = Self { child: Some(child) };
+        poll_until(Duration::from_secs(60), "freshet up to answer /health", || {
+            (http_get(http, "/health").as_deref() == Some("ok\n")).then_some(())
+        });
+        poll_until(Duration::from_secs(30), "the MQTT listener", || {
+            TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], mqtt)))
+                .ok()
+                .map(|_| ())
+        });
+        up
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        poll_until(
+            Duration::from_secs(60),
+            "freshet up to exit after SIGTERM",
+            || child.try_wait().unwrap(),
+        )
+    }
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The body of a GET, or `None` if the server does not answer yet.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
