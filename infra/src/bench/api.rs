@@ -18,7 +18,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::Args;
-use freshet_storage::{FsyncPolicy, LogConfig, Store, StoreConfig, StreamStore, SystemClock};
+use freshet_storage::{FsyncPolicy, StreamStore};
 use hdrhistogram::Histogram;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -387,16 +387,7 @@ async fn measure(name: &str, url: &str, args: &ApiBenchArgs) -> anyhow::Result<S
 }
 
 async fn freshet(args: &ApiBenchArgs, base: &Path) -> anyhow::Result<SystemResult> {
-    let dir = tempfile::tempdir_in(base)?;
-    let config = StoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        log: LogConfig {
-            fsync: args.fsync,
-            ..LogConfig::default()
-        },
-        record_bytes_max: freshet_storage::RECORD_BYTES_MAX_DEFAULT,
-    };
-    let store = Store::open(config, Arc::new(SystemClock))?;
+    let (_dir, store) = super::temp_store(base, args.fsync)?;
     let router = freshet_storage::api::router(
         Arc::new(store.clone()) as Arc<dyn StreamStore>,
         freshet_storage::api::ApiConfig::default(),

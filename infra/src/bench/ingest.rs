@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use freshet_ingest::bench::{LoadConfig, LoadReport, drain, run_load, start_bare_rumqttd};
 use freshet_ingest::{GatewayConfig, ListenerConfig, RuleConfig};
-use freshet_storage::{FsyncPolicy, LogConfig, Store, StoreConfig, StreamName, StreamStore, SystemClock};
+use freshet_storage::{FsyncPolicy, StreamName, StreamStore};
 use serde::Serialize;
 
 use super::{machine, peak_rss_mib};
@@ -253,18 +253,7 @@ fn result(
 }
 
 async fn freshet(args: &IngestBenchArgs, base: &Path) -> anyhow::Result<BrokerResult> {
-    let dir = tempfile::tempdir_in(base)?;
-    let store = Store::open(
-        StoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            log: LogConfig {
-                fsync: args.fsync,
-                ..LogConfig::default()
-            },
-            record_bytes_max: freshet_storage::RECORD_BYTES_MAX_DEFAULT,
-        },
-        Arc::new(SystemClock),
-    )?;
+    let (_dir, store) = super::temp_store(base, args.fsync)?;
     store
         .create_stream(&StreamName::new("bench")?, args.shards)
         .await?;

@@ -139,3 +139,15 @@ where
     }
     Ok((total, h, start.elapsed()))
 }
+
+/// An embedded store with the given fsync policy in a new temporary directory under `base` (deleted on drop).
+pub fn temp_store(
+    base: &std::path::Path,
+    fsync: freshet_storage::FsyncPolicy,
+) -> anyhow::Result<(tempfile::TempDir, freshet_storage::Store)> {
+    let dir = tempfile::tempdir_in(base)?;
+    let mut config = freshet_storage::StoreConfig::new(dir.path());
+    config.log.fsync = fsync;
+    let store = freshet_storage::Store::open(config, Arc::new(freshet_storage::SystemClock))?;
+    Ok((dir, store))
+}

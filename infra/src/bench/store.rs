@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
-use freshet_storage::{
-    FsyncPolicy, LogConfig, PutRecord, ReadLimits, StartingPosition, Store, StoreConfig, StreamName,
-    StreamStore, SystemClock,
-};
+use freshet_storage::{FsyncPolicy, PutRecord, ReadLimits, StartingPosition, StreamName, StreamStore};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -107,16 +104,7 @@ async fn freshet_phases(
     size: usize,
     base: &std::path::Path,
 ) -> anyhow::Result<(Phase, Phase, Phase)> {
-    let dir = tempfile::tempdir_in(base)?;
-    let config = StoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        log: LogConfig {
-            fsync: args.fsync,
-            ..LogConfig::default()
-        },
-        record_bytes_max: freshet_storage::RECORD_BYTES_MAX_DEFAULT,
-    };
-    let store = Store::open(config, Arc::new(SystemClock))?;
+    let (_dir, store) = super::temp_store(base, args.fsync)?;
     let stream = StreamName::new("bench")?;
     store.create_stream(&stream, args.shards).await?;
     let keys: Arc<Vec<String>> = Arc::new((0..1024).map(|i| format!("device-{i:04}")).collect());
