@@ -15,7 +15,11 @@ use crate::{bench, deliveries, query, reports, simulate, streams, up};
 )]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info,async_nats=warn")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,async_nats=warn,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn,rumqttd=warn"
+    )]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,

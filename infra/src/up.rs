@@ -134,6 +134,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("creating the default stream"),
     }
 
+    let shared: Arc<dyn StreamStore> = Arc::new(store.clone());
+    // Start MQTT before spawning anything else, so a busy port or bad rule fails start-up cleanly.
+    let gateway = freshet_ingest::start(default_gateway(args.mqtt_addr), shared.clone())
+        .await
+        .with_context(|| format!("starting the MQTT gateway on {}", args.mqtt_addr))?;
+
     let shutdown = CancellationToken::new();
     let retention = {
         let (store, shutdown) = (store.clone(), shutdown.clone());
@@ -155,7 +161,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         })
     };
 
-    let shared: Arc<dyn StreamStore> = Arc::new(store.clone());
     let warehouse = data_dir.join("warehouse");
     std::fs::create_dir_all(&warehouse).with_context(|| format!("creating {}", warehouse.display()))?;
     let delivery_config = default_delivery(&warehouse, args.buffer_interval);
@@ -168,9 +173,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         freshet_reports::DEFAULT_CONSUMER,
         shutdown.child_token(),
     );
-    let gateway = freshet_ingest::start(default_gateway(args.mqtt_addr), shared.clone())
-        .await
-        .with_context(|| format!("starting the MQTT gateway on {}", args.mqtt_addr))?;
     let mut http = {
         let shutdown = shutdown.clone();
         tokio::spawn(api::serve(
