@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -129,7 +129,7 @@ impl Mosquitto {
             .with_context(|| format!("starting {}", binary.display()))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let server = Self { child, addr, version };
-        wait_listening(addr, "mosquitto").await?;
+        super::wait_listening(addr, "mosquitto").await?;
         Ok(server)
     }
 
@@ -152,17 +152,6 @@ fn find_mosquitto() -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
         .map(|d| d.join("mosquitto"))
         .find(|p| p.is_file())
-}
-
-async fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {addr} within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling the port with a deadline
-    }
-    Ok(())
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -331,7 +320,7 @@ pub async fn run(args: IngestBenchArgs) -> anyhow::Result<()> {
         // Last: rumqttd cannot be stopped and runs inside this process until it exits.
         let addr = free_addr()?;
         start_bare_rumqttd(addr)?;
-        wait_listening(addr, "bare rumqttd").await?;
+        super::wait_listening(addr, "bare rumqttd").await?;
         eprintln!("bare rumqttd (no store):");
         let (report, received, _) = measure(&args, addr, "rumqttd", None).await?;
         results.push(result(

@@ -151,3 +151,15 @@ pub fn temp_store(
     let store = freshet_storage::Store::open(config, Arc::new(freshet_storage::SystemClock))?;
     Ok((dir, store))
 }
+
+/// Wait until something accepts TCP connections on `addr` (a peer server the bench started), for at most 10 s.
+pub async fn wait_listening(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            anyhow::bail!("{what} did not listen on {addr} within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the port with a deadline
+    }
+    Ok(())
+}

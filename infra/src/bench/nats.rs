@@ -3,9 +3,8 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// A nats-server child process, killed on drop.
 #[derive(Debug)]
@@ -39,13 +38,7 @@ impl NatsServer {
             child,
             url: format!("127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on port {port} within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await; // polling the port with a deadline
-        }
+        super::wait_listening(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "nats-server").await?;
         Ok(server)
     }
 
