@@ -7,11 +7,13 @@
 //!   completed run is skipped, so re-delivered events never run twice over the same data. Files:
 //!   `<warehouse>/reports/<name>/runs/<run id>/{result.parquet,result.csv,result.json,run.json}` and `latest`.
 //! - [`spawn_runtime`] (`runtime.rs`): consumes `_freshet_events` with a durable checkpoint.
+//! - [`dashboard`]: dashboards over report outputs (config, plotters SVG/PNG, the axum router, the ops dashboard).
 //!
 //! This crate uses `freshet-query` for SQL and formats and `freshet-storage` for the events stream, nothing else of
 //! freshet.
 
 mod config;
+pub mod dashboard;
 mod error;
 mod run;
 mod runtime;

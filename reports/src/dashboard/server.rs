@@ -1,0 +1,438 @@
+//! The dashboards HTTP router (axum), to be nested at `/dashboards` on freshet's HTTP port.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/` | index of the dashboards |
+//! | `/<name>` | the dashboard as one HTML page, every panel an inline SVG; a small script polls `version` |
+//! | `/<name>/version` | `{"version": .., "panels": {"<panel>": "<run id>" or null}}`: one small file read per report |
+//! | `/<name>/<panel>.svg` | one panel's SVG (what the script swaps in when the panel's run id changes) |
+//! | `/<name>/<panel>.png?width=&height=` | one panel as PNG, sides [`PNG_SIDE_MIN`]..=[`PNG_SIDE_MAX`], else 400 |
+//! | `/<name>/<panel>.json` | the data behind the panel (what the golden tests compare) |
+//!
+//! Unknown dashboards and panels answer a 404 page. Drawing runs on the blocking pool, at most
+//! [`RENDERS_MAX`] at once; a report whose output is missing or of the wrong shape makes that panel say so.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use super::config::{DashboardConfig, PanelConfig};
+use super::data::{Latest, OutputCache, PanelData, panel_data};
+use super::ops::{OPS_NAME, OpsSampler};
+use super::render::{self, PNG_SIDE_MAX, PNG_SIDE_MIN};
+
+/// Panel renders running at once (each is CPU work on the blocking pool).
+pub const RENDERS_MAX: usize = 4;
+/// How often the page asks whether a report has a new run, in milliseconds.
+pub const POLL_INTERVAL_MS: u64 = 2_000;
+
+/// What the router serves: the dashboards over a warehouse's report outputs, and optionally the ops dashboard.
+#[derive(Clone)]
+pub struct Dashboards {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    warehouse: PathBuf,
+    dashboards: Vec<DashboardConfig>,
+    cache: OutputCache,
+    renders: Semaphore,
+    ops: Option<OpsSampler>,
+}
+
+impl std::fmt::Debug for Dashboards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dashboards")
+            .field("warehouse", &self.inner.warehouse)
+            .field("dashboards", &self.inner.dashboards.len())
+            .finish()
+    }
+}
+
+impl Dashboards {
+    /// Dashboards over the report outputs under `warehouse` (`<warehouse>/reports/<name>/`).
+    pub fn new(warehouse: impl Into<PathBuf>, dashboards: Vec<DashboardConfig>) -> Self {
+        Self::build(warehouse.into(), dashboards, None)
+    }
+
+    /// The same, plus `/_ops` drawn from the metrics `sampler` collects.
+    pub fn with_ops(
+        warehouse: impl Into<PathBuf>,
+        dashboards: Vec<DashboardConfig>,
+        sampler: OpsSampler,
+    ) -> Self {
+        Self::build(warehouse.into(), dashboards, Some(sampler))
+    }
+
+    fn build(warehouse: PathBuf, dashboards: Vec<DashboardConfig>, ops: Option<OpsSampler>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                warehouse,
+                dashboards,
+                cache: OutputCache::default(),
+                renders: Semaphore::new(RENDERS_MAX),
+                ops,
+            }),
+        }
+    }
+
+    fn dashboard(&self, name: &str) -> Option<DashboardConfig> {
+        if name == OPS_NAME {
+            return self.inner.ops.as_ref().map(OpsSampler::dashboard);
+        }
+        self.inner.dashboards.iter().find(|d| d.name == name).cloned()
+    }
+
+    /// The run id each panel of `dashboard` would draw now.
+    fn versions(&self, dashboard: &DashboardConfig) -> BTreeMap<String, Option<String>> {
+        if dashboard.name == OPS_NAME {
+            let v = self.inner.ops.as_ref().map(|o| o.version().to_string());
+            return dashboard
+                .panels
+                .iter()
+                .map(|p| (p.name.clone(), v.clone()))
+                .collect();
+        }
+        let mut by_report: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        for p in &dashboard.panels {
+            by_report.entry(&p.report).or_insert_with(|| {
+                OutputCache::latest_run_id(&self.inner.warehouse, &p.report)
+                    .ok()
+                    .flatten()
+            });
+        }
+        dashboard
+            .panels
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    by_report.get(p.report.as_str()).cloned().flatten(),
+                )
+            })
+            .collect()
+    }
+
+    /// The data behind one panel now, with the run id it came from.
+    pub fn panel_data(
+        &self,
+        dashboard: &DashboardConfig,
+        panel: &PanelConfig,
+    ) -> (PanelData, Option<String>) {
+        if dashboard.name == OPS_NAME
+            && let Some(ops) = &self.inner.ops
+        {
+            return (ops.panel_data(panel), Some(ops.version().to_string()));
+        }
+        let latest = self.inner.cache.latest(&self.inner.warehouse, &panel.report);
+        let version = match &latest {
+            Latest::Output(o) => Some(o.run_id.clone()),
+            _ => None,
+        };
+        (panel_data(panel, &latest), version)
+    }
+
+    /// The whole dashboard page (HTML with one inline SVG per panel); `base` is the path the router is served at.
+    pub fn page(&self, dashboard: &DashboardConfig, base: &str) -> String {
+        let panels: Vec<String> = dashboard
+            .panels
+            .iter()
+            .map(|p| {
+                let (data, version) = self.panel_data(dashboard, p);
+                let svg = render::svg(p, &data, version.as_deref());
+                let note = match &data {
+                    PanelData::Problem { message } => {
+                        format!("<p class=\"problem\">{}</p>", escape(message))
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "<section class=\"panel\" id=\"panel-{name}\" data-panel=\"{name}\" data-version=\"{version}\">\
+                     <div class=\"body\">{svg}{note}</div>\
+                     <a class=\"png\" href=\"{base}/{dash}/{name}.png?width=1600&amp;height=720\">PNG</a></section>",
+                    name = escape(&p.name),
+                    dash = escape(&dashboard.name),
+                    version = escape(version.as_deref().unwrap_or("")),
+                )
+            })
+            .collect();
+        page_html(
+            dashboard.display_title(),
+            &format!(
+                "<header><a href=\"{base}\">dashboards</a> / <h1>{title}</h1>\
+                 <span id=\"status\" aria-live=\"polite\"></span></header>\
+                 <main class=\"grid\" data-dashboard=\"{name}\">{panels}</main>\
+                 <script>{script}</script>",
+                title = escape(dashboard.display_title()),
+                name = escape(&dashboard.name),
+                panels = panels.join(""),
+                script = SCRIPT.replace("POLL_MS", &POLL_INTERVAL_MS.to_string()),
+            ),
+        )
+    }
+
+    async fn render<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Dashboards) -> T + Send + 'static,
+    ) -> Result<T, Response> {
+        let _permit = self
+            .inner
+            .renders
+            .acquire()
+            .await
+            .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response())?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(me)).await.map_err(|e| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("rendering failed: {e}"),
+            )
+                .into_response()
+        })
+    }
+}
+
+/// The router to nest at `/dashboards`.
+pub fn router(dashboards: Dashboards) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/{name}", get(dashboard_page))
+        .route("/{name}/{file}", get(panel_file))
+        .fallback(|| async { not_found("no such page") })
+        .with_state(dashboards)
+}
+
+/// The path the router is served at (`/dashboards` when nested there), from the original and the nested URI.
+fn base_path(original: &Uri, inner: &Uri) -> String {
+    let orig = original.path();
+    let inner = inner.path();
+    let base = if inner == "/" {
+        orig.trim_end_matches('/')
+    } else {
+        orig.strip_suffix(inner).unwrap_or("")
+    };
+    base.to_string()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn not_found(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(page_html(
+            "not found",
+            &format!(
+                "<main class=\"missing\"><h1>404</h1><p>{}</p></main>",
+                escape(what)
+            ),
+        )),
+    )
+        .into_response()
+}
+
+fn bad_request(what: &str) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{what}\n")).into_response()
+}
+
+async fn index(State(d): State<Dashboards>, OriginalUri(original): OriginalUri, uri: Uri) -> Response {
+    let base = base_path(&original, &uri);
+    let mut items: Vec<String> = d
+        .inner
+        .dashboards
+        .iter()
+        .map(|db| {
+            format!(
+                "<li><a href=\"{base}/{name}\">{title}</a> <span class=\"muted\">{n} panels</span></li>",
+                name = escape(&db.name),
+                title = escape(db.display_title()),
+                n = db.panels.len()
+            )
+        })
+        .collect();
+    if d.inner.ops.is_some() {
+        items.push(format!(
+            "<li><a href=\"{base}/{OPS_NAME}\">Pipeline operations</a> <span class=\"muted\">built in</span></li>"
+        ));
+    }
+    Html(page_html(
+        "dashboards",
+        &format!(
+            "<header><h1>Dashboards</h1></header><main><ul class=\"index\">{}</ul></main>",
+            items.join("")
+        ),
+    ))
+    .into_response()
+}
+
+async fn dashboard_page(
+    State(d): State<Dashboards>,
+    Path(name): Path<String>,
+    OriginalUri(original): OriginalUri,
+    uri: Uri,
+) -> Response {
+    let Some(dashboard) = d.dashboard(&name) else {
+        return not_found(&format!("no dashboard named {name:?}"));
+    };
+    let base = base_path(&original, &uri);
+    match d.render(move |d| d.page(&dashboard, &base)).await {
+        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PngSize {
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+async fn panel_file(
+    State(d): State<Dashboards>,
+    Path((name, file)): Path<(String, String)>,
+    size: Result<Query<PngSize>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(dashboard) = d.dashboard(&name) else {
+        return not_found(&format!("no dashboard named {name:?}"));
+    };
+    if file == "version" {
+        let panels = d.versions(&dashboard);
+        let version: Vec<String> = panels
+            .iter()
+            .map(|(p, v)| format!("{p}={}", v.as_deref().unwrap_or("")))
+            .collect();
+        return (
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(serde_json::json!({"version": version.join(","), "panels": panels})),
+        )
+            .into_response();
+    }
+    let Some((panel_name, ext)) = file.rsplit_once('.') else {
+        return not_found(&format!("no page {file:?} in dashboard {name}"));
+    };
+    let Some(panel) = dashboard.panel(panel_name).cloned() else {
+        return not_found(&format!("dashboard {name} has no panel named {panel_name:?}"));
+    };
+    match ext {
+        "svg" => {
+            match d
+                .render(move |d| {
+                    let (data, version) = d.panel_data(&dashboard, &panel);
+                    (render::svg(&panel, &data, version.as_deref()), version)
+                })
+                .await
+            {
+                Ok((svg, version)) => (
+                    [
+                        (header::CONTENT_TYPE, "image/svg+xml".to_string()),
+                        (header::CACHE_CONTROL, "no-store".to_string()),
+                        (
+                            header::HeaderName::from_static("x-freshet-version"),
+                            version.unwrap_or_default(),
+                        ),
+                    ],
+                    svg,
+                )
+                    .into_response(),
+                Err(r) => r,
+            }
+        }
+        "json" => {
+            let (data, version) = d.panel_data(&dashboard, &panel);
+            axum::Json(serde_json::json!({"panel": panel.name, "version": version, "data": data}))
+                .into_response()
+        }
+        "png" => {
+            let Ok(Query(size)) = size else {
+                return bad_request("width and height must be whole numbers of pixels");
+            };
+            let (width, height) = (size.width.unwrap_or(800), size.height.unwrap_or(360));
+            let ok = |v: u32| (PNG_SIDE_MIN..=PNG_SIDE_MAX).contains(&v);
+            if !ok(width) || !ok(height) {
+                return bad_request(&format!(
+                    "width and height must be {PNG_SIDE_MIN}..={PNG_SIDE_MAX} pixels (got {width}x{height})"
+                ));
+            }
+            match d
+                .render(move |d| {
+                    let (data, _) = d.panel_data(&dashboard, &panel);
+                    render::png(&panel, &data, width, height)
+                })
+                .await
+            {
+                Ok(Ok(png)) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
+                Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+                Err(r) => r,
+            }
+        }
+        _ => not_found(&format!("no page {file:?} in dashboard {name}")),
+    }
+}
+
+fn page_html(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · freshet</title><style>{STYLE}</style></head><body>{body}</body></html>",
+        escape(title)
+    )
+}
+
+const STYLE: &str = "\
+body{margin:0;font-family:system-ui,-apple-system,'Segoe UI',sans-serif;background:#f3f5f8;color:#1d2330}\
+header{display:flex;gap:.5rem;align-items:baseline;padding:.75rem 1rem;background:#fff;border-bottom:1px solid #dde2ea}\
+header h1{font-size:1.2rem;margin:0}header a{color:#2a5db0}#status{margin-left:auto;color:#6b7280;font-size:.85rem}\
+.grid{display:grid;gap:1rem;padding:1rem;grid-template-columns:repeat(auto-fit,minmax(min(100%,560px),1fr))}\
+.panel{background:#fff;border:1px solid #dde2ea;border-radius:6px;padding:.25rem;position:relative;min-width:0}\
+.panel svg{display:block;width:100%;height:auto}.panel .png{position:absolute;top:.4rem;right:.6rem;font-size:.75rem;color:#6b7280}\
+.problem{color:#b41e1e;font-size:.85rem;margin:.25rem .5rem}.index{line-height:2;padding:1rem 2rem}.muted{color:#6b7280}\
+.missing{padding:2rem}";
+
+/// Polls `<page>/version`; for each panel whose run id changed, fetches `<page>/<panel>.svg` and swaps it in.
+const SCRIPT: &str = r#"
+(function () {
+  var page = location.pathname.replace(/\/+$/, '');
+  var status = document.getElementById('status');
+  function swap(name, version) {
+    return fetch(page + '/' + encodeURIComponent(name) + '.svg', {cache: 'no-store'})
+      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+      .then(function (svg) {
+        var panel = document.getElementById('panel-' + name);
+        if (!panel) return;
+        panel.querySelector('.body').innerHTML = svg;
+        panel.dataset.version = version || '';
+      });
+  }
+  function poll() {
+    fetch(page + '/version', {cache: 'no-store'})
+      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+      .then(function (v) {
+        var jobs = [];
+        Object.keys(v.panels).forEach(function (name) {
+          var panel = document.getElementById('panel-' + name);
+          var now = v.panels[name] || '';
+          if (panel && panel.dataset.version !== now) jobs.push(swap(name, now));
+        });
+        return Promise.all(jobs).then(function () {
+          status.textContent = 'updated ' + new Date().toLocaleTimeString();
+        });
+      })
+      .catch(function (e) { status.textContent = 'not updating: ' + e.message; })
+      .then(function () { setTimeout(poll, POLL_MS); });
+  }
+  setTimeout(poll, POLL_MS);
+})();
+"#;
