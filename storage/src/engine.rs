@@ -387,6 +387,7 @@ impl Store {
             }
         }
         let saved = topology.desc.clone();
+        let now_ms = self.inner.clock.now_ms();
         for &parent in parents {
             let ending = Self::close_shard(stream, topology, parent).await?;
             let desc = topology
@@ -396,6 +397,7 @@ impl Store {
                 .find(|s| s.shard_id == parent)
                 .expect("parent described");
             desc.ending_sequence_number = Some(ending);
+            desc.closed_ms = Some(now_ms);
         }
         let next_shard_index = topology.next_shard_index + created.len() as u32;
         for (core, range, parent, adjacent, base) in &created {
@@ -406,6 +408,8 @@ impl Store {
                 hash_key_range: *range,
                 starting_sequence_number: SequenceNumber(*base),
                 ending_sequence_number: None,
+                opened_ms: Some(now_ms),
+                closed_ms: None,
             });
         }
         if let Err(e) = stream.save(&topology.desc, next_shard_index) {
@@ -659,6 +663,8 @@ impl StreamStore for Store {
                     hash_key_range: range,
                     starting_sequence_number: SequenceNumber(base),
                     ending_sequence_number: None,
+                    opened_ms: None,
+                    closed_ms: None,
                 });
             }
             let desc = StreamDescription {

@@ -711,6 +711,9 @@ impl StreamStore for RemoteStore {
                         .as_deref()
                         .map(seq)
                         .transpose()?,
+                    // Kinesis does not describe when a shard opened or closed.
+                    opened_ms: None,
+                    closed_ms: None,
                 });
             }
             token = out.next_token;

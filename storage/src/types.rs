@@ -307,11 +307,29 @@ pub struct ShardDescription {
     pub starting_sequence_number: SequenceNumber,
     /// Set once the shard is closed by a split, merge or shard-count update.
     pub ending_sequence_number: Option<SequenceNumber>,
+    /// When a reshard opened the shard (ms since the epoch); `None` for the shards a stream was created with (and in
+    /// descriptions written before this was recorded). ListShards' timestamp filters use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_ms: Option<i64>,
+    /// When a reshard closed the shard (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_ms: Option<i64>,
 }
 
 impl ShardDescription {
     pub fn is_open(&self) -> bool {
         self.ending_sequence_number.is_none()
+    }
+
+    /// Whether the shard was open at `at_ms`, as ListShards' `AT_TIMESTAMP` filter asks: opened at or before it and
+    /// not closed before it. A closed shard whose closing time is unknown counts as open until now.
+    pub fn open_at(&self, at_ms: i64) -> bool {
+        self.opened_ms.is_none_or(|o| o <= at_ms) && self.open_from(at_ms)
+    }
+
+    /// Whether the shard was open at or after `at_ms` (ListShards' `FROM_TIMESTAMP`): still open, or closed then or later.
+    pub fn open_from(&self, at_ms: i64) -> bool {
+        self.is_open() || self.closed_ms.is_none_or(|c| c >= at_ms)
     }
 }
 

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import sys
+import time
 import urllib.parse
 
 import boto3
@@ -276,6 +277,8 @@ def resharding(endpoint):
         assert kin.put_records(StreamName="reshard", Records=entries)["FailedRecordCount"] == 0
 
     put_round(100)
+    # Half a second either side keeps the timestamp filters clear of the reshards' own milliseconds.
+    before_split = time.time() - 0.5
     s0 = kin.describe_stream(StreamName="reshard")["StreamDescription"]["Shards"][0]
     lo, hi = int(s0["HashKeyRange"]["StartingHashKey"]), int(s0["HashKeyRange"]["EndingHashKey"])
     kin.split_shard(StreamName="reshard", ShardToSplit=s0["ShardId"], NewStartingHashKey=str((lo + hi) // 2))
@@ -293,6 +296,23 @@ def resharding(endpoint):
     assert len(merged) == 1 and {merged[0]["ParentShardId"], merged[0]["AdjacentParentShardId"]} == \
         {k["ShardId"] for k in kids}, shards
     put_round(100)
+
+    # ShardFilter by time: the shards open before the split, everything touched since, the shards open now.
+    def filtered(kind, at):
+        return sorted(s["ShardId"] for s in kin.list_shards(StreamName="reshard",
+                                                             ShardFilter={"Type": kind, "Timestamp": at})["Shards"])
+    ids = sorted(s["ShardId"] for s in shards)
+    open_now = sorted(s["ShardId"] for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"])
+    assert filtered("AT_TIMESTAMP", before_split) == sorted(s["ShardId"] for s in shards
+                                                           if "ParentShardId" not in s), shards
+    assert filtered("FROM_TIMESTAMP", before_split) == ids
+    assert filtered("AT_TIMESTAMP", time.time() + 0.5) == open_now == \
+        sorted(s["ShardId"] for s in kin.list_shards(StreamName="reshard", ShardFilter={"Type": "AT_LATEST"})["Shards"])
+    assert filtered("FROM_TIMESTAMP", time.time() + 0.5) == open_now
+    horizon = kin.list_shards(StreamName="reshard", ShardFilter={"Type": "AT_TRIM_HORIZON"})["Shards"]
+    assert sorted(s["ShardId"] for s in horizon) == filtered("AT_TIMESTAMP", before_split), horizon
+    every = kin.list_shards(StreamName="reshard", ShardFilter={"Type": "FROM_TRIM_HORIZON"})["Shards"]
+    assert sorted(s["ShardId"] for s in every) == ids
 
     records, children_of, _ = read_lineage(kin, "reshard")
     assert len(records) == 300, len(records)

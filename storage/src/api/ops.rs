@@ -592,9 +592,28 @@ async fn describe_stream_summary(
     })
 }
 
-/// Which shards a ListShards page holds, carried by its NextToken.
+/// Which shards a ListShards page holds, carried by its NextToken as one number: the kind in the top byte, a
+/// timestamp in milliseconds (for the timestamp kinds) below it.
 const FILTER_ALL: u64 = 0;
 const FILTER_OPEN: u64 = 1;
+const FILTER_AT_MS: u64 = 2;
+const FILTER_FROM_MS: u64 = 3;
+const FILTER_KIND_SHIFT: u32 = 56;
+
+fn shard_filter(kind: u64, at_ms: i64) -> u64 {
+    (kind << FILTER_KIND_SHIFT) | (at_ms.max(0) as u64 & ((1 << FILTER_KIND_SHIFT) - 1))
+}
+
+/// Whether a shard passes the filter a ListShards call (or its token) carries.
+fn shard_passes(filter: u64, shard: &ShardDescription) -> bool {
+    let at_ms = (filter & ((1 << FILTER_KIND_SHIFT) - 1)) as i64;
+    match filter >> FILTER_KIND_SHIFT {
+        FILTER_OPEN => shard.is_open(),
+        FILTER_AT_MS => shard.open_at(at_ms),
+        FILTER_FROM_MS => shard.open_from(at_ms),
+        _ => true,
+    }
+}
 
 async fn list_shards(state: &ApiState, input: ListShardsInput) -> Result<ListShardsOutput, ApiError> {
     let max = bounded(input.max_results, "MaxResults", 1, 10_000)?.unwrap_or(1000) as usize;
@@ -639,11 +658,23 @@ async fn list_shards(state: &ApiState, input: ListShardsInput) -> Result<ListSha
                         check_name(id, "ShardFilter.ShardId")?;
                         after = after.max(id.parse::<ShardId>().ok());
                     }
-                    "AT_LATEST" => filter = FILTER_OPEN,
-                    "AT_TRIM_HORIZON" | "FROM_TRIM_HORIZON" => {}
+                    // Shards open now; open at (or since) a time; open at the trim horizon; everything kept.
+                    "AT_LATEST" => filter = shard_filter(FILTER_OPEN, 0),
                     "AT_TIMESTAMP" | "FROM_TIMESTAMP" => {
-                        required(f.timestamp, "ShardFilter.Timestamp")?;
+                        let seconds = required(f.timestamp, "ShardFilter.Timestamp")?;
+                        let kind = if kind == "AT_TIMESTAMP" {
+                            FILTER_AT_MS
+                        } else {
+                            FILTER_FROM_MS
+                        };
+                        filter = shard_filter(kind, (seconds * 1000.0) as i64);
                     }
+                    "AT_TRIM_HORIZON" => {
+                        let desc = state.describe(&stream).await?;
+                        let horizon = state.now() - i64::from(desc.retention_hours) * 3_600_000;
+                        filter = shard_filter(FILTER_AT_MS, horizon);
+                    }
+                    "FROM_TRIM_HORIZON" => {}
                     other => {
                         return Err(ApiError::validation(
                             "ShardFilter.Type",
@@ -661,7 +692,7 @@ async fn list_shards(state: &ApiState, input: ListShardsInput) -> Result<ListSha
     let mut shards: Vec<&ShardDescription> = sorted_shards(&desc)
         .into_iter()
         .filter(|s| after.is_none_or(|a| s.shard_id > a))
-        .filter(|s| filter != FILTER_OPEN || s.is_open())
+        .filter(|s| shard_passes(filter, s))
         .take(max + 1)
         .collect();
     let has_more = shards.len() > max;
