@@ -108,7 +108,7 @@ impl QueryEngine {
 
     /// A session for one query: its own memory pool, no disk spilling, information_schema, the warehouse as
     /// `datafusion.public`.
-    fn session(&self) -> Result<SessionContext> {
+    async fn session(&self) -> Result<SessionContext> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes_max, 1.0)
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
@@ -121,13 +121,9 @@ impl QueryEngine {
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| QueryError::Internal("no default catalog".into()))?;
+        let schema = WarehouseSchema::list(self.warehouse.clone()).await?;
         catalog
-            .register_schema(
-                "public",
-                Arc::new(WarehouseSchema {
-                    warehouse: self.warehouse.clone(),
-                }),
-            )
+            .register_schema("public", Arc::new(schema))
             .map_err(|e| QueryError::Internal(format!("registering the warehouse: {e}")))?;
         Ok(ctx)
     }
@@ -135,7 +131,7 @@ impl QueryEngine {
     async fn run(&self, sql: &str, deadline: Instant) -> Result<QueryResult> {
         let memory = self.limits.memory_bytes_max;
         let classify = |e| QueryError::from_datafusion(e, memory);
-        let ctx = self.session()?;
+        let ctx = self.session().await?;
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
