@@ -15,6 +15,7 @@
 //!
 //! This crate knows nothing of MQTT or charts.
 
+pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod delivery;
