@@ -127,9 +127,9 @@ impl Warehouse {
     }
 
     /// The names of its Delta tables, sorted. Children whose names could not be table names (not UTF-8, `@`, `/`,
-    /// leading `.`) are skipped.
-    pub async fn table_names(&self) -> Result<Vec<String>> {
-        let mut names = match &self.local {
+    /// leading `.`) are skipped. Works for every warehouse; object stores are listed with a delimiter.
+    pub async fn list_tables(&self) -> Result<Vec<String>> {
+        let names = match &self.local {
             Some(dir) => {
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || list_local(&dir))
@@ -138,6 +138,22 @@ impl Warehouse {
             }
             None => self.list_object_store().await?,
         };
+        self.checked(names)
+    }
+
+    /// [`Warehouse::list_tables`] without `.await`, for a filesystem warehouse; an object-store warehouse is an
+    /// error here (its listing is network IO: use `list_tables`).
+    pub fn table_names(&self) -> Result<Vec<String>> {
+        match &self.local {
+            Some(dir) => self.checked(list_local(dir)?),
+            None => Err(QueryError::Warehouse(format!(
+                "{} is an object store: list its tables with list_tables().await",
+                self.url
+            ))),
+        }
+    }
+
+    fn checked(&self, mut names: Vec<String>) -> Result<Vec<String>> {
         if names.len() > TABLES_MAX {
             return Err(QueryError::Warehouse(format!(
                 "{} holds more than {TABLES_MAX} tables",
@@ -193,7 +209,7 @@ impl Warehouse {
     }
 
     /// The table `name` at `version` (latest when `None`) as a DataFusion table provider. The caller resolves
-    /// `name` against [`Warehouse::table_names`] first.
+    /// `name` against [`Warehouse::list_tables`] first.
     pub async fn table_provider(&self, name: &str, version: Option<u64>) -> Result<Arc<dyn TableProvider>> {
         let url = self.table_url(name)?;
         let mut builder = DeltaTableBuilder::from_url(url)
@@ -265,7 +281,7 @@ pub(crate) struct WarehouseSchema {
 
 impl WarehouseSchema {
     pub(crate) async fn list(warehouse: Arc<Warehouse>) -> Result<Self> {
-        let names = warehouse.table_names().await?;
+        let names = warehouse.list_tables().await?;
         Ok(Self { warehouse, names })
     }
 
@@ -328,13 +344,20 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("not_a_table")).unwrap();
         std::fs::create_dir_all(dir.path().join(".hidden/_delta_log")).unwrap();
         let warehouse = Warehouse::local(dir.path());
-        assert_eq!(warehouse.table_names().await.unwrap(), ["a", "b"]);
+        assert_eq!(warehouse.list_tables().await.unwrap(), ["a", "b"]);
+        assert_eq!(warehouse.table_names().unwrap(), ["a", "b"]);
         assert!(
             Warehouse::local(dir.path().join("missing"))
-                .table_names()
+                .list_tables()
                 .await
                 .unwrap()
                 .is_empty()
+        );
+        assert!(
+            Warehouse::open("s3://bucket/wh", HashMap::new())
+                .unwrap()
+                .table_names()
+                .is_err()
         );
     }
 
