@@ -64,6 +64,105 @@ pub struct DeliveryConfig {
     /// `SELECT *, temp * 1.8 + 32 AS temp_f FROM batch WHERE temp IS NOT NULL`). See [`crate::transform`].
     #[serde(default)]
     pub transform_sql: Option<String>,
+    /// Optional external function speaking Firehose's data-transformation contract, applied before
+    /// `transform_sql`. See [`crate::http_transform`].
+    #[serde(default)]
+    pub transform_http: Option<HttpTransformConfig>,
+}
+
+/// Most records per invocation of an HTTP transform.
+pub const TRANSFORM_RECORDS_MAX: usize = 10_000;
+/// Most raw bytes per invocation (Firehose's Lambda buffer goes up to 3 MiB).
+pub const TRANSFORM_BYTES_MAX: u64 = 3 << 20;
+/// Longest retry duration (Firehose's `RetryOptions.DurationInSeconds` allows 0–7200 s).
+pub const TRANSFORM_RETRY_SECONDS_MAX: u64 = 7_200;
+
+/// An external transform function reached over HTTP (Firehose's Lambda transform contract).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTransformConfig {
+    /// `http://` or `https://` URL the invocations are POSTed to.
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Most records per invocation (1–10,000; default 500).
+    #[serde(default = "default_transform_records_max")]
+    pub records_max: usize,
+    /// Most raw record bytes per invocation (1 KiB–3 MiB; default 1 MiB, Firehose's default).
+    #[serde(default = "default_transform_bytes_max")]
+    pub bytes_max: u64,
+    /// How long a failing invocation is retried before its records go to the error table (0–7200 s, default 300).
+    #[serde(default = "default_transform_retry_seconds")]
+    pub retry_duration_seconds: u64,
+    /// Timeout of one invocation (100 ms–15 min; default 60 s).
+    #[serde(default = "default_transform_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Invocations in flight at once (1–16; default 2).
+    #[serde(default = "default_transform_concurrency")]
+    pub concurrency: usize,
+    /// The region named in the request and its ARNs.
+    #[serde(default = "default_transform_region")]
+    pub region: String,
+}
+
+impl HttpTransformConfig {
+    /// Every default, for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            bearer_token: None,
+            headers: Default::default(),
+            records_max: default_transform_records_max(),
+            bytes_max: default_transform_bytes_max(),
+            retry_duration_seconds: default_transform_retry_seconds(),
+            timeout_ms: default_transform_timeout_ms(),
+            concurrency: default_transform_concurrency(),
+            region: default_transform_region(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ProcessError::Config(format!("transform_http: {m}")));
+        match url::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => return bad(format!("url scheme {:?} must be http or https", u.scheme())),
+            Err(e) => return bad(format!("url {:?}: {e}", self.url)),
+        }
+        if !(1..=TRANSFORM_RECORDS_MAX).contains(&self.records_max) {
+            return bad(format!(
+                "records_max must be between 1 and {TRANSFORM_RECORDS_MAX}"
+            ));
+        }
+        if !(1024..=TRANSFORM_BYTES_MAX).contains(&self.bytes_max) {
+            return bad(format!(
+                "bytes_max must be between 1024 and {TRANSFORM_BYTES_MAX} (3 MiB)"
+            ));
+        }
+        if self.retry_duration_seconds > TRANSFORM_RETRY_SECONDS_MAX {
+            return bad(format!(
+                "retry_duration_seconds must be between 0 and {TRANSFORM_RETRY_SECONDS_MAX}"
+            ));
+        }
+        if !(100..=900_000).contains(&self.timeout_ms) {
+            return bad("timeout_ms must be between 100 and 900000 (15 min)".to_string());
+        }
+        if !(1..=16).contains(&self.concurrency) {
+            return bad("concurrency must be between 1 and 16".to_string());
+        }
+        for (k, v) in &self.headers {
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                return bad(format!("header name {k:?} is not a valid HTTP header name"));
+            }
+            if v.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return bad(format!("header {k:?} has a line break in its value"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A partition column and the expression that computes it from a record.
@@ -137,6 +236,24 @@ impl Default for MaintenanceConfig {
     }
 }
 
+fn default_transform_records_max() -> usize {
+    500
+}
+fn default_transform_bytes_max() -> u64 {
+    1 << 20
+}
+fn default_transform_retry_seconds() -> u64 {
+    300
+}
+fn default_transform_timeout_ms() -> u64 {
+    60_000
+}
+fn default_transform_concurrency() -> usize {
+    2
+}
+fn default_transform_region() -> String {
+    "us-east-1".to_string()
+}
 fn yes() -> bool {
     true
 }
@@ -195,6 +312,7 @@ impl DeliveryConfig {
             columns_max: COLUMNS_MAX_DEFAULT,
             maintenance: MaintenanceConfig::default(),
             transform_sql: None,
+            transform_http: None,
         }
     }
 
@@ -253,6 +371,9 @@ impl DeliveryConfig {
         if let Some(sql) = &self.transform_sql {
             deltalake::datafusion::sql::parser::DFParser::parse_sql(sql)
                 .map_err(|e| ProcessError::Config(format!("transform_sql does not parse: {e}")))?;
+        }
+        if let Some(t) = &self.transform_http {
+            t.validate()?;
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.partition_by {

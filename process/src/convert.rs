@@ -49,6 +49,12 @@ pub enum ErrorKind {
     SchemaMismatch,
     /// The SQL transform failed on the record's batch.
     TransformFailed,
+    /// The HTTP transform function returned `ProcessingFailed` for the record.
+    TransformProcessingFailed,
+    /// The HTTP transform's answer lacks the record, or its data is not base64, or it is not the contract's JSON.
+    TransformInvalidResponse,
+    /// The HTTP transform endpoint kept failing past the retry duration.
+    TransformUnavailable,
 }
 
 impl ErrorKind {
@@ -62,6 +68,9 @@ impl ErrorKind {
             ErrorKind::TooManyColumns => "too_many_columns",
             ErrorKind::SchemaMismatch => "schema_mismatch",
             ErrorKind::TransformFailed => "transform_failed",
+            ErrorKind::TransformProcessingFailed => "transform_processing_failed",
+            ErrorKind::TransformInvalidResponse => "transform_invalid_response",
+            ErrorKind::TransformUnavailable => "transform_unavailable",
         }
     }
 }

@@ -13,7 +13,10 @@
 //! - Before retrying a failed commit the table's `txn` versions are re-read: a commit that landed although its
 //!   call failed (timeout, 5xx, "already exists") is never written twice. delta-rs itself does not refuse a
 //!   repeated `txn` version, so this check is what makes retries safe. Data files are never deleted on error.
-//! - A destination that fails stalls the delivery (retried with backoff up to 30 s, logged), never skips data.
+//! - A destination that fails stalls the delivery, never skips data: writes and commits are retried with backoff
+//!   (up to 30 s apart) while nothing more is read; `freshet_delivery_destination_errors_total` counts the failed
+//!   attempts, `freshet_delivery_stalled` is 1 until one succeeds, and a WARN line marks the start of the stall
+//!   (an INFO line its end).
 //!
 //! # Bounds
 //!
@@ -36,6 +39,7 @@ use crate::config::DeliveryConfig;
 use crate::convert::{Converter, SourceRecord, TableSchema, errors_batch, errors_schema};
 use crate::error::{ProcessError, Result};
 use crate::events::{CommitEvent, ensure_events_stream, publish};
+use crate::http_transform::HttpTransform;
 use crate::maintenance::Maintainer;
 use crate::table::{DeltaSink, TxnState};
 use crate::transform::SqlTransform;
@@ -52,6 +56,8 @@ pub struct FlushReport {
     pub rows: u64,
     pub error_rows: u64,
     pub files_added: u64,
+    /// Records the HTTP transform returned `Dropped` for (not written, not errors).
+    pub dropped_rows: u64,
 }
 
 /// Counters of one delivery since it started.
@@ -61,12 +67,41 @@ pub struct DeliveryCounters {
     pub commits: AtomicU64,
     pub rows: AtomicU64,
     pub error_rows: AtomicU64,
+    /// Records the HTTP transform dropped on purpose.
+    pub dropped_rows: AtomicU64,
     /// Commit attempts that failed (conflicts, object-store errors) and were retried or settled.
     pub commit_failures: AtomicU64,
     /// Failed commits found to have landed after all (their txn versions were in the table).
     pub landed_after_error: AtomicU64,
     /// Times another writer had moved this delivery's positions and they were reloaded.
     pub fenced: AtomicU64,
+    /// Writes or commits that failed because the destination did not answer or answered with an error (not
+    /// commit races); each one is retried with backoff while the delivery stalls.
+    pub destination_errors: AtomicU64,
+    /// Whether the delivery is stalled on its destination right now (its last write or commit failed).
+    pub stalled: std::sync::atomic::AtomicBool,
+}
+
+impl DeliveryCounters {
+    /// A write or commit against the destination failed: count it, mark the delivery stalled, log the first one.
+    fn destination_failed(&self, table: &str, error: &ProcessError) {
+        let n = self.destination_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!("freshet_delivery_destination_errors_total", "table" => table.to_string())
+            .increment(1);
+        metrics::gauge!("freshet_delivery_stalled", "table" => table.to_string()).set(1.0);
+        if !self.stalled.swap(true, Ordering::Relaxed) {
+            tracing::warn!(table, %error, destination_errors = n,
+                "the destination is failing; the delivery stalls (nothing is skipped) and retries with backoff");
+        }
+    }
+
+    /// A write or commit succeeded: the delivery is no longer stalled.
+    fn destination_ok(&self, table: &str) {
+        if self.stalled.swap(false, Ordering::Relaxed) {
+            metrics::gauge!("freshet_delivery_stalled", "table" => table.to_string()).set(0.0);
+            tracing::info!(table, "the destination answers again; the delivery resumes");
+        }
+    }
 }
 
 /// A running delivery: ask it to flush now, or to flush and stop.
@@ -195,6 +230,7 @@ struct Delivery {
     maintainer: Maintainer,
     counters: Arc<DeliveryCounters>,
     transform: Option<SqlTransform>,
+    http_transform: Option<HttpTransform>,
 }
 
 impl Delivery {
@@ -273,6 +309,7 @@ impl Delivery {
             )
             .await;
         }
+        let http_transform = HttpTransform::new(&config)?;
         let maintainer = Maintainer::new(config.clone());
         let config_for_transform = config.clone();
         Ok(Self {
@@ -294,6 +331,7 @@ impl Delivery {
             maintainer,
             counters,
             transform: SqlTransform::new(&config_for_transform),
+            http_transform,
         })
     }
 
@@ -508,7 +546,16 @@ impl Delivery {
             self.buffer_since = None;
             return Ok(FlushReport::default());
         }
-        let mut converted = self.converter.convert(&self.schema, &self.buffer)?;
+        // The HTTP transform first: its Ok records go on, Dropped ones are counted, failures become error rows.
+        let (records, http_errors, dropped) = match &self.http_transform {
+            Some(h) => {
+                let out = h.apply(&self.buffer, &self.shutdown).await?;
+                (std::borrow::Cow::Owned(out.records), out.errors, out.dropped)
+            }
+            None => (std::borrow::Cow::Borrowed(&self.buffer[..]), Vec::new(), 0),
+        };
+        let mut converted = self.converter.convert(&self.schema, &records)?;
+        converted.errors.extend(http_errors);
         if let Some(t) = &self.transform
             && let Some(batch) = converted.batch.take()
         {
@@ -524,8 +571,7 @@ impl Delivery {
                         .iter()
                         .map(|e| (e.shard_id, e.sequence_number))
                         .collect();
-                    for src in self
-                        .buffer
+                    for src in records
                         .iter()
                         .filter(|r| !failed.contains(&(r.shard_id, r.record.sequence_number.0)))
                     {
@@ -626,6 +672,10 @@ impl Delivery {
         self.buffer_bytes = 0;
         self.buffer_since = None;
         report.rows = rows;
+        report.dropped_rows = dropped;
+        self.counters.dropped_rows.fetch_add(dropped, Ordering::Relaxed);
+        metrics::counter!("freshet_delivery_dropped_rows_total", "delivery" => self.config.name.clone())
+            .increment(dropped);
         report.files_added = outcome.files;
         report.version = outcome.version;
         self.counters.rows.fetch_add(rows, Ordering::Relaxed);
@@ -709,9 +759,13 @@ async fn commit_durably(
         None => Vec::new(),
         Some(batch) => loop {
             match sink.write_files(schema, batch.clone()).await {
-                Ok(adds) => break adds,
+                Ok(adds) => {
+                    counters.destination_ok(sink.name());
+                    break adds;
+                }
                 Err(e) => {
                     tracing::warn!(table = sink.name(), error = %e, "writing Parquet files failed; retrying");
+                    counters.destination_failed(sink.name(), &e);
                     backoff_or_stop(shutdown, &mut backoff, e).await?;
                 }
             }
@@ -737,6 +791,7 @@ async fn commit_durably(
             .await
         {
             Ok(version) => {
+                counters.destination_ok(sink.name());
                 return Ok(CommitOutcome {
                     version: Some(version),
                     files,
@@ -752,11 +807,15 @@ async fn commit_durably(
                 counters.commit_failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("freshet_delivery_commit_failures_total", "table" => sink.name().to_string())
                     .increment(1);
+                if !is_conflict(&e) {
+                    counters.destination_failed(sink.name(), &e);
+                }
                 if !is_conflict(&e) || failures > 3 {
                     backoff_or_stop(shutdown, &mut backoff, e).await?;
                 }
                 match sink.txn_state(&txns, &expected).await {
                     Ok(TxnState::Landed) if !txns.is_empty() => {
+                        counters.destination_ok(sink.name());
                         counters.landed_after_error.fetch_add(1, Ordering::Relaxed);
                         return Ok(CommitOutcome {
                             version: None,

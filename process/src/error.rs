@@ -42,6 +42,9 @@ pub enum ProcessError {
     /// Another writer moved this delivery's positions in the table (two deliveries with one name).
     #[error("table {table}: another writer moved txn {app_id}; positions are reloaded from the table")]
     Fenced { table: String, app_id: String },
+    /// Shutdown was requested while a step was being retried; nothing of that step was committed.
+    #[error("stopped: {0}")]
+    Stopped(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -64,7 +67,9 @@ impl ProcessError {
                 freshet_storage::Fault::Resource => Fault::Resource,
                 freshet_storage::Fault::Internal => Fault::Internal,
             },
-            ProcessError::Delta { .. } | ProcessError::Io { .. } => Fault::Resource,
+            ProcessError::Delta { .. } | ProcessError::Io { .. } | ProcessError::Stopped(_) => {
+                Fault::Resource
+            }
             ProcessError::Arrow(_) | ProcessError::Internal(_) => Fault::Internal,
         }
     }

@@ -21,11 +21,12 @@ pub mod convert;
 pub mod delivery;
 pub mod error;
 pub mod events;
+pub mod http_transform;
 pub mod maintenance;
 pub mod table;
 pub mod transform;
 
-pub use config::{DeliveryConfig, MaintenanceConfig, PartitionColumn, PartitionExpr};
+pub use config::{DeliveryConfig, HttpTransformConfig, MaintenanceConfig, PartitionColumn, PartitionExpr};
 pub use delivery::{DeliveryCounters, DeliveryHandle, FlushReport, app_id, run_delivery, spawn_delivery};
 pub use error::{ProcessError, Result};
 pub use events::{CommitEvent, EVENTS_STREAM};

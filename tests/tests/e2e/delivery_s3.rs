@@ -14,7 +14,7 @@ use freshet_storage::{PutRecord, Store, StoreConfig, StreamName, StreamStore, Sy
 use freshet_tests::{fnv1a64_lines, poll_until, python_json, read_stream};
 use serde_json::{Value, json};
 
-struct Moto(Child);
+pub(crate) struct Moto(Child);
 
 impl Drop for Moto {
     fn drop(&mut self) {
@@ -40,15 +40,15 @@ async fn http(addr: &str, method: &str, path: &str) -> std::io::Result<u16> {
         .unwrap_or(0))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivery_s3_conditional_put_with_racing_writers() {
+/// Start `moto_server` on a free 127.0.0.1 port with the bucket `freshet`; returns the server and its address.
+pub(crate) async fn start_moto() -> (Moto, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let _moto = Moto(
+    let moto = Moto(
         Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -69,8 +69,12 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
         200,
         "create bucket"
     );
+    (moto, addr)
+}
 
-    let options: std::collections::HashMap<String, String> = [
+/// object_store options for an S3 endpoint at `addr` (plain HTTP, test credentials).
+pub(crate) fn s3_options(addr: &str) -> std::collections::HashMap<String, String> {
+    [
         ("AWS_ENDPOINT_URL", format!("http://{addr}")),
         ("AWS_ALLOW_HTTP", "true".to_string()),
         ("AWS_ACCESS_KEY_ID", "testing".to_string()),
@@ -79,7 +83,13 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_s3_conditional_put_with_racing_writers() {
+    let (_moto, addr) = start_moto().await;
+    let options = s3_options(&addr);
 
     let dir = tempfile::tempdir().unwrap();
     let store =

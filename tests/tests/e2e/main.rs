@@ -4,8 +4,10 @@
 //! test binary. Tests that run the `freshet` binary expect `cargo build -p freshet` first (the test command does it).
 
 mod delivery_crash;
+mod delivery_outage;
 mod delivery_readers;
 mod delivery_s3;
+mod delivery_transform;
 mod ingest_gateway;
 mod kinesis_api;
 mod query_duckdb;
