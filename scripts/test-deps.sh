@@ -8,6 +8,7 @@ declare -A APT=(
   [mosquitto_pub]=mosquitto-clients
   [mosquitto_sub]=mosquitto-clients
   [openssl]=openssl
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!APT[@]}"; do

@@ -3,6 +3,7 @@
 //! Every end-to-end, interop, crash and fault test lives here, one module per subject, so the workspace links one
 //! test binary. Tests that run the `freshet` binary expect `cargo build -p freshet` first (the test command does it).
 
+mod dashboards;
 mod delivery_crash;
 mod delivery_outage;
 mod delivery_readers;
