@@ -2,6 +2,7 @@
 //! same load, a peer system, and prints the ratios. Numbers come from release builds; nothing here is a test.
 
 pub mod api;
+pub mod dashboard;
 pub mod ingest;
 pub mod nats;
 pub mod store;
@@ -28,6 +29,8 @@ pub enum BenchCommand {
     Ingest(ingest::IngestBenchArgs),
     /// Delivery from the stream store into committed Delta, against DuckDB converting NDJSON to Parquet.
     Delivery(crate::deliveries::BenchArgs),
+    /// Rendering a dashboard of 10 panels x 10,000 points: the HTML page with inline SVG, and a panel's PNG.
+    Dashboard(dashboard::DashboardBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -35,6 +38,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Store(args) => store::run(args).await,
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Delivery(args) => crate::deliveries::bench(args).await,
+        BenchCommand::Dashboard(args) => dashboard::run(args).await,
         BenchCommand::Ingest(args) => ingest::run(args).await,
     }
 }
