@@ -107,10 +107,26 @@ fn http_router(
 ) -> Router {
     let query =
         freshet_query::QueryEngine::new(freshet_query::Warehouse::local(warehouse), Default::default());
+    let dashboards = dashboards(metrics.clone(), warehouse);
     api::router(store, ApiConfig::default())
         .merge(freshet_query::router(Arc::new(query)))
+        .nest("/dashboards", freshet_reports::dashboard::router(dashboards))
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(move || std::future::ready(metrics.render())))
+}
+
+/// `/dashboards`: the default `telemetry` dashboard and `/dashboards/_ops`, drawn from the same metrics as `/metrics`
+/// (sampled every 5 s, the last hour kept).
+fn dashboards(
+    metrics: PrometheusHandle,
+    warehouse: &std::path::Path,
+) -> freshet_reports::dashboard::Dashboards {
+    use freshet_reports::dashboard::{DashboardConfig, Dashboards, OpsSampler};
+    let reports = vec![freshet_reports::ReportConfig::telemetry_minutely().name];
+    let ops = OpsSampler::new(Arc::new(move || metrics.render()), warehouse, reports, 720);
+    // The sampler ends with the process; it holds nothing that needs flushing.
+    let _sampler = ops.spawn(Duration::from_secs(5), CancellationToken::new());
+    Dashboards::with_ops(warehouse, vec![DashboardConfig::telemetry()], ops)
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
