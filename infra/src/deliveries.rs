@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Records for the publish → committed latency run (1 s interval, one record every 20 ms).
     #[arg(long, default_value_t = 250)]
     pub latency_records: u64,
+    /// Minutes of real time for the files-per-hour run (1,000 rows/s, default 60 s / 5 MiB buffering); 0 skips it.
+    #[arg(long, default_value_t = 2)]
+    pub files_minutes: u64,
 }
 
 #[derive(Debug, Args)]
@@ -328,6 +331,75 @@ fn bench_record(i: u64) -> String {
     .to_string()
 }
 
+/// What the files-per-hour run measured.
+struct FilesPerHour {
+    minutes: u64,
+    rows: u64,
+    commits: i64,
+    files_before: u64,
+    files_after: u64,
+    bytes: u64,
+}
+
+/// Deliver 1,000 rows/s for `minutes` of real time with every default of a delivery (60 s interval, 5 MiB
+/// buffer, event-date partitions) but automatic compaction off; count the data files written, then compact the
+/// table as `freshet tables optimize` does (128 MiB target) and count the active files left.
+async fn files_per_hour(
+    store: &Arc<dyn StreamStore>,
+    warehouse: &str,
+    minutes: u64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<FilesPerHour> {
+    use freshet_storage::PutRecord;
+    use std::time::{Duration, Instant};
+    let stream = StreamName::new("hourly")?;
+    store.create_stream(&stream, 4).await?;
+    let mut config = DeliveryConfig::new("hourly", "hourly", "hourly", warehouse);
+    config.maintenance.optimize_every_commits = 0;
+    let d = freshet_process::spawn_delivery(config.clone(), store.clone(), shutdown.clone());
+    d.started().await;
+    let started = Instant::now();
+    let window = Duration::from_secs(60 * minutes);
+    let mut sent = 0u64;
+    while started.elapsed() < window {
+        anyhow::ensure!(!d.is_finished(), "the delivery stopped");
+        // Keep the rate at 1,000 rows/s on average, in puts of up to 100 records every 100 ms.
+        let due = (started.elapsed().as_millis() as u64).min(window.as_millis() as u64);
+        let n = due.saturating_sub(sent).min(500);
+        if n > 0 {
+            let records = (sent..sent + n)
+                .map(|i| PutRecord::new(format!("dev-{}", i % 1000), bench_record(i)))
+                .collect();
+            for r in store.put_records(&stream, records).await? {
+                r?;
+            }
+            sent += n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What the delivery committed during the window (the final flush at shutdown is not part of it).
+    let during = describe_table(warehouse, "hourly", &config.storage_options, &[]).await?;
+    let rows = d.counters().rows.load(std::sync::atomic::Ordering::Relaxed);
+    d.shutdown().await?;
+    let all = describe_table(warehouse, "hourly", &config.storage_options, &[]).await?;
+    optimize_table(
+        config.table_url()?,
+        &config.storage_options,
+        config.maintenance.target_file_bytes,
+    )
+    .await?;
+    let after = describe_table(warehouse, "hourly", &config.storage_options, &[]).await?;
+    Ok(FilesPerHour {
+        minutes,
+        rows,
+        // Version 0 creates the table.
+        commits: during.version.unwrap_or(0),
+        files_before: during.files,
+        files_after: after.files,
+        bytes: all.bytes,
+    })
+}
+
 fn peak_rss_mib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -425,6 +497,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     d.shutdown().await?;
     latencies_ms.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies_ms[((latencies_ms.len() as f64 - 1.0) * p) as usize];
+    let files = match args.files_minutes {
+        0 => None,
+        m => Some(files_per_hour(&dyn_store, &warehouse, m, &shutdown).await?),
+    };
     store.shutdown().await;
 
     println!(
@@ -458,6 +534,30 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         pct(0.99),
         latencies_ms.len()
     );
+    if let Some(f) = files {
+        // Extrapolation to an hour: files written scale with time (one file per partition per flush; the
+        // flushes are periodic); after compaction an hour of data is ceil(bytes per hour / target) files per
+        // partition (all rows of the run fall in one event-date partition).
+        let scale = 60.0 / f.minutes as f64;
+        let target = freshet_process::MaintenanceConfig::default().target_file_bytes;
+        let bytes_hour = f.bytes as f64 * scale;
+        let after_hour = (bytes_hour / target as f64).ceil().max(1.0);
+        println!(
+            "  files per hour at 1,000 rows/s, default 60 s / 5 MiB buffer: {:.0} before compaction, {after_hour:.0} after",
+            f.files_before as f64 * scale
+        );
+        println!(
+            "    measured over {} min: {} rows, {} commits, {} data files; `tables optimize` left {} file(s); \
+             {:.1} MiB of Parquet per hour at a {} MiB target",
+            f.minutes,
+            f.rows,
+            f.commits,
+            f.files_before,
+            f.files_after,
+            bytes_hour / (1 << 20) as f64,
+            target >> 20
+        );
+    }
     println!("  peak RSS: {} MiB", peak_rss_mib().unwrap_or(0));
     Ok(())
 }
