@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use freshet_storage::{FsyncPolicy, LogConfig, StoreConfig};
 
-use crate::{bench, deliveries, query, reports, simulate, streams, up};
+use crate::{bench, config, deliveries, query, reports, run, simulate, streams, up};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,8 +27,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the pipeline in one process on embedded defaults (today: the stream store and its Kinesis API).
+    /// Run the whole pipeline in one process (`freshet.toml`, or the default pipeline without one).
     Up(up::UpArgs),
+    /// Run one stage as its own process (containers): store, gateway, delivery, reports or dashboard.
+    Run(run::RunArgs),
+    /// Check or print the configuration (file + environment + defaults).
+    Config(config::ConfigArgs),
     /// Work with the streams of a data directory directly (no server needed; the directory is locked while in use).
     Streams(streams::StreamsArgs),
     /// Benchmarks against peer systems, in one run (use a release build).
@@ -92,6 +96,8 @@ pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Config(args) => config::run_cli(args),
         Command::Streams(args) => streams::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Deliveries(args) => deliveries::run(args).await,

@@ -3,9 +3,11 @@
 
 mod bench;
 mod cli;
+mod config;
 mod deliveries;
 mod query;
 mod reports;
+mod run;
 mod simulate;
 mod streams;
 mod up;

@@ -3,6 +3,7 @@
 //! Every end-to-end, interop, crash and fault test lives here, one module per subject, so the workspace links one
 //! test binary. Tests that run the `freshet` binary expect `cargo build -p freshet` first (the test command does it).
 
+mod config_cli;
 mod dashboards;
 mod delivery_crash;
 mod delivery_outage;
@@ -15,6 +16,7 @@ mod query_duckdb;
 mod query_golden;
 mod query_http;
 mod reports_trigger;
+mod roles;
 mod simulate;
 mod store_crash;
 mod store_disk_full;

@@ -1,0 +1,265 @@
+//! The roles of `freshet run` as separate processes, wired the way `compose.yaml` wires the containers: one shared
+//! `freshet.toml`, per-process environment overrides (`FRESHET_HTTP__ADDR`, `FRESHET_REMOTE__ENDPOINT`, …), the
+//! store role's Kinesis API between them and a shared warehouse directory. Telemetry goes in over real MQTT
+//! (`mosquitto_pub`, QoS 1); rows come back through the dashboard role's `POST /v1/sql`, and the report role's
+//! `telemetry_minutely` output lands in the warehouse. SIGTERM stops every role with exit 0.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use freshet_tests::up::{free_port, http_get};
+use freshet_tests::{freshet_bin, poll_until};
+
+/// A `freshet` child process, killed if the test ends without stopping it.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Start `freshet <args>` with extra environment variables.
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, String)], cwd: &Path) -> Self {
+        let mut cmd = Command::new(freshet_bin());
+        cmd.args(["--log", "warn"])
+            .args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            name: name.to_string(),
+            child: Some(cmd.spawn().unwrap()),
+        }
+    }
+
+    /// Wait until `/health` answers on `port` (panics if the process exits first).
+    pub fn wait_healthy(&mut self, port: u16) {
+        let name = self.name.clone();
+        let child = self.child.as_mut().unwrap();
+        poll_until(
+            Duration::from_secs(60),
+            &format!("{name} to answer /health"),
+            || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("{name} exited early with {status}");
+                }
+                (http_get(port, "/health").as_deref() == Some("ok\n")).then_some(())
+            },
+        );
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        poll_until(
+            Duration::from_secs(60),
+            &format!("{} to exit after SIGTERM", self.name),
+            || child.try_wait().unwrap(),
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Publish `count` JSON telemetry messages for `device` at QoS 1 with mosquitto_pub.
+pub fn publish(mqtt: u16, topic: &str, client: &str, lines: &[String]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt.to_string(),
+            "-q",
+            "1",
+            "-i",
+            client,
+        ])
+        .args(["-t", topic, "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub (Debian mosquitto-clients) runs");
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+}
+
+/// `POST /v1/sql`: (status, body), or `None` if the server does not answer.
+pub fn post_sql(port: u16, sql: &str, bearer: Option<&str>) -> Option<(u16, serde_json::Value)> {
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let auth = bearer.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        stream,
+        "POST /v1/sql HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).ok()?))
+}
+
+/// Sum of `count` per device in the report's latest `result.json` (JSON lines or an array), if a run completed.
+fn report_counts(warehouse: &Path) -> Option<std::collections::BTreeMap<String, i64>> {
+    let dir = warehouse.join("reports/telemetry_minutely");
+    let latest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("latest")).ok()?).ok()?;
+    let json = latest["outputs"]
+        .as_array()?
+        .iter()
+        .filter_map(|o| o.as_str())
+        .find(|o| o.ends_with(".json"))?
+        .to_string();
+    let text = std::fs::read_to_string(dir.join(json)).ok()?;
+    let rows: Vec<serde_json::Value> = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Array(rows)) => rows,
+        Ok(serde_json::Value::Object(o)) => o.get("rows")?.as_array()?.clone(),
+        _ => text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for r in rows {
+        *counts.entry(r["device_id"].as_str()?.to_string()).or_insert(0) += r["count"].as_i64()?;
+    }
+    Some(counts)
+}
+
+#[test]
+fn roles_as_separate_processes_carry_mqtt_telemetry_to_sql_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let warehouse: PathBuf = root.join("warehouse");
+    // The compose file's shared configuration: the default pipeline, with the warehouse on a shared volume.
+    std::fs::write(
+        root.join("freshet.toml"),
+        format!(
+            "[warehouse]\nurl = {:?}\n[remote]\nconnect_wait_seconds = 60\n",
+            warehouse.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (store_http, gw_http, del_http, rep_http, dash_http, mqtt) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let endpoint = format!("http://127.0.0.1:{store_http}");
+    let role_env = |http: u16| {
+        vec![
+            ("FRESHET_HTTP__ADDR", format!("127.0.0.1:{http}")),
+            ("FRESHET_REMOTE__ENDPOINT", endpoint.clone()),
+            (
+                "FRESHET_DATA_DIR",
+                root.join(format!("data-{http}")).display().to_string(),
+            ),
+        ]
+    };
+
+    // Start the clients of the store first: they wait for it, as containers started in any order do.
+    let mut gateway = Proc::spawn(
+        "gateway",
+        &["run", "gateway", "--mqtt-addr", &format!("127.0.0.1:{mqtt}")],
+        &role_env(gw_http),
+        root,
+    );
+    let mut store = Proc::spawn("store", &["run", "store"], &role_env(store_http), root);
+    let mut delivery = Proc::spawn(
+        "delivery",
+        &["run", "delivery", "--buffer-interval", "1s"],
+        &role_env(del_http),
+        root,
+    );
+    let mut reports = Proc::spawn("reports", &["run", "reports"], &role_env(rep_http), root);
+    let mut dashboard = Proc::spawn("dashboard", &["run", "dashboard"], &role_env(dash_http), root);
+    store.wait_healthy(store_http);
+    gateway.wait_healthy(gw_http);
+    delivery.wait_healthy(del_http);
+    reports.wait_healthy(rep_http);
+    dashboard.wait_healthy(dash_http);
+    poll_until(Duration::from_secs(30), "the MQTT listener", || {
+        TcpStream::connect(("127.0.0.1", mqtt)).ok().map(|_| ())
+    });
+
+    for (device, n) in [("dev-r1", 30), ("dev-r2", 20)] {
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"ts":{},"seq":{i},"temp":{}.5}}"#,
+                    1_763_700_000_000i64 + i,
+                    20 + i % 3
+                )
+            })
+            .collect();
+        publish(
+            mqtt,
+            &format!("devices/{device}/telemetry"),
+            &format!("pub-{device}"),
+            &lines,
+        );
+    }
+
+    let sql = "SELECT device_id, count(*) AS n, count(DISTINCT seq) AS seqs, min(_shard_id) IS NOT NULL AS lineage \
+               FROM telemetry GROUP BY device_id ORDER BY device_id";
+    let rows = poll_until(
+        Duration::from_secs(120),
+        "50 rows through the dashboard's /v1/sql",
+        || {
+            let (status, answer) = post_sql(dash_http, sql, None)?;
+            let rows = answer["rows"].as_array()?.clone();
+            let total: i64 = rows.iter().filter_map(|r| r["n"].as_i64()).sum();
+            (status == 200 && total >= 50).then_some(rows)
+        },
+    );
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({"device_id": "dev-r1", "n": 30, "seqs": 30, "lineage": true}),
+            serde_json::json!({"device_id": "dev-r2", "n": 20, "seqs": 20, "lineage": true}),
+        ]
+    );
+
+    // The report role ran telemetry_minutely on the delivery's commit events (read through the store's API).
+    let counts = poll_until(Duration::from_secs(120), "the report over all 50 rows", || {
+        report_counts(&warehouse).filter(|c| c.values().sum::<i64>() >= 50)
+    });
+    assert_eq!(counts.get("dev-r1"), Some(&30), "{counts:?}");
+    assert_eq!(counts.get("dev-r2"), Some(&20), "{counts:?}");
+    // Metrics on each role's own port.
+    assert!(http_get(gw_http, "/metrics").is_some());
+
+    // Stop in the compose order (clients first, the store last): every role exits 0.
+    for p in [gateway, delivery, reports, dashboard, store] {
+        let name = p.name.clone();
+        let status = p.terminate();
+        assert!(status.success(), "{name} exited with {status}");
+    }
+}
