@@ -1,7 +1,9 @@
 //! `freshet query "<sql>"`: one read-only SQL statement against a running server (`--url`, through `POST /v1/sql`)
-//! or straight against a warehouse directory (`--warehouse`, or `<data-dir>/warehouse`), printed as a table
-//! (Arrow's pretty printer), CSV or the `/v1/sql` JSON.
+//! or straight against a warehouse (`--warehouse`: a directory or an object_store URL such as `s3://bucket/prefix`
+//! with `--storage-option key=value`; default `<data-dir>/warehouse`), printed as a table (Arrow's pretty printer),
+//! CSV or the `/v1/sql` JSON.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,9 +27,14 @@ pub struct QueryArgs {
     /// Base URL of a running `freshet up` (e.g. http://127.0.0.1:8080); without it the warehouse is read directly.
     #[arg(long, conflicts_with = "warehouse")]
     pub url: Option<String>,
-    /// Warehouse directory to read directly (default: `<data-dir>/warehouse`).
+    /// Warehouse to read directly: a directory or an object_store URL such as `s3://bucket/prefix`
+    /// (default: `<data-dir>/warehouse`).
     #[arg(long)]
-    pub warehouse: Option<PathBuf>,
+    pub warehouse: Option<String>,
+    /// object_store option for an object-store warehouse, `key=value` (repeatable), e.g.
+    /// `AWS_ENDPOINT_URL=http://127.0.0.1:9000`; the standard AWS environment variables are read too.
+    #[arg(long = "storage-option", requires = "warehouse")]
+    pub storage_options: Vec<String>,
     /// Data directory whose warehouse is read when neither --url nor --warehouse is given.
     #[arg(long, env = "FRESHET_DATA_DIR", default_value = "./freshet-data")]
     pub data_dir: PathBuf,
@@ -47,15 +54,16 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 .await?
         }
         None => {
-            let warehouse = args.warehouse.unwrap_or_else(|| args.data_dir.join("warehouse"));
+            let warehouse = match &args.warehouse {
+                Some(location) => Warehouse::open(location, parse_options(&args.storage_options)?)?,
+                None => Warehouse::local(args.data_dir.join("warehouse")),
+            };
             let limits = QueryLimits {
                 memory_bytes_max: args.memory_bytes_max,
                 time_max: args.time_limit,
                 ..QueryLimits::default()
             };
-            QueryEngine::new(Warehouse::local(warehouse), limits)
-                .sql(&args.sql)
-                .await?
+            QueryEngine::new(warehouse, limits).sql(&args.sql).await?
         }
     };
     let text = match args.format {
@@ -65,4 +73,14 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     };
     print!("{text}");
     Ok(())
+}
+
+fn parse_options(options: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    options
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => anyhow::bail!("storage option {kv:?} is not key=value"),
+        })
+        .collect()
 }

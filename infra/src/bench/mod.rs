@@ -5,6 +5,7 @@ pub mod api;
 pub mod dashboard;
 pub mod ingest;
 pub mod nats;
+pub mod query;
 pub mod store;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub enum BenchCommand {
     Delivery(crate::deliveries::BenchArgs),
     /// Rendering a dashboard of 10 panels x 10,000 points: the HTML page with inline SVG, and a panel's PNG.
     Dashboard(dashboard::DashboardBenchArgs),
+    /// Report-style SQL over 10 M rows in Delta against DuckDB on the same Parquet files; commit → report latency.
+    Query(query::QueryBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -40,6 +43,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Delivery(args) => crate::deliveries::bench(args).await,
         BenchCommand::Dashboard(args) => dashboard::run(args).await,
         BenchCommand::Ingest(args) => ingest::run(args).await,
+        BenchCommand::Query(args) => query::run(args).await,
     }
 }
 

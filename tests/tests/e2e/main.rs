@@ -15,6 +15,7 @@ mod kinesis_api;
 mod query_duckdb;
 mod query_golden;
 mod query_http;
+mod query_s3;
 mod reports_trigger;
 mod roles;
 mod simulate;
