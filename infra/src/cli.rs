@@ -47,6 +47,8 @@ pub enum Command {
     Reports(reports::ReportsArgs),
     /// Simulated devices publishing telemetry over MQTT, with a progress bar and a summary.
     Simulate(simulate::SimulateArgs),
+    /// AWS Lambda entry points (lambda_runtime): `delivery` (KinesisEvent) or `reports` (S3Event).
+    Lambda(crate::lambda::LambdaArgs),
 }
 
 /// Where the store lives and how it syncs.
@@ -105,5 +107,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(args) => query::run(args).await,
         Command::Reports(args) => reports::run(args).await,
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Lambda(args) => crate::lambda::run(args).await,
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod config;
 mod deliveries;
+mod lambda;
 mod query;
 mod reports;
 mod run;
@@ -15,7 +16,7 @@ mod up;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(lambda::bootstrap_args(std::env::args_os().collect()));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -17,6 +17,7 @@ pub mod dashboard;
 mod error;
 mod run;
 mod runtime;
+pub mod s3event;
 
 pub use config::{OutputFormat, ReportConfig, ReportQuery, Trigger, validate};
 pub use error::{ReportError, Result};

@@ -153,5 +153,6 @@ pub async fn kinesis_call(
     );
     Ok(serde_json::from_slice(&response[split + 4..])?)
 }
+pub mod lambda_runtime;
 pub mod store_contract;
 pub mod up;

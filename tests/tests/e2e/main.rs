@@ -12,6 +12,7 @@ mod delivery_s3;
 mod delivery_transform;
 mod ingest_gateway;
 mod kinesis_api;
+mod lambda;
 mod query_duckdb;
 mod query_golden;
 mod query_http;
