@@ -3,13 +3,15 @@
 use freshet_query::QueryError;
 use freshet_storage::StoreError;
 
+use crate::config::Problem;
+
 pub type Result<T, E = ReportError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// A report definition is invalid; every problem found is listed.
-    #[error("invalid report configuration: {}", .0.join("; "))]
-    Config(Vec<String>),
+    #[error("invalid report configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Config(Vec<Problem>),
     #[error("no report named {0:?}")]
     UnknownReport(String),
     /// A table a report reads is not in the warehouse (yet).

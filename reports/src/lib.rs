@@ -1,7 +1,10 @@
 //! freshet-reports: report functions, SQL runs triggered by table commits, with outputs in the warehouse.
 //!
 //! - [`ReportConfig`] (`config.rs`): name + query + trigger + outputs (serde); [`ReportConfig::telemetry_minutely`]
-//!   is the default pipeline's report.
+//!   is the default pipeline's report. [`load_reports`] / [`reports_from_toml`] read `[[reports]]` of a TOML file;
+//!   [`check_reports`] (`check.rs`) lists every problem at once, SQL planned against the engine.
+//! - [`Schedule`] (`schedule.rs`): `rate(...)` / `cron(...)` in EventBridge syntax; a scheduled run is keyed by its
+//!   slot.
 //! - [`Reporter`] (`run.rs`): the handler. One [`CommitEvent`] in, one [`RunOutcome`] per triggered report out
 //!   (the shape of a Lambda handler). A run is keyed by the table versions it reads (`telemetry@v3`); a key with a
 //!   completed run is skipped, so re-delivered events never run twice over the same data. Files:
@@ -12,18 +15,25 @@
 //! This crate uses `freshet-query` for SQL and formats and `freshet-storage` for the events stream, nothing else of
 //! freshet.
 
+mod check;
 mod config;
 pub mod dashboard;
 mod error;
 mod run;
 mod runtime;
 pub mod s3event;
+mod schedule;
 
-pub use config::{OutputFormat, ReportConfig, ReportQuery, Trigger, validate};
+pub use check::check_reports;
+pub use config::{
+    OutputFormat, Problem, ProblemKind, ReportConfig, ReportQuery, Trigger, load_reports, problems, reports_from_toml,
+    reports_from_toml_value, validate,
+};
 pub use error::{ReportError, Result};
 pub use run::{
     CommitEvent, EVENTS_STREAM, LatestPointer, Reporter, RunOutcome, RunRecord, RunStatus, history, latest,
     minutely_sql, report_dir, run_id, table_version,
 };
 pub use runtime::{DEFAULT_CONSUMER, RuntimeHandle, run_runtime, spawn_runtime};
+pub use schedule::{Schedule, slot_run_id};
 pub use tokio_util::sync::CancellationToken;

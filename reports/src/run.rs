@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use freshet_query::QueryEngine;
 use freshet_query::arrow::datatypes::{DataType, Schema};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ReportConfig, ReportQuery, validate};
 use crate::error::{ReportError, Result};
+use crate::schedule::slot_run_id;
 
 /// The internal stream of commit events (written by delivery).
 pub const EVENTS_STREAM: &str = "_freshet_events";
@@ -77,6 +79,14 @@ pub struct RunRecord {
     pub rows: Option<u64>,
     /// Result file names inside the run's directory.
     pub outputs: Vec<String>,
+}
+
+impl RunRecord {
+    /// The start time, RFC 3339 in UTC to the second.
+    pub fn started_at(&self) -> String {
+        DateTime::from_timestamp_millis(self.started_at_ms)
+            .map_or_else(|| "-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    }
 }
 
 /// What handling a trigger did for one report.
@@ -211,6 +221,12 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// Epoch millis delivery accepts as an event time (years 1 to 9999).
+const MILLIS_MIN: i64 = -62_135_596_800_000;
+const MILLIS_MAX: i64 = 253_402_300_799_999;
+/// The arrival time as a UTC timestamp without a zone, the type of the `minute` column.
+const ARRIVAL: &str = "CAST(\"_arrival_time\" AS TIMESTAMP)";
+
 /// The SQL of [`ReportQuery::MinutelyAggregates`] for a table version with `schema`.
 pub fn minutely_sql(table_ref: &str, key: &str, schema: &Schema) -> Result<String> {
     if schema.field_with_name(key).is_err() {
@@ -218,12 +234,18 @@ pub fn minutely_sql(table_ref: &str, key: &str, schema: &Schema) -> Result<Strin
             "{table_ref} has no key column {key:?}"
         ))));
     }
+    // DESIGN.md's event time: the payload's `ts` as epoch millis (a number) or RFC 3339 (a string), else the arrival
+    // time; out-of-range millis fall back to arrival time as in delivery's partitioning.
     let minute_of = match schema.field_with_name("ts").map(|f| f.data_type().clone()) {
-        Ok(t) if t.is_integer() || t.is_floating() => {
-            "COALESCE(to_timestamp_millis(CAST(\"ts\" AS BIGINT)), \"_arrival_time\")".to_string()
+        Ok(t) if t.is_integer() || t.is_floating() => format!(
+            "COALESCE(CASE WHEN \"ts\" BETWEEN {MILLIS_MIN} AND {MILLIS_MAX} THEN \
+             CAST(to_timestamp_millis(CAST(\"ts\" AS BIGINT)) AS TIMESTAMP) END, {ARRIVAL})"
+        ),
+        Ok(DataType::Timestamp(..)) => format!("COALESCE(CAST(\"ts\" AS TIMESTAMP), {ARRIVAL})"),
+        Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+            format!("COALESCE(TRY_CAST(\"ts\" AS TIMESTAMP), {ARRIVAL})")
         }
-        Ok(DataType::Timestamp(..)) => "\"ts\"".to_string(),
-        _ => "\"_arrival_time\"".to_string(),
+        _ => ARRIVAL.to_string(),
     };
     let mut select = vec![
         quote(key),
@@ -251,19 +273,54 @@ pub fn minutely_sql(table_ref: &str, key: &str, schema: &Schema) -> Result<Strin
     ))
 }
 
+/// `sql` with every `{{table}}` replaced by `pinned(table)`.
+fn resolve_placeholders(sql: &str, pinned: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        out.push_str(&rest[..start]);
+        out.push_str(&pinned(after[..end].trim()));
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Runs reports: the handler behind the runtime, `freshet reports run`, and (by its shape: one commit event in,
 /// outcomes out) a Lambda function.
 #[derive(Debug, Clone)]
 pub struct Reporter {
     engine: Arc<QueryEngine>,
     reports: Vec<ReportConfig>,
+    /// Serialises moves of `latest` (commit runs and scheduled runs of one report may end together).
+    latest_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl Reporter {
     /// Fails with every configuration problem at once.
     pub fn new(engine: Arc<QueryEngine>, reports: Vec<ReportConfig>) -> Result<Self> {
         validate(&reports)?;
-        Ok(Self { engine, reports })
+        Ok(Self {
+            engine,
+            reports,
+            latest_lock: Arc::default(),
+        })
+    }
+
+    /// [`Reporter::new`] after [`crate::check_reports`]: fails with every problem at once, each report's SQL planned
+    /// against `engine`. `expected_tables` may be missing from the warehouse (a declared delivery creates them).
+    pub async fn checked(
+        engine: Arc<QueryEngine>,
+        reports: Vec<ReportConfig>,
+        expected_tables: &[String],
+    ) -> Result<Self> {
+        let problems = crate::check::check_reports(&reports, &engine, expected_tables).await;
+        if !problems.is_empty() {
+            return Err(ReportError::Config(problems));
+        }
+        Self::new(engine, reports)
     }
 
     pub fn reports(&self) -> &[ReportConfig] {
@@ -318,6 +375,16 @@ impl Reporter {
     /// Run report `name` over the latest versions of its trigger tables (skipped if that run completed).
     pub async fn run_latest(&self, name: &str, cancel: &CancellationToken) -> Result<RunOutcome> {
         let report = self.report(name)?;
+        if report.trigger.tables.is_empty() {
+            // Only a schedule: run its latest slot (or this minute's, before the first).
+            let now = Utc::now();
+            let slot = report
+                .schedule()
+                .and_then(|s| s.slot_at_or_before(now))
+                .or_else(|| DateTime::from_timestamp(now.timestamp() / 60 * 60, 0))
+                .unwrap_or(now);
+            return self.run_scheduled(report, slot, cancel).await;
+        }
         let mut versions = Vec::new();
         for table in &report.trigger.tables {
             let v = table_version(self.warehouse(), table)?
@@ -327,15 +394,60 @@ impl Reporter {
         self.run(report, &versions, cancel).await
     }
 
-    /// Run `report` over `versions`, retrying with backoff; the run's record says how it ended. `Err` only when
-    /// the record itself cannot be written or the runtime is stopping.
+    /// Run `report` over `versions` (keyed by them), retrying with backoff; the run's record says how it ended.
+    /// `Err` only when the record itself cannot be written or the runtime is stopping.
     pub async fn run(
         &self,
         report: &ReportConfig,
         versions: &[(String, u64)],
         cancel: &CancellationToken,
     ) -> Result<RunOutcome> {
-        let id = run_id(versions);
+        self.run_keyed(report, &run_id(versions), versions, cancel).await
+    }
+
+    /// The scheduled run of `report` for `slot`, keyed by the slot (`schedule@20261122T0350Z`): skipped if it
+    /// completed. It reads the latest versions of the report's tables when it first starts; a run redone after a
+    /// crash reads the versions its record names, so every attempt of a slot reads the same data.
+    pub async fn run_scheduled(
+        &self,
+        report: &ReportConfig,
+        slot: DateTime<Utc>,
+        cancel: &CancellationToken,
+    ) -> Result<RunOutcome> {
+        let mut versions = Vec::new();
+        let mut tables = report.trigger.tables.clone();
+        for t in report.placeholder_tables() {
+            if !tables.contains(&t) {
+                tables.push(t);
+            }
+        }
+        for table in tables {
+            if let Some(v) = table_version(self.warehouse(), &table)? {
+                versions.push((table, v));
+            }
+        }
+        self.run_keyed(report, &slot_run_id(slot), &versions, cancel)
+            .await
+    }
+
+    /// The record of run `id` of `report`, if it exists.
+    pub fn record(&self, report: &str, id: &str) -> Result<Option<RunRecord>> {
+        read_json(
+            &report_dir(self.warehouse(), report)
+                .join("runs")
+                .join(id)
+                .join("run.json"),
+        )
+    }
+
+    async fn run_keyed(
+        &self,
+        report: &ReportConfig,
+        id: &str,
+        versions: &[(String, u64)],
+        cancel: &CancellationToken,
+    ) -> Result<RunOutcome> {
+        let id = id.to_string();
         let dir = report_dir(self.warehouse(), &report.name).join("runs").join(&id);
         let record_path = dir.join("run.json");
         let previous: Option<RunRecord> = read_json(&record_path)?;
@@ -358,6 +470,9 @@ impl Reporter {
             rows: None,
             outputs: Vec::new(),
         });
+        // A redone run reads what its first attempt read.
+        let versions: Vec<(String, u64)> = record.versions.iter().map(|(t, v)| (t.clone(), *v)).collect();
+        let versions = versions.as_slice();
         for attempt in 1..=report.attempts_max {
             if cancel.is_cancelled() {
                 return Err(ReportError::Cancelled);
@@ -418,13 +533,7 @@ impl Reporter {
             }
         };
         match &report.query {
-            ReportQuery::Sql(sql) => {
-                let mut sql = sql.clone();
-                for (table, _) in versions {
-                    sql = sql.replace(&format!("{{{{{table}}}}}"), &pinned(table));
-                }
-                Ok(sql)
-            }
+            ReportQuery::Sql(sql) => Ok(resolve_placeholders(sql, pinned)),
             ReportQuery::MinutelyAggregates { table, key } => {
                 let table_ref = pinned(table);
                 let schema = self
@@ -461,6 +570,10 @@ impl Reporter {
 
     /// Point `latest` at `record` unless it points at a run over newer versions already.
     fn advance_latest(&self, report: &ReportConfig, record: &RunRecord) -> Result<()> {
+        let _guard = self
+            .latest_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = report_dir(self.warehouse(), &report.name);
         if let Some(current) = latest(self.warehouse(), &report.name)? {
             let newer = current

@@ -4,17 +4,26 @@
 //! A batch of events is checkpointed only after every run it triggered has ended (completed, or failed after its
 //! retries), so a crash re-delivers at most the events of one batch, and those find their runs completed (skipped)
 //! or redo a run that never completed. Undecodable events are logged and skipped.
+//!
+//! Reports with a schedule run beside it, each slot keyed by the slot ([`crate::slot_run_id`]): at each slot the
+//! report runs once; a slot whose run completed never runs again. At start, scheduled runs a crash left `running`
+//! or `retrying` are redone; slots missed while the runtime was down are not caught up (as EventBridge), nor are
+//! slots that passed while the same report's previous slot was still running (a warning says so).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use freshet_storage::consumer::GroupReader;
 use freshet_storage::{ReadLimits, StoreError, StreamName, StreamStore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ReportConfig;
 use crate::error::{ReportError, Result};
-use crate::run::{CommitEvent, EVENTS_STREAM, Reporter};
+use crate::run::{CommitEvent, EVENTS_STREAM, Reporter, RunStatus, history};
+use crate::schedule::Schedule;
 
 /// The consumer name the runtime checkpoints under.
 pub const DEFAULT_CONSUMER: &str = "reports";
@@ -64,16 +73,109 @@ async fn ensure_events_stream(store: &Arc<dyn StreamStore>) -> Result<StreamName
     }
 }
 
-/// The runtime loop; returns when `cancel` fires. Store errors are retried with backoff.
+/// The runtime: commit events and schedules; returns when `cancel` fires. Store errors are retried with backoff.
 pub async fn run_runtime(
     reporter: Reporter,
     store: Arc<dyn StreamStore>,
     consumer: &str,
     cancel: CancellationToken,
 ) -> Result<()> {
+    let (events, ()) = tokio::join!(
+        run_events(&reporter, store, consumer, &cancel),
+        run_schedules(&reporter, &cancel)
+    );
+    events
+}
+
+/// Every scheduled report, each on its own loop, until `cancel` fires.
+pub async fn run_schedules(reporter: &Reporter, cancel: &CancellationToken) {
+    let loops = reporter
+        .reports()
+        .iter()
+        .filter_map(|r| r.schedule().map(|s| schedule_loop(reporter, r, s, cancel)));
+    futures::future::join_all(loops).await;
+}
+
+async fn schedule_loop(
+    reporter: &Reporter,
+    report: &ReportConfig,
+    schedule: Schedule,
+    cancel: &CancellationToken,
+) {
+    // Redo the scheduled runs a crash interrupted.
+    match history(reporter.warehouse(), &report.name) {
+        Ok(runs) => {
+            for run in runs {
+                let interrupted = matches!(run.status, RunStatus::Running | RunStatus::Retrying);
+                let slot = run
+                    .run_id
+                    .strip_prefix("schedule@")
+                    .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%MZ").ok());
+                if let (true, Some(slot)) = (interrupted, slot)
+                    && !run_slot(reporter, report, slot.and_utc(), cancel).await
+                {
+                    return;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(report = %report.name, error = %e, "cannot read the report's runs"),
+    }
+    let mut after = Utc::now();
+    loop {
+        let Some(slot) = schedule.next_after(after) else {
+            tracing::info!(report = %report.name, schedule = %schedule, "the schedule has no further slots");
+            return;
+        };
+        // Sleep in steps of at most a minute, so a wall clock that moves is followed.
+        loop {
+            let wait = (slot - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            if wait.is_zero() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+        if !run_slot(reporter, report, slot, cancel).await {
+            return;
+        }
+        let now = Utc::now();
+        if let Some(missed) = schedule.next_after(slot).filter(|next| *next < now) {
+            tracing::warn!(report = %report.name, slot = %missed, "slots passed while the previous run was going; skipped");
+        }
+        after = now.max(slot);
+    }
+}
+
+/// One slot's run; false when the runtime is stopping.
+async fn run_slot(
+    reporter: &Reporter,
+    report: &ReportConfig,
+    slot: DateTime<Utc>,
+    cancel: &CancellationToken,
+) -> bool {
+    match reporter.run_scheduled(report, slot, cancel).await {
+        Ok(_) => true,
+        Err(ReportError::Cancelled) => false,
+        Err(e) => {
+            tracing::error!(report = %report.name, slot = %slot, error = %e, "scheduled run could not be recorded");
+            !cancel.is_cancelled()
+        }
+    }
+}
+
+/// The commit-event loop; returns when `cancel` fires. Store errors are retried with backoff.
+async fn run_events(
+    reporter: &Reporter,
+    store: Arc<dyn StreamStore>,
+    consumer: &str,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let cancel = cancel.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let result = consume(&reporter, &store, consumer, &cancel).await;
+        let result = consume(reporter, &store, consumer, &cancel).await;
         match result {
             Ok(()) | Err(ReportError::Cancelled) => return Ok(()),
             Err(e) => {
