@@ -181,8 +181,8 @@ const DUCKDB_SCRIPT: &str = r#"
 import duckdb, json, sys, time
 spec = json.load(sys.stdin)
 con = duckdb.connect()
-con.execute("CREATE VIEW telemetry AS SELECT * FROM read_parquet(?, hive_partitioning = true)", [spec["telemetry"]])
-con.execute("CREATE VIEW devices AS SELECT * FROM read_parquet(?)", [spec["devices"]])
+con.execute(f"CREATE VIEW telemetry AS SELECT * FROM read_parquet({spec['telemetry']!r}, hive_partitioning = true)")
+con.execute(f"CREATE VIEW devices AS SELECT * FROM read_parquet({spec['devices']!r})")
 out = {"version": duckdb.__version__, "threads": con.execute("SELECT current_setting('threads')").fetchone()[0], "queries": {}}
 for name, sql in spec["queries"]:
     times = []
@@ -534,8 +534,9 @@ async fn create_table(
     let url = url::Url::from_directory_path(&dir)
         .map_err(|()| anyhow::anyhow!("{} is not absolute", dir.display()))?;
     let fields: StructType = schema.as_ref().try_into_kernel()?;
-    Ok(DeltaTable::try_from_url(url)
-        .await?
+    // Built without loading: the directory has no log yet.
+    Ok(deltalake::DeltaTableBuilder::from_url(url)?
+        .build()?
         .create()
         .with_table_name(name)
         .with_columns(fields.fields().cloned())
@@ -602,12 +603,13 @@ async fn data_files(warehouse: &Path, name: &str) -> anyhow::Result<Vec<String>>
     let table = deltalake::open_table(url).await?;
     table
         .get_file_uris()?
-        .map(|uri| {
-            let url = url::Url::parse(&uri).with_context(|| format!("data file {uri}"))?;
-            let path = url
+        .map(|uri| match url::Url::parse(&uri) {
+            // deltalake gives local files as plain paths, object stores as URLs.
+            Err(_) => Ok(uri),
+            Ok(url) => url
                 .to_file_path()
-                .map_err(|()| anyhow::anyhow!("data file {uri} is not local"))?;
-            Ok(path.display().to_string())
+                .map(|p| p.display().to_string())
+                .map_err(|()| anyhow::anyhow!("data file {uri} is not local")),
         })
         .collect()
 }
