@@ -19,6 +19,9 @@ use freshet_storage::{PutRecord, Store, StoreConfig, StreamName, StreamStore, Sy
 use freshet_tests::python_json;
 use serde_json::{Value, json};
 
+/// One request's top-level keys, first record's keys and first record's Kinesis metadata keys.
+type RequestShape = (Vec<String>, Vec<String>, Vec<String>);
+
 #[derive(Default)]
 struct Function {
     /// Whether the first invocation has been failed already.
@@ -28,7 +31,7 @@ struct Function {
     /// Invocations of the route that is always down.
     down_calls: AtomicU64,
     /// Every request's top-level keys and first record's keys, to check the request shape.
-    shapes: std::sync::Mutex<Vec<(Vec<String>, Vec<String>, Vec<String>)>>,
+    shapes: std::sync::Mutex<Vec<RequestShape>>,
 }
 
 fn b64(data: &[u8]) -> String {
