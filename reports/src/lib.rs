@@ -26,8 +26,8 @@ mod schedule;
 
 pub use check::check_reports;
 pub use config::{
-    OutputFormat, Problem, ProblemKind, ReportConfig, ReportQuery, Trigger, load_reports, problems, reports_from_toml,
-    reports_from_toml_value, validate,
+    OutputFormat, Problem, ProblemKind, ReportConfig, ReportQuery, Trigger, load_reports, problems,
+    reports_from_toml, reports_from_toml_value, validate,
 };
 pub use error::{ReportError, Result};
 pub use run::{
