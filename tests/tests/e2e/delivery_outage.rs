@@ -11,10 +11,9 @@ use std::time::Duration;
 use freshet_process::maintenance::describe_table;
 use freshet_process::{CancellationToken, DeliveryConfig, app_id, spawn_delivery};
 use freshet_storage::{PutRecord, Store, StoreConfig, StreamName, StreamStore, SystemClock};
+use freshet_tests::s3::{s3_options, start_moto};
 use freshet_tests::{fnv1a64_lines, python_json, read_stream};
 use serde_json::{Value, json};
-
-use crate::delivery_s3::{s3_options, start_moto};
 
 /// A TCP proxy on a fixed 127.0.0.1 port that can be closed (refusing connections, cutting open ones) and
 /// reopened on the same port.

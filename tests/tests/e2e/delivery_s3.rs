@@ -4,87 +4,15 @@
 //! arriving: they race for every commit; each record must still be in the table exactly once (the loser of a race
 //! either finds its txn versions landed or is fenced and reloads its positions from the table).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use freshet_process::maintenance::describe_table;
 use freshet_process::{CancellationToken, DeliveryConfig, app_id, spawn_delivery};
 use freshet_storage::{PutRecord, Store, StoreConfig, StreamName, StreamStore, SystemClock};
-use freshet_tests::{fnv1a64_lines, poll_until, python_json, read_stream};
+use freshet_tests::s3::{s3_options, start_moto};
+use freshet_tests::{fnv1a64_lines, python_json, read_stream};
 use serde_json::{Value, json};
-
-pub(crate) struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A raw HTTP/1.1 request; returns the status code.
-async fn http(addr: &str, method: &str, path: &str) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    conn.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    conn.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out);
-    Ok(text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0))
-}
-
-/// Start `moto_server` on a free 127.0.0.1 port with the bucket `freshet`; returns the server and its address.
-pub(crate) async fn start_moto() -> (Moto, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let moto = Moto(
-        Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server runs (the test command installs moto[server])"),
-    );
-    let probe = addr.clone();
-    tokio::task::spawn_blocking(move || {
-        poll_until(Duration::from_secs(30), "moto_server to listen", || {
-            std::net::TcpStream::connect(&probe).ok()
-        })
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        http(&addr, "PUT", "/freshet").await.unwrap(),
-        200,
-        "create bucket"
-    );
-    (moto, addr)
-}
-
-/// object_store options for an S3 endpoint at `addr` (plain HTTP, test credentials).
-pub(crate) fn s3_options(addr: &str) -> std::collections::HashMap<String, String> {
-    [
-        ("AWS_ENDPOINT_URL", format!("http://{addr}")),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_s3_conditional_put_with_racing_writers() {

@@ -17,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use freshet_tests::lambda_runtime::{Outcome, RuntimeApi};
-use freshet_tests::{base64_encode, freshet_bin, poll_until, python_json};
+use freshet_tests::s3::{s3_options, start_moto};
+use freshet_tests::{base64_encode, freshet_bin, python_json};
 use serde_json::{Value, json};
 
 const STREAM_ARN: &str = "arn:aws:kinesis:us-east-1:123456789012:stream/telemetry";
@@ -57,45 +58,6 @@ impl Drop for Function {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// moto_server on a free 127.0.0.1 port with bucket `freshet`; returns it and its address.
-async fn start_moto() -> (Moto, String) {
-    let port = freshet_tests::up::free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let moto = Moto(
-        Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server runs (the test command installs moto[server])"),
-    );
-    let probe = addr.clone();
-    tokio::task::spawn_blocking(move || {
-        poll_until(Duration::from_secs(30), "moto_server to listen", || {
-            std::net::TcpStream::connect(&probe).ok()
-        })
-    })
-    .await
-    .unwrap();
-    let status = reqwest::Client::new()
-        .put(format!("http://{addr}/freshet"))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert!(status.is_success(), "create bucket: {status}");
-    (moto, addr)
 }
 
 /// One Kinesis event record as an event source mapping sends it.
@@ -170,13 +132,8 @@ fn rows(table: &str, options: Option<&HashMap<String, String>>) -> Vec<(String, 
 async fn lambda_delivery_kinesis_batches_into_delta_on_s3_exactly_once() {
     let (_moto, addr) = start_moto().await;
     let api = RuntimeApi::start().await;
-    let s3_env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", format!("http://{addr}")),
-        ("AWS_ALLOW_HTTP", "true".into()),
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_REGION", "us-east-1".into()),
-    ];
+    let options = s3_options(&addr);
+    let s3_env: Vec<(&str, String)> = options.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let mut env = s3_env.clone();
     env.extend([
         ("FRESHET_WAREHOUSE", "s3://freshet/wh".to_string()),
@@ -227,7 +184,6 @@ async fn lambda_delivery_kinesis_batches_into_delta_on_s3_exactly_once() {
     assert_eq!(failures(&r), Vec::<String>::new(), "{r}");
     function.assert_running();
 
-    let options: HashMap<String, String> = s3_env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let seen = rows("s3://freshet/wh/telemetry", Some(&options));
     let mut expected: Vec<(String, String, Value, String)> = (1..=8)
         .map(|i| {

@@ -6,60 +6,17 @@
 //! row. The listing finds the table (and not a prefix without a `_delta_log/`), time travel reads the first commit,
 //! and SQL still cannot name an object or a local path.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use freshet_process::{CancellationToken, DeliveryConfig, spawn_delivery};
 use freshet_query::{QueryEngine, QueryLimits, Warehouse};
 use freshet_storage::{PutRecord, Store, StoreConfig, StreamName, StreamStore, SystemClock};
-use freshet_tests::{fnv1a64_lines, freshet_bin, poll_until, python_json, read_stream};
+use freshet_tests::s3::{s3_options, start_moto};
+use freshet_tests::{fnv1a64_lines, freshet_bin, python_json, read_stream};
 use serde_json::{Value, json};
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// moto_server on a free port with bucket `freshet`; returns it and its `host:port`.
-async fn start_moto() -> (Moto, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let moto = Moto(
-        Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server runs (the test command installs moto[server])"),
-    );
-    let probe = addr.clone();
-    tokio::task::spawn_blocking(move || {
-        poll_until(Duration::from_secs(30), "moto_server to listen", || {
-            std::net::TcpStream::connect(&probe).ok()
-        })
-    })
-    .await
-    .unwrap();
-    let status = reqwest::Client::new()
-        .put(format!("http://{addr}/freshet"))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert!(status.is_success(), "create bucket: {status}");
-    (moto, addr)
-}
 
 /// (status, JSON body) of one `POST /v1/sql` with the default (JSON) format.
 async fn post_sql(addr: SocketAddr, sql: &str) -> (u16, Value) {
@@ -89,16 +46,7 @@ fn text(v: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_s3_warehouse_matches_deltalake() {
     let (_moto, s3) = start_moto().await;
-    let options: HashMap<String, String> = [
-        ("AWS_ENDPOINT_URL", format!("http://{s3}")),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let options = s3_options(&s3);
 
     // A delivery writes two commits into s3://freshet/wh/feed.
     let dir = tempfile::tempdir().unwrap();
