@@ -574,7 +574,14 @@ fn typed(root: Value, problems: &mut Vec<String>) -> Option<Config> {
         }
     }
     let deliveries = de_list("deliveries", deliveries_v, problems);
-    let reports = de_list("reports", t.remove("reports"), problems);
+    // The reports crate reads its own section: every entry, unknown keys included.
+    let reports = match freshet_reports::reports_from_toml_value(t.get("reports")) {
+        Ok(reports) => Some(reports),
+        Err(list) => {
+            problems.extend(list.into_iter().map(|p| format!("reports: {p}")));
+            None
+        }
+    };
     if problems.len() != before {
         return None;
     }

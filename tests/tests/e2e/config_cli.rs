@@ -57,7 +57,7 @@ table = "rooms"
 
 [[reports]]
 name = "per_room"
-query = { sql = "SELECT 1" }
+sql = "SELECT 1"
 trigger = { tables = ["no_such_table"] }
 "#,
     )
