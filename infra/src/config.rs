@@ -23,6 +23,7 @@ use std::time::Duration;
 use freshet_ingest::{GatewayConfig, ListenerConfig, RuleConfig};
 use freshet_process::DeliveryConfig;
 use freshet_reports::ReportConfig;
+use freshet_reports::dashboard::DashboardConfig;
 use freshet_storage::{FsyncPolicy, LogConfig, StoreConfig, StreamName};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,8 @@ pub struct Config {
     pub streams: Vec<StreamSection>,
     pub deliveries: Vec<DeliveryConfig>,
     pub reports: Vec<ReportConfig>,
+    /// `[[dashboards]]`: panels over report outputs, served at `/dashboards`.
+    pub dashboards: Vec<DashboardConfig>,
 }
 
 /// `[store]`: the embedded stream store.
@@ -228,6 +231,7 @@ impl Default for Config {
                 "",
             )],
             reports: vec![ReportConfig::telemetry_minutely()],
+            dashboards: vec![DashboardConfig::telemetry()],
         }
     }
 }
@@ -313,6 +317,11 @@ pub fn load_with_env(
         return Err(fail(problems));
     };
     config.fill_warehouse(env);
+    // The default dashboard follows the default report: a configuration without `telemetry_minutely` that names no
+    // dashboards of its own gets none, rather than a problem it did not write.
+    if !config.reports.iter().any(|r| r.name == "telemetry_minutely") {
+        config.dashboards.retain(|d| *d != DashboardConfig::telemetry());
+    }
     if let Some(interval) = overrides.buffer_interval {
         for d in &mut config.deliveries {
             d.buffer_interval_ms = interval.as_millis().min(u128::from(u64::MAX)) as u64;
@@ -533,7 +542,7 @@ fn typed(root: Value, problems: &mut Vec<String>) -> Option<Config> {
         return None;
     };
     let before = problems.len();
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 11] = [
         "data_dir",
         "store",
         "http",
@@ -544,6 +553,7 @@ fn typed(root: Value, problems: &mut Vec<String>) -> Option<Config> {
         "streams",
         "deliveries",
         "reports",
+        "dashboards",
     ];
     let mut unknown: Vec<&String> = t.keys().filter(|k| !KNOWN.contains(&k.as_str())).collect();
     unknown.sort();
@@ -582,6 +592,7 @@ fn typed(root: Value, problems: &mut Vec<String>) -> Option<Config> {
             None
         }
     };
+    let dashboards = de_list("dashboards", t.remove("dashboards"), problems);
     if problems.len() != before {
         return None;
     }
@@ -598,6 +609,7 @@ fn typed(root: Value, problems: &mut Vec<String>) -> Option<Config> {
         streams: streams?,
         deliveries: deliveries?,
         reports: reports?,
+        dashboards: dashboards?,
     })
 }
 
@@ -902,6 +914,9 @@ impl Config {
                 }
                 other => p.push(format!("reports: {other}")),
             }
+        }
+        if let Err(e) = freshet_reports::dashboard::validate(&self.dashboards, &self.reports) {
+            p.extend(e.0.into_iter().map(|m| format!("dashboards: {m}")));
         }
         let known_table = |t: &str| {
             tables.contains(&t)

@@ -87,11 +87,33 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// `/health` and `/metrics`.
-pub fn base_router(metrics: PrometheusHandle) -> Router {
+/// `/health` (always open) and `/metrics` (behind the bearer token when one is configured; Prometheus sends it with
+/// `authorization: {credentials: …}` in a scrape config).
+pub fn base_router(metrics: PrometheusHandle, config: &Config) -> Router {
+    let metrics = Router::new().route("/metrics", get(move || std::future::ready(metrics.render())));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
-        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .merge(guard(metrics, config.http.bearer_token.as_deref()))
+}
+
+/// `/dashboards`: the configured dashboards (`[[dashboards]]`, default `telemetry`) and `/dashboards/_ops`, drawn from the same metrics as
+/// `/metrics` (sampled every 5 s, the last hour kept); behind the bearer token when one is configured.
+pub fn dashboards_router(
+    metrics: PrometheusHandle,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Router> {
+    use freshet_reports::dashboard::{Dashboards, OpsSampler, router};
+    let warehouse = local_warehouse(config)?;
+    let reports = config.reports.iter().map(|r| r.name.clone()).collect();
+    let ops = OpsSampler::new(Arc::new(move || metrics.render()), &warehouse, reports, 720);
+    // Stops with the HTTP server (the token is cancelled at shutdown); nothing to join.
+    let _sampler = ops.spawn(Duration::from_secs(5), shutdown.child_token());
+    let dashboards = Dashboards::with_ops(warehouse, config.dashboards.clone(), ops);
+    Ok(Router::new().nest(
+        "/dashboards",
+        guard(router(dashboards), config.http.bearer_token.as_deref()),
+    ))
 }
 
 /// Require `Authorization: Bearer <token>` on every route of `router` when a token is configured.
@@ -272,7 +294,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (metrics, listener) = listen(&config).await?;
     let shutdown = CancellationToken::new();
     let role = format!("{:?}", args.role).to_lowercase();
-    let mut router = base_router(metrics);
+    let mut router = base_router(metrics.clone(), &config);
 
     // What the role runs, and how it stops (in order, after the signal).
     let stop: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> = match args
@@ -343,7 +365,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Box::pin(async move { runtime.shutdown().await.context("report runtime") })
         }
         Role::Dashboard => {
-            router = router.merge(sql_router(&config)?);
+            router = router
+                .merge(sql_router(&config)?)
+                .merge(dashboards_router(metrics, &config, &shutdown)?);
             Box::pin(async { Ok(()) })
         }
     };

@@ -26,7 +26,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigFlag, Overrides};
-use crate::run::{base_router, open_store, shutdown_signal, spawn_http, spawn_retention, sql_router};
+use crate::run::{
+    base_router, dashboards_router, open_store, shutdown_signal, spawn_http, spawn_retention, sql_router,
+};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -61,30 +63,10 @@ fn http_router(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Router> {
-    Ok(base_router(metrics.clone())
+    Ok(base_router(metrics.clone(), config)
         .merge(api::router(store, config.api_config()))
         .merge(sql_router(config)?)
         .merge(dashboards_router(metrics, config, shutdown)?))
-}
-
-/// `/dashboards`: the default `telemetry` dashboard and `/dashboards/_ops`, drawn from the same metrics as
-/// `/metrics` (sampled every 5 s, the last hour kept); behind the bearer token when one is configured.
-fn dashboards_router(
-    metrics: PrometheusHandle,
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Router> {
-    use freshet_reports::dashboard::{DashboardConfig, Dashboards, OpsSampler, router};
-    let warehouse = crate::run::local_warehouse(config)?;
-    let reports = config.reports.iter().map(|r| r.name.clone()).collect();
-    let ops = OpsSampler::new(Arc::new(move || metrics.render()), &warehouse, reports, 720);
-    // Stops with the HTTP server (the token is cancelled at shutdown); nothing to join.
-    let _sampler = ops.spawn(Duration::from_secs(5), shutdown.child_token());
-    let dashboards = Dashboards::with_ops(warehouse, vec![DashboardConfig::telemetry()], ops);
-    Ok(Router::new().nest(
-        "/dashboards",
-        crate::run::guard(router(dashboards), config.http.bearer_token.as_deref()),
-    ))
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {

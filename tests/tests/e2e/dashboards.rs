@@ -343,6 +343,7 @@ fn dashboards_require_the_bearer_token_when_one_is_set() {
         "/dashboards",
         "/dashboards/telemetry",
         "/dashboards/telemetry/messages.png?width=200&height=100",
+        "/metrics",
     ] {
         assert_eq!(get(http, path, &[]).unwrap().0, 401, "{path} without a token");
         let wrong = get(http, path, &[("Authorization", "Bearer not-it")]).unwrap();

@@ -253,6 +253,16 @@ fn roles_as_separate_processes_carry_mqtt_telemetry_to_sql_and_reports() {
     });
     assert_eq!(counts.get("dev-r1"), Some(&30), "{counts:?}");
     assert_eq!(counts.get("dev-r2"), Some(&20), "{counts:?}");
+    // The dashboard role draws that report: the default dashboard names both devices in its charts.
+    let page = poll_until(
+        Duration::from_secs(60),
+        "the dashboard page with both devices",
+        || {
+            http_get(dash_http, "/dashboards/telemetry")
+                .filter(|p| p.contains("dev-r1") && p.contains("dev-r2"))
+        },
+    );
+    assert!(page.matches("<svg").count() >= 2, "{page}");
     // Metrics on each role's own port.
     assert!(http_get(gw_http, "/metrics").is_some());
 
