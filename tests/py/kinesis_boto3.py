@@ -277,8 +277,9 @@ def resharding(endpoint):
         assert kin.put_records(StreamName="reshard", Records=entries)["FailedRecordCount"] == 0
 
     put_round(100)
-    # Half a second either side keeps the timestamp filters clear of the reshards' own milliseconds.
-    before_split = time.time() - 0.5
+    # botocore sends ShardFilter.Timestamp as whole epoch seconds (it drops the fraction): keep the filters' times
+    # more than a second away from the reshards'.
+    before_split = time.time() - 1.5
     s0 = kin.describe_stream(StreamName="reshard")["StreamDescription"]["Shards"][0]
     lo, hi = int(s0["HashKeyRange"]["StartingHashKey"]), int(s0["HashKeyRange"]["EndingHashKey"])
     kin.split_shard(StreamName="reshard", ShardToSplit=s0["ShardId"], NewStartingHashKey=str((lo + hi) // 2))
@@ -306,9 +307,9 @@ def resharding(endpoint):
     assert filtered("AT_TIMESTAMP", before_split) == sorted(s["ShardId"] for s in shards
                                                            if "ParentShardId" not in s), shards
     assert filtered("FROM_TIMESTAMP", before_split) == ids
-    assert filtered("AT_TIMESTAMP", time.time() + 0.5) == open_now == \
+    assert filtered("AT_TIMESTAMP", time.time() + 1.5) == open_now == \
         sorted(s["ShardId"] for s in kin.list_shards(StreamName="reshard", ShardFilter={"Type": "AT_LATEST"})["Shards"])
-    assert filtered("FROM_TIMESTAMP", time.time() + 0.5) == open_now
+    assert filtered("FROM_TIMESTAMP", time.time() + 1.5) == open_now
     horizon = kin.list_shards(StreamName="reshard", ShardFilter={"Type": "AT_TRIM_HORIZON"})["Shards"]
     assert sorted(s["ShardId"] for s in horizon) == filtered("AT_TIMESTAMP", before_split), horizon
     every = kin.list_shards(StreamName="reshard", ShardFilter={"Type": "FROM_TRIM_HORIZON"})["Shards"]
