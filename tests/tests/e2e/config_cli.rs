@@ -11,7 +11,9 @@ use std::time::Duration;
 use freshet_tests::up::free_port;
 use freshet_tests::{freshet_bin, poll_until};
 
-use crate::roles::{Proc, post_sql, publish};
+use freshet_tests::up::post_sql;
+
+use crate::roles::{Proc, publish};
 
 fn freshet(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
     let mut cmd = Command::new(freshet_bin());

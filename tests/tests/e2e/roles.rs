@@ -4,13 +4,13 @@
 //! (`mosquitto_pub`, QoS 1); rows come back through the dashboard role's `POST /v1/sql`, and the report role's
 //! `telemetry_minutely` output lands in the warehouse. SIGTERM stops every role with exit 0.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use freshet_tests::up::{free_port, http_get};
+use freshet_tests::up::{free_port, http_get, post_sql};
 use freshet_tests::{freshet_bin, poll_until};
 
 /// A `freshet` child process, killed if the test ends without stopping it.
@@ -102,25 +102,6 @@ pub fn publish(mqtt: u16, topic: &str, client: &str, lines: &[String]) {
     }
     drop(stdin);
     assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
-}
-
-/// `POST /v1/sql`: (status, body), or `None` if the server does not answer.
-pub fn post_sql(port: u16, sql: &str, bearer: Option<&str>) -> Option<(u16, serde_json::Value)> {
-    let body = serde_json::json!({ "sql": sql }).to_string();
-    let auth = bearer.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        stream,
-        "POST /v1/sql HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, serde_json::from_str(body).ok()?))
 }
 
 /// Sum of `count` per device in the report's latest `result.json` (JSON lines or an array), if a run completed.

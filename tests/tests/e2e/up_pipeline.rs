@@ -3,13 +3,12 @@
 //! second start resumes with nothing lost and nothing twice.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use freshet_tests::up::{UpProcess, free_port};
+use freshet_tests::up::{UpProcess, free_port, post_sql};
 use freshet_tests::{poll_until, python_json};
 
 /// Publish one JSON message per line at QoS 1 with mosquitto_pub (one connection per device).
@@ -136,31 +135,13 @@ fn up_delivers_mqtt_telemetry_into_delta_and_resumes_after_sigterm() {
     check_rows(&rows_after_stop, 300);
 }
 
-/// `POST /v1/sql` with `{"sql": ..}`: (status, body), or `None` if the server does not answer.
-fn post_sql(port: u16, sql: &str) -> Option<(u16, serde_json::Value)> {
-    let body = serde_json::json!({ "sql": sql }).to_string();
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        stream,
-        "POST /v1/sql HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, serde_json::from_str(body).ok()?))
-}
-
 #[test]
 fn up_answers_sql_over_the_delivered_table() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("freshet-data");
     let (http, mqtt) = (free_port(), free_port());
     let up = UpProcess::start(&data_dir, http, mqtt);
-    let (status, answer) = post_sql(http, "SELEC 1").unwrap();
+    let (status, answer) = post_sql(http, "SELEC 1", None).unwrap();
     assert_eq!(status, 400);
     assert_eq!(answer["error"]["kind"], "syntax_error");
     for device in ["dev-q1", "dev-q2"] {
@@ -168,7 +149,7 @@ fn up_answers_sql_over_the_delivered_table() {
     }
     let sql = "SELECT device_id, count(*) AS n, count(DISTINCT seq) AS seqs FROM telemetry GROUP BY device_id ORDER BY device_id";
     let rows = poll_until(Duration::from_secs(90), "40 rows through /v1/sql", || {
-        let (status, answer) = post_sql(http, sql)?;
+        let (status, answer) = post_sql(http, sql, None)?;
         let rows = answer["rows"].as_array()?.clone();
         let total: i64 = rows.iter().filter_map(|r| r["n"].as_i64()).sum();
         (status == 200 && total >= 40).then_some(rows)
@@ -180,7 +161,7 @@ fn up_answers_sql_over_the_delivered_table() {
             serde_json::json!({"device_id": "dev-q2", "n": 20, "seqs": 20}),
         ]
     );
-    let (status, answer) = post_sql(http, "DROP TABLE telemetry").unwrap();
+    let (status, answer) = post_sql(http, "DROP TABLE telemetry", None).unwrap();
     assert_eq!(status, 403);
     assert_eq!(answer["error"]["kind"], "forbidden_statement");
     assert!(up.terminate().success(), "SIGTERM exits 0");
