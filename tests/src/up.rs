@@ -54,17 +54,7 @@ impl UpProcess {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        poll_until(
-            Duration::from_secs(60),
-            "freshet up to exit after SIGTERM",
-            || child.try_wait().unwrap(),
-        )
+        sigterm_and_wait(self.child.take().unwrap(), "freshet up")
     }
 }
 
@@ -104,4 +94,43 @@ pub fn post_sql(port: u16, sql: &str, bearer: Option<&str>) -> Option<(u16, serd
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, serde_json::from_str(body).ok()?))
+}
+
+/// Send SIGTERM to `child` and wait (with a deadline) for its exit status.
+pub fn sigterm_and_wait(mut child: Child, what: &str) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    poll_until(
+        Duration::from_secs(60),
+        &format!("{what} to exit after SIGTERM"),
+        || child.try_wait().unwrap(),
+    )
+}
+
+/// Publish each line as one message on `topic` at QoS 1 with `mosquitto_pub -l` (one connection, client id `client`).
+pub fn mosquitto_pub_lines(mqtt: u16, topic: &str, client: &str, lines: &[String]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt.to_string(),
+            "-q",
+            "1",
+            "-i",
+            client,
+        ])
+        .args(["-t", topic, "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub (Debian mosquitto-clients) runs");
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
 }

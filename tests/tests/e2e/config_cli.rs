@@ -11,9 +11,9 @@ use std::time::Duration;
 use freshet_tests::up::free_port;
 use freshet_tests::{freshet_bin, poll_until};
 
-use freshet_tests::up::post_sql;
+use freshet_tests::up::{mosquitto_pub_lines as publish, post_sql};
 
-use crate::roles::{Proc, publish};
+use crate::roles::Proc;
 
 fn freshet(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
     let mut cmd = Command::new(freshet_bin());

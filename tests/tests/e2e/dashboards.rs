@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use freshet_reports::dashboard::{DashboardConfig, Dashboards};
 use freshet_tests::poll_until;
-use freshet_tests::up::{UpProcess, free_port};
+use freshet_tests::up::{UpProcess, free_port, mosquitto_pub_lines};
 
 /// One HTTP/1.0 GET: status, content type, body.
 fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String, Vec<u8>)> {
@@ -50,29 +50,24 @@ fn get_text(port: u16, path: &str) -> (u16, String) {
 
 /// Publish one telemetry message per minute of event time for `device`, `minutes` minutes from `start_ms`.
 fn publish(mqtt: u16, device: &str, start_ms: i64, minutes: i64) {
-    let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &mqtt.to_string(), "-q", "1"])
-        .args(["-i", &format!("dash-{device}")])
-        .args(["-t", &format!("devices/{device}/telemetry"), "-l"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub (Debian mosquitto-clients) runs");
-    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = Vec::new();
     for m in 0..minutes {
         for k in 0..2 {
             let ts = start_ms + m * 60_000 + k * 1_000;
-            writeln!(
-                stdin,
+            lines.push(format!(
                 r#"{{"ts":{ts},"temp":{},"humidity":{},"battery":{}}}"#,
                 20.0 + m as f64 * 0.5 + device.len() as f64,
                 40.0 + m as f64,
                 90.0 - m as f64 * 0.25
-            )
-            .unwrap();
+            ));
         }
     }
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+    mosquitto_pub_lines(
+        mqtt,
+        &format!("devices/{device}/telemetry"),
+        &format!("dash-{device}"),
+        &lines,
+    );
 }
 
 /// `name="value"` attributes of every `<svg ...>` start tag with `class="chart"` in `html`.

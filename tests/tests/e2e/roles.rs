@@ -4,13 +4,12 @@
 //! (`mosquitto_pub`, QoS 1); rows come back through the dashboard role's `POST /v1/sql`, and the report role's
 //! `telemetry_minutely` output lands in the warehouse. SIGTERM stops every role with exit 0.
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use freshet_tests::up::{free_port, http_get, post_sql};
+use freshet_tests::up::{free_port, http_get, mosquitto_pub_lines as publish, post_sql, sigterm_and_wait};
 use freshet_tests::{freshet_bin, poll_until};
 
 /// A `freshet` child process, killed if the test ends without stopping it.
@@ -56,17 +55,7 @@ impl Proc {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        poll_until(
-            Duration::from_secs(60),
-            &format!("{} to exit after SIGTERM", self.name),
-            || child.try_wait().unwrap(),
-        )
+        sigterm_and_wait(self.child.take().unwrap(), &self.name)
     }
 }
 
@@ -77,31 +66,6 @@ impl Drop for Proc {
             let _ = child.wait();
         }
     }
-}
-
-/// Publish `count` JSON telemetry messages for `device` at QoS 1 with mosquitto_pub.
-pub fn publish(mqtt: u16, topic: &str, client: &str, lines: &[String]) {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt.to_string(),
-            "-q",
-            "1",
-            "-i",
-            client,
-        ])
-        .args(["-t", topic, "-l"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub (Debian mosquitto-clients) runs");
-    let mut stdin = child.stdin.take().unwrap();
-    for l in lines {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
 }
 
 /// Sum of `count` per device in the report's latest `result.json` (JSON lines or an array), if a run completed.

@@ -3,48 +3,31 @@
 //! second start resumes with nothing lost and nothing twice.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use freshet_tests::up::{UpProcess, free_port, post_sql};
+use freshet_tests::up::{UpProcess, free_port, mosquitto_pub_lines, post_sql};
 use freshet_tests::{poll_until, python_json};
 
-/// Publish one JSON message per line at QoS 1 with mosquitto_pub (one connection per device).
+/// Publish `count` JSON messages for `device` at QoS 1 with mosquitto_pub (one connection per device).
 fn publish(mqtt: u16, device: &str, from: usize, count: usize) {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt.to_string(),
-            "-q",
-            "1",
-            "-i",
-            &format!("pub-{device}-{from}"),
-        ])
-        .args(["-t", &format!("devices/{device}/telemetry"), "-l"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub (Debian mosquitto-clients) runs");
-    let mut stdin = child.stdin.take().unwrap();
-    for i in from..from + count {
-        // Event times on two different days, to see two partitions.
-        let ts = if i % 2 == 0 {
-            1_763_700_000_000i64
-        } else {
-            1_763_800_000_000
-        } + i as i64;
-        writeln!(
-            stdin,
-            r#"{{"ts":{ts},"seq":{i},"temp":{}.5,"ok":true}}"#,
-            20 + i % 5
-        )
-        .unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "mosquitto_pub failed");
+    let lines: Vec<String> = (from..from + count)
+        .map(|i| {
+            // Event times on two different days, to see two partitions.
+            let ts = if i % 2 == 0 {
+                1_763_700_000_000i64
+            } else {
+                1_763_800_000_000
+            } + i as i64;
+            format!(r#"{{"ts":{ts},"seq":{i},"temp":{}.5,"ok":true}}"#, 20 + i % 5)
+        })
+        .collect();
+    mosquitto_pub_lines(
+        mqtt,
+        &format!("devices/{device}/telemetry"),
+        &format!("pub-{device}-{from}"),
+        &lines,
+    );
 }
 
 fn table_rows(table: &Path) -> Vec<serde_json::Value> {
