@@ -127,6 +127,25 @@ impl From<ShardId> for String {
 #[serde(try_from = "String", into = "String")]
 pub struct SequenceNumber(pub u64);
 
+impl SequenceNumber {
+    /// A number of the embedded store, which issues 64-bit sequence numbers.
+    pub const fn from_u64(n: u64) -> Self {
+        Self(n)
+    }
+
+    /// The number as a `u64`: every number the embedded store issues is one. Larger numbers (AWS Kinesis's have up
+    /// to 56 digits) are refused with `InvalidArgument`.
+    pub fn to_u64(self) -> StoreResult<u64> {
+        Ok(self.0)
+    }
+}
+
+impl From<u64> for SequenceNumber {
+    fn from(n: u64) -> Self {
+        Self::from_u64(n)
+    }
+}
+
 impl fmt::Display for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
