@@ -271,7 +271,7 @@ impl BatchDelivery {
             .map(|(i, r)| SourceRecord {
                 shard_id: batch.shard,
                 record: Record {
-                    sequence_number: SequenceNumber(i as u64 + 1),
+                    sequence_number: SequenceNumber::from_u64(i as u64 + 1),
                     partition_key: r.partition_key.clone(),
                     data: r.data.clone(),
                     arrival_ms: r.arrival_ms,
@@ -296,15 +296,18 @@ impl BatchDelivery {
                 }
                 Err(reason) => {
                     tracing::warn!(delivery = %self.config.name, %reason, "transform failed; the batch goes to the error table");
-                    let failed: std::collections::HashSet<u64> =
-                        converted.errors.iter().map(|e| e.sequence_number).collect();
+                    let failed: std::collections::HashSet<SequenceNumber> = converted
+                        .errors
+                        .iter()
+                        .map(|e| e.sequence_number.into())
+                        .collect();
                     for src in sources
                         .iter()
-                        .filter(|s| !failed.contains(&s.record.sequence_number.0))
+                        .filter(|s| !failed.contains(&s.record.sequence_number))
                     {
                         converted.errors.push(ErrorRow {
                             shard_id: src.shard_id,
-                            sequence_number: src.record.sequence_number.0,
+                            sequence_number: src.record.sequence_number.to_u64()?,
                             partition_key: src.record.partition_key.clone(),
                             arrival_ms: src.record.arrival_ms,
                             raw: src.record.data.clone(),

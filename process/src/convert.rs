@@ -281,7 +281,7 @@ impl Converter {
                 }
                 Err((kind, message)) => errors.push(ErrorRow {
                     shard_id: src.shard_id,
-                    sequence_number: src.record.sequence_number.0,
+                    sequence_number: src.record.sequence_number.to_u64()?,
                     partition_key: src.record.partition_key.clone(),
                     arrival_ms: src.record.arrival_ms,
                     raw: src.record.data.clone(),
@@ -322,12 +322,17 @@ impl Converter {
             ));
         };
         let record = &src.record;
-        let seq = i64::try_from(record.sequence_number.0).map_err(|_| {
-            (
-                ErrorKind::TypeConflict,
-                "sequence number does not fit a long".to_string(),
-            )
-        })?;
+        let seq = record
+            .sequence_number
+            .to_u64()
+            .ok()
+            .and_then(|s| i64::try_from(s).ok())
+            .ok_or_else(|| {
+                (
+                    ErrorKind::TypeConflict,
+                    "sequence number does not fit a long".to_string(),
+                )
+            })?;
         let mut row: Row = Vec::with_capacity(object.len() + LINEAGE_COLUMNS.len() + 2);
         let mut arrival_ms = record.arrival_ms;
         let mut topic = None;
@@ -779,7 +784,7 @@ mod tests {
         SourceRecord {
             shard_id: ShardId(shard),
             record: Record {
-                sequence_number: SequenceNumber(seq),
+                sequence_number: SequenceNumber::from_u64(seq),
                 partition_key: "pk".into(),
                 data: bytes::Bytes::copy_from_slice(data.as_bytes()),
                 arrival_ms: 1_700_000_000_000,

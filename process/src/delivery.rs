@@ -281,10 +281,10 @@ impl Delivery {
         for shard in &desc.shards {
             let app_id = app_id(&config.name, shard.shard_id);
             if let Some(v) = data.txn_version(&app_id).await? {
-                committed.insert(shard.shard_id, SequenceNumber(v as u64));
+                committed.insert(shard.shard_id, SequenceNumber::from_u64(v as u64));
             }
             if let Some(v) = errors.txn_version(&app_id).await? {
-                errors_committed.insert(shard.shard_id, SequenceNumber(v as u64));
+                errors_committed.insert(shard.shard_id, SequenceNumber::from_u64(v as u64));
             }
         }
         tracing::info!(delivery = %config.name, table = %config.table, version = ?data.version(),
@@ -524,11 +524,12 @@ impl Delivery {
         for shard in &desc.shards {
             let id = app_id(&self.config.name, shard.shard_id);
             if let Some(v) = self.data.txn_version(&id).await? {
-                self.committed.insert(shard.shard_id, SequenceNumber(v as u64));
+                self.committed
+                    .insert(shard.shard_id, SequenceNumber::from_u64(v as u64));
             }
             if let Some(v) = self.errors.txn_version(&id).await? {
                 self.errors_committed
-                    .insert(shard.shard_id, SequenceNumber(v as u64));
+                    .insert(shard.shard_id, SequenceNumber::from_u64(v as u64));
             }
         }
         self.read = self.committed.clone();
@@ -566,18 +567,18 @@ impl Delivery {
                 }
                 Err(reason) => {
                     tracing::warn!(delivery = %self.config.name, %reason, "transform failed; the batch goes to the error table");
-                    let failed: std::collections::HashSet<(ShardId, u64)> = converted
+                    let failed: std::collections::HashSet<(ShardId, SequenceNumber)> = converted
                         .errors
                         .iter()
-                        .map(|e| (e.shard_id, e.sequence_number))
+                        .map(|e| (e.shard_id, e.sequence_number.into()))
                         .collect();
                     for src in records
                         .iter()
-                        .filter(|r| !failed.contains(&(r.shard_id, r.record.sequence_number.0)))
+                        .filter(|r| !failed.contains(&(r.shard_id, r.record.sequence_number)))
                     {
                         converted.errors.push(crate::convert::ErrorRow {
                             shard_id: src.shard_id,
-                            sequence_number: src.record.sequence_number.0,
+                            sequence_number: src.record.sequence_number.to_u64()?,
                             partition_key: src.record.partition_key.clone(),
                             arrival_ms: src.record.arrival_ms,
                             raw: src.record.data.clone(),
@@ -606,7 +607,7 @@ impl Delivery {
             .filter(|e| {
                 self.errors_committed
                     .get(&e.shard_id)
-                    .is_none_or(|c| e.sequence_number > c.0)
+                    .is_none_or(|c| SequenceNumber::from_u64(e.sequence_number) > *c)
             })
             .cloned()
             .collect();
@@ -616,18 +617,18 @@ impl Delivery {
                 .iter()
                 .filter(|(s, _)| shards.contains(s))
                 .map(|(s, q)| {
-                    Transaction::new_with_last_update(
+                    Ok(Transaction::new_with_last_update(
                         app_id(&self.config.name, *s),
-                        q.0 as i64,
+                        txn_version(*q)?,
                         Some(now_ms()),
-                    )
+                    ))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             let expected = moved
                 .iter()
                 .filter(|(s, _)| shards.contains(s))
-                .map(|(s, _)| self.errors_committed.get(s).map(|q| q.0 as i64))
-                .collect();
+                .map(|(s, _)| self.errors_committed.get(s).map(|q| txn_version(*q)).transpose())
+                .collect::<Result<_>>()?;
             let batch = errors_batch(&errors, now_ms())?;
             let pending = Pending {
                 schema: &errors_schema(),
@@ -647,13 +648,17 @@ impl Delivery {
         let txns: Vec<Transaction> = moved
             .iter()
             .map(|(s, q)| {
-                Transaction::new_with_last_update(app_id(&self.config.name, *s), q.0 as i64, Some(now_ms()))
+                Ok(Transaction::new_with_last_update(
+                    app_id(&self.config.name, *s),
+                    txn_version(*q)?,
+                    Some(now_ms()),
+                ))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let expected = moved
             .iter()
-            .map(|(s, _)| self.committed.get(s).map(|q| q.0 as i64))
-            .collect();
+            .map(|(s, _)| self.committed.get(s).map(|q| txn_version(*q)).transpose())
+            .collect::<Result<_>>()?;
         let new_schema = (converted.schema != self.schema).then_some(&converted.schema);
         let rows = converted.rows() as u64;
         let pending = Pending {
@@ -911,6 +916,16 @@ fn check_compatible(config: &DeliveryConfig, schema: &TableSchema) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// A shard position as its Delta `txn` version (an i64): the embedded store's numbers fit; larger ones (AWS Kinesis's
+/// 56-digit numbers) cannot be recorded this way, so the delivery stops with this error (batch delivery can).
+fn txn_version(q: SequenceNumber) -> Result<i64> {
+    i64::try_from(q.to_u64()?).map_err(|_| {
+        ProcessError::Internal(format!(
+            "sequence number {q} does not fit a Delta txn version (i64)"
+        ))
+    })
 }
 
 /// The Delta `txn` app id of a delivery's shard.

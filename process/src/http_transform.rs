@@ -184,7 +184,7 @@ impl HttpTransform {
                         shard_id: s.shard_id.to_string(),
                         partition_key: s.record.partition_key.clone(),
                         approximate_arrival_timestamp: s.record.arrival_ms,
-                        sequence_number: s.record.sequence_number.0.to_string(),
+                        sequence_number: s.record.sequence_number.to_string(),
                         subsequence_number: 0,
                     },
                 })
@@ -200,12 +200,12 @@ impl HttpTransform {
             let last_error = match self.post(body.clone()).await {
                 Ok(answer) => {
                     let mut out = match serde_json::from_slice::<Response>(&answer) {
-                        Ok(resp) => settle(chunk, resp),
+                        Ok(resp) => settle(chunk, resp)?,
                         Err(e) => all_failed(
                             chunk,
                             ErrorKind::TransformInvalidResponse,
                             &format!("the transform endpoint's answer is not {{\"records\": [...]}}: {e}"),
-                        ),
+                        )?,
                     };
                     out.failed_attempts = failed_attempts;
                     return Ok(out);
@@ -225,7 +225,7 @@ impl HttpTransform {
                         "the transform endpoint failed for {} s ({failed_attempts} attempts); last error: {last_error}",
                         elapsed.as_secs()
                     ),
-                );
+                )?;
                 out.failed_attempts = failed_attempts;
                 return Ok(out);
             }
@@ -281,7 +281,7 @@ impl HttpTransform {
 }
 
 fn record_id(s: &SourceRecord) -> String {
-    format!("{}:{}", s.shard_id, s.record.sequence_number.0)
+    format!("{}:{}", s.shard_id, s.record.sequence_number)
 }
 
 /// Stable for the same records, so a replayed invocation has the same id.
@@ -292,30 +292,31 @@ fn invocation_id(chunk: &[SourceRecord]) -> String {
     }
 }
 
-fn error_row(s: &SourceRecord, kind: ErrorKind, message: String) -> ErrorRow {
-    ErrorRow {
+/// Fails for a sequence number above 64 bits, which the error table's `_sequence_number` cannot hold.
+fn error_row(s: &SourceRecord, kind: ErrorKind, message: String) -> Result<ErrorRow> {
+    Ok(ErrorRow {
         shard_id: s.shard_id,
-        sequence_number: s.record.sequence_number.0,
+        sequence_number: s.record.sequence_number.to_u64()?,
         partition_key: s.record.partition_key.clone(),
         arrival_ms: s.record.arrival_ms,
         raw: s.record.data.clone(),
         kind,
         message,
-    }
+    })
 }
 
-fn all_failed(chunk: &[SourceRecord], kind: ErrorKind, message: &str) -> HttpOutcome {
-    HttpOutcome {
+fn all_failed(chunk: &[SourceRecord], kind: ErrorKind, message: &str) -> Result<HttpOutcome> {
+    Ok(HttpOutcome {
         errors: chunk
             .iter()
             .map(|s| error_row(s, kind, message.to_string()))
-            .collect(),
+            .collect::<Result<_>>()?,
         ..HttpOutcome::default()
-    }
+    })
 }
 
 /// Match the answer to the records sent, by recordId.
-fn settle(chunk: &[SourceRecord], resp: Response) -> HttpOutcome {
+fn settle(chunk: &[SourceRecord], resp: Response) -> Result<HttpOutcome> {
     let mut by_id: HashMap<String, ResponseRecord> = HashMap::with_capacity(resp.records.len());
     for r in resp.records {
         by_id.insert(r.record_id.clone(), r);
@@ -328,7 +329,7 @@ fn settle(chunk: &[SourceRecord], resp: Response) -> HttpOutcome {
                 s,
                 ErrorKind::TransformInvalidResponse,
                 format!("the transform's answer has no record with recordId {id}"),
-            ));
+            )?);
             continue;
         };
         match r.result.as_str() {
@@ -342,26 +343,26 @@ fn settle(chunk: &[SourceRecord], resp: Response) -> HttpOutcome {
                     s,
                     ErrorKind::TransformInvalidResponse,
                     format!("the transform returned data for recordId {id} that is not base64: {e}"),
-                )),
+                )?),
                 None => out.errors.push(error_row(
                     s,
                     ErrorKind::TransformInvalidResponse,
                     format!("the transform returned Ok without data for recordId {id}"),
-                )),
+                )?),
             },
             "Dropped" => out.dropped += 1,
             "ProcessingFailed" => out.errors.push(error_row(
                 s,
                 ErrorKind::TransformProcessingFailed,
                 format!("the transform returned ProcessingFailed for recordId {id}"),
-            )),
+            )?),
             other => out.errors.push(error_row(
                 s,
                 ErrorKind::TransformInvalidResponse,
                 format!(
                     "the transform returned result {other:?} for recordId {id} (expected Ok, Dropped or ProcessingFailed)"
                 ),
-            )),
+            )?),
         }
     }
     if !by_id.is_empty() {
@@ -370,7 +371,7 @@ fn settle(chunk: &[SourceRecord], resp: Response) -> HttpOutcome {
             "the transform's answer has recordIds that were not sent; ignored"
         );
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -382,7 +383,7 @@ mod tests {
         SourceRecord {
             shard_id: ShardId(1),
             record: Record {
-                sequence_number: SequenceNumber(seq),
+                sequence_number: SequenceNumber::from_u64(seq),
                 partition_key: "k".into(),
                 data: bytes::Bytes::copy_from_slice(data.as_bytes()),
                 arrival_ms: 5,
@@ -401,7 +402,7 @@ mod tests {
             {"recordId": "shardId-000000000001:99", "result": "Ok", "data": "eA=="},
         ]}))
         .unwrap();
-        let out = settle(&chunk, resp);
+        let out = settle(&chunk, resp).unwrap();
         assert_eq!(out.records.len(), 1);
         assert_eq!(&out.records[0].record.data[..], b"A");
         assert_eq!(out.dropped, 1);
