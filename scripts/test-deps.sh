@@ -30,6 +30,7 @@ declare -A PIP=(
   [duckdb]=duckdb
   [pyarrow]=pyarrow
   [moto.server]='moto[server]'
+  [websocket]=websocket-client
 )
 need=()
 for module in "${!PIP[@]}"; do

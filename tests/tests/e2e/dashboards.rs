@@ -1,10 +1,10 @@
 //! Dashboards end to end: a real `freshet up` fed over MQTT (`mosquitto_pub`), its `/dashboards/telemetry` page
 //! opened by headless Chromium (Debian `chromium`): the DOM after the page's script ran holds one SVG per panel
 //! with the expected number of series, and the screenshot is not blank. The PNG endpoint answers PNGs of the asked
-//! size, 400 on absurd sizes, 404 on unknown dashboards and panels; a new report run changes the version the page
-//! polls and the panel fragments it swaps in; a bearer token, when configured, is required. Chart-data golden
-//! tests compare the data behind every series of fixture report outputs with `tests/golden/dashboards/out/`
-//! (`FRESHET_UPDATE_GOLDEN=1` rewrites them).
+//! size, 400 on absurd sizes, 404 on unknown dashboards and panels; a new report run is swapped into the page open
+//! in a live Chromium (DevTools protocol) by the page's own script, without a reload; a bearer token, when
+//! configured, is required. Chart-data golden tests compare the data behind every series of fixture report outputs
+//! with `tests/golden/dashboards/out/` (`FRESHET_UPDATE_GOLDEN=1` rewrites them).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -119,6 +119,38 @@ fn chromium(args: &[&str], url: &str) -> Vec<u8> {
     });
     assert!(status.success(), "chromium {args:?} failed: {status}");
     reader.join().unwrap()
+}
+
+/// Open `url` in a live headless Chromium (tests/py/chromium_watch.py), run `change` once the page has loaded, and
+/// wait until the page's own script swapped `panel` to a new version with at least `min_series` series.
+/// Returns the watcher's "done" and "ready" events.
+fn watch_page_until_swapped(
+    url: &str,
+    panel: &str,
+    min_series: usize,
+    change: impl FnOnce(),
+) -> (serde_json::Value, serde_json::Value) {
+    use std::io::BufRead;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/chromium_watch.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args([url, panel, &min_series.to_string(), "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs (the test command installs websocket-client and chromium)");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut event = || -> serde_json::Value {
+        let line = lines.next().expect("the watcher prints an event").unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let ready = event();
+    assert_eq!(ready["event"], "ready", "{ready}");
+    change();
+    let done = event();
+    assert_eq!(done["event"], "done", "{done}");
+    assert!(child.wait().unwrap().success());
+    (done, ready)
 }
 
 /// Decode a PNG: (width, height, RGBA-or-RGB pixels as 3-byte colours).
@@ -277,25 +309,45 @@ fn dashboards_render_in_chromium_over_a_running_freshet() {
         "{index}"
     );
 
-    // A new run (a fourth device) changes what the page polls and the fragment it swaps in.
-    publish(mqtt, "delta", start_ms, 5);
-    let fragment = poll_until(
-        Duration::from_secs(90),
-        "a new run in the version endpoint",
-        || {
-            let (_, body) = get_text(http, "/dashboards/telemetry/version");
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let now = v["panels"]["messages"].as_str().unwrap_or_default().to_string();
-            if now == first_version {
-                return None;
-            }
-            let (status, svg) = get_text(http, "/dashboards/telemetry/messages.svg");
-            assert_eq!(status, 200);
-            let attrs = chart_svgs(&svg).pop().unwrap();
-            (attrs["data-version"] == now && attrs["data-series"] == "4").then_some(svg)
-        },
+    // A new run (a fourth device) is swapped into the open page by its script, without a reload: the page is
+    // watched in a live Chromium over the DevTools protocol (tests/py/chromium_watch.py) while the run lands.
+    let (done, ready) = watch_page_until_swapped(&url, "messages", 4, || publish(mqtt, "delta", start_ms, 5));
+    let versions = |charts: &serde_json::Value| -> BTreeMap<String, String> {
+        charts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["panel"].as_str().unwrap().to_string(),
+                    c["version"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let at_load = versions(&ready["charts"]);
+    assert_eq!(at_load.len(), telemetry.panels.len(), "{ready}");
+    assert!(
+        at_load.values().all(|v| *v == first_version),
+        "the page opened on the first run: {ready}"
     );
-    assert!(fragment.contains("delta"));
+    assert_eq!(done["mark"], "kept", "the page was not reloaded: {done}");
+    assert_eq!(done["loads"], 1, "{done}");
+    let after = versions(&done["charts"]);
+    assert_eq!(
+        after.len(),
+        telemetry.panels.len(),
+        "still one svg per panel: {done}"
+    );
+    let (_, body) = get_text(http, "/dashboards/telemetry/version");
+    let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(after["messages"], first_version);
+    assert_eq!(
+        served["panels"]["messages"].as_str(),
+        Some(after["messages"].as_str()),
+        "the swapped panel carries the served run id"
+    );
+    assert!(done["panel_text"].as_str().unwrap().contains("delta"), "{done}");
 
     // The ops dashboard renders from the live metrics.
     let (status, ops) = get_text(http, "/dashboards/_ops");
