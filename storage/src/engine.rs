@@ -334,7 +334,9 @@ impl Store {
         .await
         .map_err(|e| StoreError::Internal(format!("closing shard: {e}")))?;
         topology.shards.insert(id, shard);
-        Ok(SequenceNumber(stream.counter.fetch_add(1, Ordering::SeqCst)))
+        Ok(SequenceNumber::from_u64(
+            stream.counter.fetch_add(1, Ordering::SeqCst),
+        ))
     }
 
     /// Reopen shards closed by a reshard whose description could not be saved.
@@ -406,7 +408,7 @@ impl Store {
                 parent_shard_id: *parent,
                 adjacent_parent_shard_id: *adjacent,
                 hash_key_range: *range,
-                starting_sequence_number: SequenceNumber(*base),
+                starting_sequence_number: SequenceNumber::from_u64(*base),
                 ending_sequence_number: None,
                 opened_ms: Some(now_ms),
                 closed_ms: None,
@@ -546,8 +548,8 @@ impl Stream {
             )?;
             floor = floor
                 .max(core.next_seq_floor())
-                .max(s.starting_sequence_number.0 + 1)
-                .max(s.ending_sequence_number.map_or(0, |e| e.0 + 1));
+                .max(s.starting_sequence_number.to_u64()? + 1)
+                .max(s.ending_sequence_number.map_or(Ok(0), |e| e.to_u64())? + 1);
             cores.push((core, closed));
         }
         let counter = Arc::new(AtomicU64::new(floor));
@@ -661,7 +663,7 @@ impl StreamStore for Store {
                     parent_shard_id: None,
                     adjacent_parent_shard_id: None,
                     hash_key_range: range,
-                    starting_sequence_number: SequenceNumber(base),
+                    starting_sequence_number: SequenceNumber::from_u64(base),
                     ending_sequence_number: None,
                     opened_ms: None,
                     closed_ms: None,
@@ -830,15 +832,16 @@ impl StreamStore for Store {
         let desc = topology.shard_desc(name, shard)?;
         let core = &topology.shards.get(&shard).ok_or(StoreError::ShuttingDown)?.core;
         let tip = core.tip();
-        let start = desc.starting_sequence_number.0;
+        let start = desc.starting_sequence_number.to_u64()?;
         let check = |seq: SequenceNumber| -> StoreResult<u64> {
             let newest = tip.last_seq.unwrap_or(start);
-            if seq.0 < start || seq.0 > newest.max(start) {
+            let held = SequenceNumber::from_u64(start)..=SequenceNumber::from_u64(newest.max(start));
+            if !held.contains(&seq) {
                 return Err(StoreError::InvalidArgument(format!(
                     "sequence number {seq} is not in shard {shard} of stream {name} (it holds {start} to {newest})"
                 )));
             }
-            Ok(seq.0)
+            seq.to_u64()
         };
         let next = match position {
             StartingPosition::TrimHorizon => core.first_seq().unwrap_or(start).max(start),
@@ -853,7 +856,7 @@ impl StreamStore for Store {
         Ok(ShardIterator {
             stream: name.clone(),
             shard_id: shard,
-            next,
+            next: SequenceNumber::from_u64(next),
         })
     }
 
@@ -889,14 +892,16 @@ impl StreamStore for Store {
             (core, children)
         };
         let tip = core.tip();
-        let (records, next) = if tip.last_seq.is_some_and(|l| iterator.next <= l) {
+        // Positions of this store fit in 64 bits; a larger one is an iterator from elsewhere (AWS).
+        let from = iterator.next.to_u64()?;
+        let (records, next) = if tip.last_seq.is_some_and(|l| from <= l) {
             let limits = ReadLimits {
                 bytes_max: limits.bytes_max.clamp(1, GET_BYTES_MAX),
                 ..limits
             };
-            blocking_io(|| core.read(iterator.next, limits))?
+            blocking_io(|| core.read(from, limits))?
         } else {
-            (Vec::new(), iterator.next)
+            (Vec::new(), from)
         };
         let has_more = tip.last_seq.is_some_and(|l| next <= l);
         let millis_behind_latest = match records.last() {
@@ -907,7 +912,7 @@ impl StreamStore for Store {
         Ok(GetRecordsOutput {
             records,
             next_iterator: (!ended).then(|| ShardIterator {
-                next,
+                next: SequenceNumber::from_u64(next),
                 ..iterator.clone()
             }),
             millis_behind_latest,
@@ -927,7 +932,11 @@ impl StreamStore for Store {
                 .core
                 .subscribe()
         };
-        let ready = |t: &crate::shard::Tip| t.closed || t.last_seq.is_some_and(|l| iterator.next <= l);
+        let ready = |t: &crate::shard::Tip| {
+            t.closed
+                || t.last_seq
+                    .is_some_and(|l| iterator.next <= SequenceNumber::from_u64(l))
+        };
         let _ = tokio::time::timeout(timeout, tip.wait_for(ready)).await;
         Ok(())
     }

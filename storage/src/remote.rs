@@ -6,6 +6,13 @@
 //!   it into a Kinesis iterator: the one the previous read of that shard returned, when it is for the same position
 //!   and younger than 4 minutes, or else a new one (`AFTER_SEQUENCE_NUMBER next - 1`, or `AT_SEQUENCE_NUMBER next`).
 //!   freshet's server reports the position of every iterator it hands out (`FreshetPosition`).
+//! - Other endpoints (AWS Kinesis, kinesalite) do not, so there a position is known from the sequence numbers
+//!   themselves: `AT`/`AFTER_SEQUENCE_NUMBER` give it, a read with records moves it past the last one, and
+//!   `TRIM_HORIZON` starts at the shard's starting sequence number (from `ListShards`). `LATEST` and `AT_TIMESTAMP`
+//!   have no number until their first record: such an iterator has position [`SequenceNumber::ZERO`], lives on its
+//!   Kinesis iterator (renewed by every read), and once that is gone (unread for 4 minutes, like AWS's own 5-minute
+//!   expiry) reading it fails with `ExpiredIterator`: ask for a new one. Two such iterators of one shard read in
+//!   turn share that cache entry, so only the newest is kept (the older one then fails with `ExpiredIterator`).
 //! - Control calls (create, delete, reshard, update shard count) wait until the stream is `ACTIVE` (or gone) again,
 //!   polling `DescribeStreamSummary` with a bounded backoff, so they return with the same effect as the embedded
 //!   store's; freshet's server is synchronous, so one poll suffices.
@@ -16,8 +23,8 @@
 //!   JSON, about 9 MiB of data; AWS: 10 MiB).
 //! - No call is retried here: the error says (`StoreError::is_retryable`) whether the caller may retry.
 //!
-//! Against AWS Kinesis: control calls, puts and consumers work, but AWS's sequence numbers (up to 56 digits) do not
-//! fit freshet's 64-bit [`SequenceNumber`], so calls returning them fail with `StoreError::Internal`.
+//! AWS's sequence numbers (56 digits) fit [`SequenceNumber`] (up to 76); an answer with a longer one fails with
+//! `StoreError::Internal`. Checkpoints need freshet's extensions, so they fail against AWS (`InvalidArgument`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -102,7 +109,7 @@ const POLL_INTERVAL_MIN: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 struct CachedIterator {
-    next: u64,
+    next: SequenceNumber,
     token: String,
     at: Instant,
 }
@@ -148,11 +155,7 @@ fn shard_id(s: &str) -> StoreResult<ShardId> {
 }
 
 fn seq(s: &str) -> StoreResult<SequenceNumber> {
-    s.parse().map_err(|_| {
-        StoreError::Internal(format!(
-            "the endpoint's sequence number {s} does not fit freshet's 64-bit sequence numbers"
-        ))
-    })
+    s.parse().map_err(|e| bad_answer(format!("sequence number: {e}")))
 }
 
 fn hash(s: &str) -> StoreResult<u128> {
@@ -438,29 +441,33 @@ impl RemoteStore {
         self.arns.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 
-    /// A Kinesis iterator for `position` and the position it reads from.
+    /// A Kinesis iterator for `position` and the position it reads from (see the module docs for endpoints that do
+    /// not report positions).
     async fn iterator_for(
         &self,
         name: &StreamName,
         shard: ShardId,
         position: StartingPosition,
-    ) -> StoreResult<(String, u64)> {
+    ) -> StoreResult<(String, SequenceNumber)> {
         let ctx = ErrorContext {
             stream: Some(name),
             shard: Some(shard),
             ..Default::default()
         };
         let mut input = json!({"StreamName": name, "ShardId": shard});
-        let (kind, fallback) = match position {
+        let (kind, known) = match position {
             StartingPosition::TrimHorizon => ("TRIM_HORIZON", None),
             StartingPosition::Latest => ("LATEST", None),
             StartingPosition::AtSequenceNumber(s) => {
                 input["StartingSequenceNumber"] = json!(s);
-                ("AT_SEQUENCE_NUMBER", Some(s.0))
+                ("AT_SEQUENCE_NUMBER", Some(s))
             }
             StartingPosition::AfterSequenceNumber(s) => {
                 input["StartingSequenceNumber"] = json!(s);
-                ("AFTER_SEQUENCE_NUMBER", s.0.checked_add(1))
+                let next = s
+                    .checked_next()
+                    .ok_or_else(|| invalid(format!("no sequence number follows {s}")))?;
+                ("AFTER_SEQUENCE_NUMBER", Some(next))
             }
             StartingPosition::AtTimestamp(at_ms) => {
                 input["Timestamp"] = json!(wire::seconds(at_ms));
@@ -469,18 +476,44 @@ impl RemoteStore {
         };
         input["ShardIteratorType"] = json!(kind);
         let out: wire::GetShardIteratorOutput = self.call("GetShardIterator", input, ctx).await?;
-        let next = match (out.freshet_position.as_deref(), fallback) {
-            (Some(p), _) => seq(p)?.0,
-            (None, Some(p)) => p,
-            (None, None) => {
-                return Err(invalid(format!(
-                    "the endpoint {} does not report iterator positions, so {kind} cannot be used through it \
-                     (use a sequence number)",
-                    self.url
-                )));
-            }
+        let next = match (out.freshet_position.as_deref(), known, position) {
+            (Some(p), _, _) => seq(p)?,
+            (None, Some(p), _) => p,
+            (None, None, StartingPosition::TrimHorizon) => self.shard_start(name, shard).await?,
+            // Not known until the first record (module docs).
+            (None, None, _) => SequenceNumber::ZERO,
         };
         Ok((out.shard_iterator, next))
+    }
+
+    /// A shard's starting sequence number, from `ListShards`.
+    async fn shard_start(&self, name: &StreamName, shard: ShardId) -> StoreResult<SequenceNumber> {
+        let ctx = ErrorContext {
+            stream: Some(name),
+            shard: Some(shard),
+            ..Default::default()
+        };
+        let mut token: Option<String> = None;
+        for _ in 0..PAGES_MAX {
+            let input = match &token {
+                Some(t) => json!({"NextToken": t, "MaxResults": 1000}),
+                None => json!({"StreamName": name, "MaxResults": 1000}),
+            };
+            let out: wire::ListShardsOutput = self.call("ListShards", input, ctx).await?;
+            for s in &out.shards {
+                if shard_id(&s.shard_id)? == shard {
+                    return seq(&s.sequence_number_range.starting_sequence_number);
+                }
+            }
+            token = out.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        Err(StoreError::ShardNotFound {
+            stream: name.to_string(),
+            shard: shard.to_string(),
+        })
     }
 
     /// The Kinesis iterator of a position: the cached one, or a new one.
@@ -492,25 +525,31 @@ impl RemoteStore {
         {
             return Ok(c.token.clone());
         }
-        let after = match it.next.checked_sub(1) {
-            Some(prev) => {
-                self.iterator_for(
-                    &it.stream,
-                    it.shard_id,
-                    StartingPosition::AfterSequenceNumber(SequenceNumber(prev)),
-                )
-                .await
-            }
-            None => Err(invalid("position 0")),
+        let Some(prev) = it.next.checked_prev() else {
+            return Err(StoreError::ExpiredIterator(format!(
+                "the Kinesis iterator of {} {} has no position yet (LATEST or AT_TIMESTAMP before its first record) \
+                 and was not read for {} s; get a new iterator",
+                it.stream,
+                it.shard_id,
+                ITERATOR_REUSE_MAX.as_secs()
+            )));
         };
+        let after = self
+            .iterator_for(
+                &it.stream,
+                it.shard_id,
+                StartingPosition::AfterSequenceNumber(prev),
+            )
+            .await;
         match after {
             Ok((token, _)) => Ok(token),
-            // The position is the shard's start, which no record holds: read at it instead.
+            // No record holds `prev` (the position is the shard's start or was given by AT_SEQUENCE_NUMBER), and
+            // the endpoint wants a record's number there: read at the position instead.
             Err(StoreError::InvalidArgument(_)) => Ok(self
                 .iterator_for(
                     &it.stream,
                     it.shard_id,
-                    StartingPosition::AtSequenceNumber(SequenceNumber(it.next)),
+                    StartingPosition::AtSequenceNumber(it.next),
                 )
                 .await?
                 .0),
@@ -518,7 +557,7 @@ impl RemoteStore {
         }
     }
 
-    fn remember(&self, stream: &StreamName, shard: ShardId, next: u64, token: String) {
+    fn remember(&self, stream: &StreamName, shard: ShardId, next: SequenceNumber, token: String) {
         bounded_insert(
             &mut self.iterators.lock().unwrap_or_else(|p| p.into_inner()),
             (stream.clone(), shard),
@@ -556,8 +595,13 @@ impl RemoteStore {
             });
         }
         let next = match (&out.freshet_position, records.last()) {
-            (Some(p), _) => seq(p)?.0,
-            (None, Some(last)) => last.sequence_number.0 + 1,
+            (Some(p), _) => seq(p)?,
+            (None, Some(last)) => last.sequence_number.checked_next().ok_or_else(|| {
+                bad_answer(format!(
+                    "record {} has the largest sequence number",
+                    last.sequence_number
+                ))
+            })?,
             (None, None) => it.next,
         };
         let next_iterator = match out.next_shard_iterator {
@@ -1128,7 +1172,7 @@ mod tests {
         assert_eq!(data, [&b"one"[..], &b"two"[..]]);
         assert_eq!(out.records[0].sequence_number, first.sequence_number);
         let next = out.next_iterator.unwrap();
-        assert_eq!(next.next, out.records[1].sequence_number.0 + 1);
+        assert_eq!(Some(next.next), out.records[1].sequence_number.checked_next());
         assert_eq!(
             remote.describe_stream(&s).await.unwrap(),
             store.describe_stream(&s).await.unwrap()

@@ -129,7 +129,7 @@ pub struct AppendOutcome {
 
 impl AppendOutcome {
     pub fn seqs(&self) -> impl Iterator<Item = SequenceNumber> + '_ {
-        (0..self.count as u64).map(|i| SequenceNumber(self.first_seq + i))
+        (0..self.count as u64).map(|i| SequenceNumber::from_u64(self.first_seq + i))
     }
 }
 
@@ -451,7 +451,7 @@ impl ShardCore {
                     data_bytes += size;
                     next = frame.seq + 1;
                     records.push(Record {
-                        sequence_number: SequenceNumber(frame.seq),
+                        sequence_number: SequenceNumber::from_u64(frame.seq),
                         partition_key: frame.partition_key,
                         data: frame.data,
                         arrival_ms: frame.arrival_ms,
@@ -499,7 +499,7 @@ impl ShardCore {
                 },
             )?;
             if let Some(r) = records.iter().find(|r| r.arrival_ms >= at_ms) {
-                return Ok(Some(r.sequence_number.0));
+                return r.sequence_number.to_u64().map(Some);
             }
             if records.is_empty() {
                 return Ok(None);

@@ -1,8 +1,9 @@
 //! The record vocabulary of the stream store, in AWS Kinesis's words: stream, shard, partition key,
 //! hash key, sequence number, record, iterator.
 //!
-//! Everything persisted or sent uses explicitly sized integers. Sequence numbers are `u64` inside and
-//! decimal strings on the wire, like Kinesis's; hash keys are `u128` inside and decimal strings on the wire.
+//! Everything persisted or sent uses explicitly sized integers. Sequence numbers are two base-10^38 `u128` digits
+//! inside (the embedded store's are `u64`; AWS's have 56 decimal digits) and decimal strings on the wire, like
+//! Kinesis's; hash keys are `u128` inside and decimal strings on the wire.
 
 use std::fmt;
 use std::str::FromStr;
@@ -122,21 +123,87 @@ impl From<ShardId> for String {
     }
 }
 
+/// Most significant decimal digits of a [`SequenceNumber`]: AWS Kinesis's have 56 (about 2^186); two base-10^38
+/// digits hold 76 at no extra cost. (Kinesis's API pattern, `0|([1-9]\d{0,128})`, allows 129; no real number is that long.)
+pub const SEQUENCE_NUMBER_DIGITS_MAX: usize = 2 * HALF_DIGITS;
+/// Decimal digits per half of a [`SequenceNumber`].
+const HALF_DIGITS: usize = 38;
+/// `10^38`, the base of a [`SequenceNumber`]'s two halves (below `u128::MAX` ≈ 3.4·10^38).
+const HALF_BASE: u128 = 10u128.pow(HALF_DIGITS as u32);
+
 /// A sequence number: strictly increasing within a shard, unique across the stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Any Kinesis sequence number: the embedded store's (64-bit) and AWS Kinesis's (56-digit decimals), up to
+/// [`SEQUENCE_NUMBER_DIGITS_MAX`] digits. Kept as `high · 10^38 + low` with both halves below `10^38`, so it is
+/// `Copy`, the derived order on `(high, low)` is numeric order, and printing or parsing is two `u128` conversions.
+/// (A 256-bit integer crate would do the same with a dependency and a binary↔decimal conversion for every print;
+/// nothing here needs more arithmetic than ±1.) On the wire and in files it is a decimal string, like Kinesis's.
+///
+/// The embedded store does its arithmetic in `u64`: [`SequenceNumber::from_u64`] in, [`SequenceNumber::to_u64`]
+/// out, which refuses larger numbers with `InvalidArgument`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct SequenceNumber(pub u64);
+pub struct SequenceNumber {
+    // Field order matters: the derived `Ord` compares `high` first.
+    high: u128,
+    low: u128,
+}
 
 impl SequenceNumber {
+    pub const ZERO: SequenceNumber = SequenceNumber { high: 0, low: 0 };
+    /// The largest number held: [`SEQUENCE_NUMBER_DIGITS_MAX`] nines.
+    pub const MAX: SequenceNumber = SequenceNumber {
+        high: HALF_BASE - 1,
+        low: HALF_BASE - 1,
+    };
+
     /// A number of the embedded store, which issues 64-bit sequence numbers.
     pub const fn from_u64(n: u64) -> Self {
-        Self(n)
+        Self {
+            high: 0,
+            low: n as u128,
+        }
     }
 
-    /// The number as a `u64`: every number the embedded store issues is one. Larger numbers (AWS Kinesis's have up
-    /// to 56 digits) are refused with `InvalidArgument`.
+    /// The number as a `u64`: every number the embedded store issues is one. Larger numbers (AWS Kinesis's have 56
+    /// digits) are refused with `InvalidArgument`.
     pub fn to_u64(self) -> StoreResult<u64> {
-        Ok(self.0)
+        match (self.high, u64::try_from(self.low)) {
+            (0, Ok(n)) => Ok(n),
+            _ => Err(StoreError::InvalidArgument(format!(
+                "sequence number {self} is above 64 bits: freshet's own store issues 64-bit sequence numbers \
+                 (numbers this large come from AWS Kinesis)"
+            ))),
+        }
+    }
+
+    /// The next number, `None` above [`SequenceNumber::MAX`].
+    pub fn checked_next(self) -> Option<Self> {
+        if self.low + 1 < HALF_BASE {
+            Some(Self {
+                low: self.low + 1,
+                ..self
+            })
+        } else if self.high + 1 < HALF_BASE {
+            Some(Self {
+                high: self.high + 1,
+                low: 0,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// The number before, `None` below zero.
+    pub fn checked_prev(self) -> Option<Self> {
+        match (self.high, self.low) {
+            (0, 0) => None,
+            (high, 0) => Some(Self {
+                high: high - 1,
+                low: HALF_BASE - 1,
+            }),
+            (high, low) => Some(Self { high, low: low - 1 }),
+        }
     }
 }
 
@@ -148,21 +215,53 @@ impl From<u64> for SequenceNumber {
 
 impl fmt::Display for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        if self.high == 0 {
+            fmt::Display::fmt(&self.low, f)
+        } else {
+            f.pad(&format!("{}{:0width$}", self.high, self.low, width = HALF_DIGITS))
+        }
+    }
+}
+
+impl fmt::Debug for SequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SequenceNumber({self})")
     }
 }
 
 impl FromStr for SequenceNumber {
     type Err = StoreError;
+    /// 1 or more ASCII digits (leading zeros allowed), at most [`SEQUENCE_NUMBER_DIGITS_MAX`] of them significant.
     fn from_str(s: &str) -> StoreResult<Self> {
+        let shown = || {
+            let mut head: String = s.chars().take(80).collect();
+            if head.len() < s.len() {
+                head.push_str("...");
+            }
+            head
+        };
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(StoreError::InvalidArgument(format!(
-                "sequence number {s:?} must be a decimal string of digits"
+                "sequence number {:?} must be a decimal string of digits",
+                shown()
             )));
         }
-        s.parse::<u64>()
-            .map(SequenceNumber)
-            .map_err(|_| StoreError::InvalidArgument(format!("sequence number {s:?} is out of range")))
+        let digits = s.trim_start_matches('0');
+        if digits.len() > SEQUENCE_NUMBER_DIGITS_MAX {
+            return Err(StoreError::InvalidArgument(format!(
+                "sequence number {:?} is out of range: it has {} digits, at most {SEQUENCE_NUMBER_DIGITS_MAX} are \
+                 supported (AWS Kinesis's have 56)",
+                shown(),
+                digits.len()
+            )));
+        }
+        let (high, low) = digits.split_at(digits.len().saturating_sub(HALF_DIGITS));
+        // At most 38 digits each: below 10^38, so neither can overflow.
+        let half = |d: &str| d.bytes().fold(0u128, |n, b| n * 10 + u128::from(b - b'0'));
+        Ok(Self {
+            high: half(high),
+            low: half(low),
+        })
     }
 }
 
@@ -265,7 +364,7 @@ pub enum StartingPosition {
 pub struct ShardIterator {
     pub stream: StreamName,
     pub shard_id: ShardId,
-    pub next: u64,
+    pub next: SequenceNumber,
 }
 
 /// The answer to a read.
@@ -405,9 +504,166 @@ mod tests {
 
     #[test]
     fn sequence_numbers_are_strict_decimal() {
-        assert_eq!("42".parse::<SequenceNumber>().unwrap(), SequenceNumber(42));
-        for bad in ["", "-1", "4 2", "0x10", "99999999999999999999999"] {
-            assert!(bad.parse::<SequenceNumber>().is_err(), "{bad:?} accepted");
+        assert_eq!(
+            "42".parse::<SequenceNumber>().unwrap(),
+            SequenceNumber::from_u64(42)
+        );
+        assert_eq!(
+            "0042".parse::<SequenceNumber>().unwrap(),
+            SequenceNumber::from_u64(42)
+        );
+        assert_eq!("0".parse::<SequenceNumber>().unwrap(), SequenceNumber::ZERO);
+        for bad in ["", "-1", "+1", "4 2", " 42", "0x10", "1e5", "4.2", "٤٢", "12a"] {
+            match bad.parse::<SequenceNumber>() {
+                Err(StoreError::InvalidArgument(m)) => assert!(m.contains("digits"), "{bad:?}: {m}"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    /// A 56-digit number shaped like the ones AWS Kinesis (and kinesalite) issue.
+    const AWS_56: &str = "49590338271490256608559692538361571095921575989136588898";
+
+    #[test]
+    fn sequence_numbers_round_trip_up_to_their_widest() {
+        let nines_56 = "9".repeat(56);
+        let nines_76 = "9".repeat(SEQUENCE_NUMBER_DIGITS_MAX);
+        let one_then_75_zeros = format!("1{}", "0".repeat(75));
+        let cases = [
+            "0",
+            "1",
+            "18446744073709551615",                    // u64::MAX
+            "18446744073709551616",                    // u64::MAX + 1
+            "99999999999999999999999999999999999999",  // 38 nines: the low half full
+            "100000000000000000000000000000000000000", // 10^38: the high half starts
+            "100000000000000000000000000000000000001",
+            "340282366920938463463374607431768211455", // u128::MAX
+            AWS_56,
+            &nines_56,
+            &one_then_75_zeros,
+            &nines_76,
+        ];
+        for text in cases {
+            let n: SequenceNumber = text.parse().unwrap();
+            assert_eq!(n.to_string(), text);
+            assert_eq!(String::from(n), text);
+            let json = serde_json::to_string(&n).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<SequenceNumber>(&json).unwrap(), n);
+        }
+        assert_eq!(nines_76.parse::<SequenceNumber>().unwrap(), SequenceNumber::MAX);
+        assert_eq!(
+            format!("{:>60}|", AWS_56.parse::<SequenceNumber>().unwrap()),
+            format!("{AWS_56:>60}|")
+        );
+        assert_eq!(format!("{:?}", SequenceNumber::from_u64(7)), "SequenceNumber(7)");
+    }
+
+    #[test]
+    fn sequence_numbers_too_long_are_refused() {
+        let too_long = format!("1{}", "0".repeat(SEQUENCE_NUMBER_DIGITS_MAX));
+        // Kinesis's pattern allows up to 129 digits; beyond 76 freshet says why instead of misreading them.
+        for bad in [too_long, "9".repeat(77), "1".repeat(129), "7".repeat(100_000)] {
+            match bad.parse::<SequenceNumber>() {
+                Err(StoreError::InvalidArgument(m)) => {
+                    assert!(m.contains("out of range") && m.contains("at most 76"), "{m}");
+                    assert!(
+                        m.len() < 300,
+                        "the message repeats the whole input: {} bytes",
+                        m.len()
+                    );
+                }
+                other => panic!("{} digits gave {other:?}", bad.len()),
+            }
+        }
+        // Leading zeros do not count.
+        let padded = format!("{}{AWS_56}", "0".repeat(100));
+        assert_eq!(padded.parse::<SequenceNumber>().unwrap().to_string(), AWS_56);
+        assert!(serde_json::from_str::<SequenceNumber>(&format!("\"{}\"", "9".repeat(77))).is_err());
+        assert!(
+            serde_json::from_str::<SequenceNumber>("42").is_err(),
+            "a JSON number is not a sequence number"
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_order_as_numbers() {
+        let texts = [
+            "0",
+            "9",
+            "10",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999999999999999999",
+            "100000000000000000000000000000000000000",
+            "100000000000000000000000000000000000001",
+            "199999999999999999999999999999999999999",
+            "200000000000000000000000000000000000000",
+            "49590338271490256608559692538361571095921575989136588897",
+            AWS_56,
+            "49590338271490256608559692538361571095921575989136588899",
+            "49590338271490256608559692538361571095921575989136588900",
+            "100000000000000000000000000000000000000000000000000000000",
+        ];
+        let nums: Vec<SequenceNumber> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        for (i, a) in nums.iter().enumerate() {
+            for (j, b) in nums.iter().enumerate() {
+                assert_eq!(a.cmp(b), i.cmp(&j), "{a} vs {b}");
+            }
+        }
+        // Against the u128 order, where both fit.
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u128;
+        for _ in 0..2_000 {
+            rng = rng.wrapping_mul(0x2545_f491_4f6c_dd1d).wrapping_add(1);
+            let (x, y) = (rng >> 3, rng.rotate_left(61) >> 3);
+            let (a, b): (SequenceNumber, SequenceNumber) =
+                (x.to_string().parse().unwrap(), y.to_string().parse().unwrap());
+            assert_eq!(a.cmp(&b), x.cmp(&y), "{x} vs {y}");
+            assert_eq!(a == b, x == y);
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_step_across_the_halves() {
+        let p = |s: &str| s.parse::<SequenceNumber>().unwrap();
+        let low_full = p(&"9".repeat(38));
+        let high_one = p(&format!("1{}", "0".repeat(38)));
+        assert_eq!(low_full.checked_next(), Some(high_one));
+        assert_eq!(high_one.checked_prev(), Some(low_full));
+        assert_eq!(
+            p(AWS_56).checked_next(),
+            Some(p("49590338271490256608559692538361571095921575989136588899"))
+        );
+        assert_eq!(
+            p(AWS_56).checked_prev(),
+            Some(p("49590338271490256608559692538361571095921575989136588897"))
+        );
+        assert_eq!(SequenceNumber::MAX.checked_next(), None);
+        assert_eq!(SequenceNumber::ZERO.checked_prev(), None);
+        assert_eq!(
+            SequenceNumber::ZERO.checked_next(),
+            Some(SequenceNumber::from_u64(1))
+        );
+        assert_eq!(
+            SequenceNumber::from_u64(u64::MAX)
+                .checked_next()
+                .unwrap()
+                .to_string(),
+            "18446744073709551616"
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_leave_u64_only_on_request() {
+        assert_eq!(SequenceNumber::from_u64(u64::MAX).to_u64().unwrap(), u64::MAX);
+        assert_eq!(SequenceNumber::from(7u64).to_u64().unwrap(), 7);
+        for big in ["18446744073709551616", AWS_56] {
+            match big.parse::<SequenceNumber>().unwrap().to_u64() {
+                Err(StoreError::InvalidArgument(m)) => {
+                    assert!(m.contains(big) && m.contains("64 bits"), "{m}")
+                }
+                other => panic!("{big} gave {other:?}"),
+            }
         }
     }
 

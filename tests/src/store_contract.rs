@@ -242,7 +242,7 @@ async fn check_puts(
         single.sequence_number,
     ));
 
-    let mut all: Vec<u64> = out.iter().map(|(_, _, seq)| seq.0).collect();
+    let mut all: Vec<SequenceNumber> = out.iter().map(|(_, _, seq)| *seq).collect();
     all.sort_unstable();
     all.dedup();
     ensure!(
@@ -385,7 +385,7 @@ async fn check_reads(
             .get_shard_iterator(
                 s,
                 ShardId(0),
-                StartingPosition::AtSequenceNumber(SequenceNumber(1))
+                StartingPosition::AtSequenceNumber(SequenceNumber::from_u64(1))
             )
             .await,
         StoreError::InvalidArgument(_)
@@ -395,7 +395,9 @@ async fn check_reads(
             .get_shard_iterator(
                 s,
                 ShardId(0),
-                StartingPosition::AtSequenceNumber(SequenceNumber(shard0.0 + 1_000_000_000_000))
+                StartingPosition::AtSequenceNumber(SequenceNumber::from_u64(
+                    shard0.to_u64()? + 1_000_000_000_000
+                ))
             )
             .await,
         StoreError::InvalidArgument(_)
@@ -649,17 +651,17 @@ async fn check_consumers(store: &dyn StreamStore, s: &StreamName) -> Result<()> 
 
     ensure!(store.checkpoints(s, "analytics").await?.is_empty());
     store
-        .checkpoint(s, "analytics", ShardId(1), SequenceNumber(12345))
+        .checkpoint(s, "analytics", ShardId(1), SequenceNumber::from_u64(12345))
         .await?;
     store
-        .checkpoint(s, "analytics", ShardId(2), SequenceNumber(678))
+        .checkpoint(s, "analytics", ShardId(2), SequenceNumber::from_u64(678))
         .await?;
     store
-        .checkpoint(s, "analytics", ShardId(1), SequenceNumber(12346))
+        .checkpoint(s, "analytics", ShardId(1), SequenceNumber::from_u64(12346))
         .await?;
     let want: BTreeMap<ShardId, SequenceNumber> = [
-        (ShardId(1), SequenceNumber(12346)),
-        (ShardId(2), SequenceNumber(678)),
+        (ShardId(1), SequenceNumber::from_u64(12346)),
+        (ShardId(2), SequenceNumber::from_u64(678)),
     ]
     .into();
     ensure!(
@@ -671,12 +673,14 @@ async fn check_consumers(store: &dyn StreamStore, s: &StreamName) -> Result<()> 
         "checkpoints are per consumer"
     );
     expect_err!(
-        store.checkpoint(s, "nobody", ShardId(1), SequenceNumber(1)).await,
+        store
+            .checkpoint(s, "nobody", ShardId(1), SequenceNumber::from_u64(1))
+            .await,
         StoreError::ConsumerNotFound { .. }
     );
     expect_err!(
         store
-            .checkpoint(s, "analytics", ShardId(99), SequenceNumber(1))
+            .checkpoint(s, "analytics", ShardId(99), SequenceNumber::from_u64(1))
             .await,
         StoreError::ShardNotFound { .. }
     );

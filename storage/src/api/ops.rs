@@ -17,8 +17,8 @@ use crate::error::StoreError;
 use crate::hash::hash_key;
 use crate::types::{
     GET_BYTES_MAX, GET_RECORDS_MAX, HashKeyRange, PARTITION_KEY_CHARS_MAX, PUT_RECORDS_MAX, PutRecord,
-    ReadLimits, SHARDS_PER_STREAM_MAX, SequenceNumber, ShardDescription, ShardId, ShardIterator,
-    StartingPosition, StreamDescription, StreamName, StreamStatus,
+    ReadLimits, SEQUENCE_NUMBER_DIGITS_MAX, SHARDS_PER_STREAM_MAX, SequenceNumber, ShardDescription, ShardId,
+    ShardIterator, StartingPosition, StreamDescription, StreamName, StreamStatus,
 };
 
 type Answer = Result<Vec<u8>, ApiError>;
@@ -160,7 +160,8 @@ fn sequence_number(value: &str, member: &str) -> Result<SequenceNumber, ApiError
     check_decimal(value, member, 129)?;
     value.parse().map_err(|_| {
         ApiError::invalid_argument(format!(
-            "{member} {value} is not a sequence number of this stream (they fit in 64 bits)"
+            "{member} {value} is not a sequence number of this stream (they have at most \
+             {SEQUENCE_NUMBER_DIGITS_MAX} digits)"
         ))
     })
 }
@@ -866,11 +867,13 @@ async fn get_shard_iterator(
         .get_shard_iterator(&stream, shard, position)
         .await
         .map_err(|e| state.err(e))?;
+    // The token holds a 64-bit position, which is what the embedded store's positions are.
+    let next = iterator.next.to_u64().map_err(|e| state.err(e))?;
     Ok(GetShardIteratorOutput {
         shard_iterator: state.seal(
             TokenKind::Iterator,
             u64::from(iterator.shard_id.0),
-            iterator.next,
+            next,
             iterator.stream.to_string(),
         ),
         freshet_position: Some(iterator.next.to_string()),
@@ -923,7 +926,7 @@ async fn get_records(state: &ApiState, input: GetRecordsInput) -> Result<GetReco
     let iterator = ShardIterator {
         stream: stream.clone(),
         shard_id: shard,
-        next: t.b,
+        next: SequenceNumber::from_u64(t.b),
     };
     let limits = ReadLimits {
         records_max: records_max as usize,
@@ -962,6 +965,15 @@ async fn get_records(state: &ApiState, input: GetRecordsInput) -> Result<GetReco
                 .collect(),
         )
     };
+    let next_iterator = match &out.next_iterator {
+        Some(n) => Some(state.seal(
+            TokenKind::Iterator,
+            u64::from(n.shard_id.0),
+            n.next.to_u64().map_err(|e| state.err(e))?,
+            n.stream.to_string(),
+        )),
+        None => None,
+    };
     Ok(GetRecordsOutput {
         records: out
             .records
@@ -974,14 +986,7 @@ async fn get_records(state: &ApiState, input: GetRecordsInput) -> Result<GetReco
             })
             .collect(),
         freshet_position: out.next_iterator.as_ref().map(|n| n.next.to_string()),
-        next_shard_iterator: out.next_iterator.map(|n| {
-            state.seal(
-                TokenKind::Iterator,
-                u64::from(n.shard_id.0),
-                n.next,
-                n.stream.to_string(),
-            )
-        }),
+        next_shard_iterator: next_iterator,
         millis_behind_latest: out.millis_behind_latest,
         child_shards,
     })
@@ -1298,7 +1303,7 @@ async fn wait_for_records(
     let iterator = ShardIterator {
         stream,
         shard_id: shard,
-        next: position.0,
+        next: position,
     };
     let started = Instant::now();
     state
@@ -1357,10 +1362,17 @@ mod tests {
                 .code,
             ErrorCode::InvalidArgument
         );
-        assert_eq!(sequence_number("42", "S").unwrap(), SequenceNumber(42));
+        assert_eq!(sequence_number("42", "S").unwrap(), SequenceNumber::from_u64(42));
+        // AWS's 56 digits parse (the store then says whether it holds the number); past 76 the API refuses.
+        let aws = "49590338271490256608559692538361571095921575989136588898";
+        assert_eq!(sequence_number(aws, "S").unwrap().to_string(), aws);
         assert_eq!(
-            sequence_number("99999999999999999999999", "S").unwrap_err().code,
+            sequence_number(&"9".repeat(77), "S").unwrap_err().code,
             ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            sequence_number(&"9".repeat(130), "S").unwrap_err().code,
+            ErrorCode::Validation
         );
     }
 

@@ -157,7 +157,7 @@ async fn delivery_exactly_once_under_sigkill() {
                 positions.insert((shard.to_string(), r.sequence_number.to_string()));
             }
             if let Some(r) = records.last() {
-                last_seq.insert(shard.to_string(), r.sequence_number.0 as i64);
+                last_seq.insert(shard.to_string(), r.sequence_number.to_u64().unwrap() as i64);
             }
         }
         for (i, pos) in acked.lock().unwrap().iter() {

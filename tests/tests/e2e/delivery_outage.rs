@@ -168,7 +168,7 @@ async fn delivery_outage_stalls_and_resumes_without_loss() {
         }
         ends.push((
             app_id("od", shard),
-            records.last().unwrap().sequence_number.0 as i64,
+            records.last().unwrap().sequence_number.to_u64().unwrap() as i64,
         ));
     }
     assert_eq!(expected.len() as u64, produced);

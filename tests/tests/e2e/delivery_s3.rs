@@ -68,7 +68,7 @@ async fn delivery_s3_conditional_put_with_racing_writers() {
         }
         ends.push((
             app_id("s3d", shard),
-            records.last().unwrap().sequence_number.0 as i64,
+            records.last().unwrap().sequence_number.to_u64().unwrap() as i64,
         ));
     }
     expected.sort();

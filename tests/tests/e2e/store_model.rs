@@ -70,7 +70,7 @@ impl Harness {
             entry.open = s.is_open();
             if let Some(end) = s.ending_sequence_number {
                 assert!(
-                    entry.records.iter().all(|r| r.seq < end.0),
+                    entry.records.iter().all(|r| r.seq < end.to_u64().unwrap()),
                     "{} holds records past its end",
                     s.shard_id
                 );
@@ -130,7 +130,7 @@ impl Harness {
                 "record routed to {} outside its hash range",
                 result.shard_id
             );
-            let seq = result.sequence_number.0;
+            let seq = result.sequence_number.to_u64().unwrap();
             assert!(
                 shard.records.last().is_none_or(|r| r.seq < seq),
                 "sequence numbers not increasing"
@@ -190,14 +190,14 @@ impl Harness {
             2 if !model.is_empty() => {
                 let i = self.rng.random_range(0..model.len());
                 (
-                    StartingPosition::AtSequenceNumber(SequenceNumber(model[i].seq)),
+                    StartingPosition::AtSequenceNumber(SequenceNumber::from_u64(model[i].seq)),
                     model[i..].to_vec(),
                 )
             }
             3 if !model.is_empty() => {
                 let i = self.rng.random_range(0..model.len());
                 (
-                    StartingPosition::AfterSequenceNumber(SequenceNumber(model[i].seq)),
+                    StartingPosition::AfterSequenceNumber(SequenceNumber::from_u64(model[i].seq)),
                     model[i + 1..].to_vec(),
                 )
             }
@@ -330,7 +330,7 @@ impl Harness {
             Err(StoreError::ShardNotFound { .. })
         ));
         let shard = *self.model.keys().next().unwrap();
-        let beyond = SequenceNumber(u64::MAX - 1);
+        let beyond = SequenceNumber::from_u64(u64::MAX - 1);
         assert!(matches!(
             store
                 .get_shard_iterator(&self.stream, shard, StartingPosition::AtSequenceNumber(beyond))
@@ -361,10 +361,10 @@ impl Harness {
             for batch in batches {
                 // Parents of a shard being read are finished.
                 for parent in &self.model[&batch.shard_id].parents {
-                    let done = self.model[parent]
-                        .records
-                        .iter()
-                        .all(|r| got.iter().any(|(_, g)| g.sequence_number.0 == r.seq));
+                    let done = self.model[parent].records.iter().all(|r| {
+                        got.iter()
+                            .any(|(_, g)| g.sequence_number.to_u64().unwrap() == r.seq)
+                    });
                     assert!(
                         done,
                         "read {} before finishing its parent {parent}",
@@ -385,7 +385,7 @@ impl Harness {
             .collect();
         let mut last_by_hash: BTreeMap<u128, u64> = BTreeMap::new();
         for (shard, record) in &got {
-            let seq = record.sequence_number.0;
+            let seq = record.sequence_number.to_u64().unwrap();
             let last = last_by_hash.entry(hash_of[&seq]).or_insert(0);
             assert!(
                 *last < seq,
@@ -402,7 +402,7 @@ impl Harness {
 }
 
 fn assert_records(shard: ShardId, got: &[Record], expected: &[ModelRecord]) {
-    let got_seqs: Vec<u64> = got.iter().map(|r| r.sequence_number.0).collect();
+    let got_seqs: Vec<u64> = got.iter().map(|r| r.sequence_number.to_u64().unwrap()).collect();
     let want_seqs: Vec<u64> = expected.iter().map(|r| r.seq).collect();
     assert_eq!(got_seqs, want_seqs, "{shard}: sequence numbers read");
     for (g, w) in got.iter().zip(expected) {
