@@ -9,6 +9,8 @@ declare -A APT=(
   [mosquitto_sub]=mosquitto-clients
   [openssl]=openssl
   [chromium]=chromium
+  [node]=nodejs
+  [npm]=npm
 )
 missing=()
 for cmd in "${!APT[@]}"; do
@@ -39,6 +41,17 @@ done
 if ((${#need[@]})); then
   python3 -m pip install --quiet --disable-pip-version-check "${need[@]}"
 fi
+
+# npm packages: package -> version, each under $XDG_CACHE_HOME/freshet/<package> (else ~/.cache/freshet/<package>),
+# where the tests (tests/src/kinesalite.rs) and `freshet bench api` look.
+declare -A NPM=(
+  [kinesalite]=3.3.3
+)
+for pkg in "${!NPM[@]}"; do
+  prefix="${XDG_CACHE_HOME:-$HOME/.cache}/freshet/$pkg"
+  [ -f "$prefix/node_modules/$pkg/package.json" ] \
+    || npm install --silent --no-audit --no-fund --prefix "$prefix" "$pkg@${NPM[$pkg]}" >/dev/null
+done
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 echo "test dependencies present"

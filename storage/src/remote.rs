@@ -475,7 +475,16 @@ impl RemoteStore {
             }
         };
         input["ShardIteratorType"] = json!(kind);
-        let out: wire::GetShardIteratorOutput = self.call("GetShardIterator", input, ctx).await?;
+        let out: wire::GetShardIteratorOutput = match self.call("GetShardIterator", input, ctx).await {
+            Ok(out) => out,
+            // Kinesis answers a missing stream as a missing shard ("Shard ... in stream ... does not exist"): ask
+            // which one it is.
+            Err(e @ StoreError::ShardNotFound { .. }) => {
+                self.summary(name).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let next = match (out.freshet_position.as_deref(), known, position) {
             (Some(p), _, _) => seq(p)?,
             (None, Some(p), _) => p,
@@ -617,12 +626,25 @@ impl RemoteStore {
                 None
             }
         };
-        let child_shards = out
-            .child_shards
-            .unwrap_or_default()
-            .iter()
-            .map(|c| shard_id(&c.shard_id))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let child_shards = match out.child_shards {
+            Some(children) => children
+                .iter()
+                .map(|c| shard_id(&c.shard_id))
+                .collect::<StoreResult<Vec<_>>>()?,
+            // The shard ended, and the endpoint does not send `ChildShards` (kinesalite, AWS before 2020): its
+            // children are the shards that name it as a parent.
+            None if next_iterator.is_none() => self
+                .describe_stream(&it.stream)
+                .await?
+                .shards
+                .iter()
+                .filter(|c| {
+                    c.parent_shard_id == Some(it.shard_id) || c.adjacent_parent_shard_id == Some(it.shard_id)
+                })
+                .map(|c| c.shard_id)
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(GetRecordsOutput {
             records,
             next_iterator,

@@ -153,6 +153,7 @@ pub async fn kinesis_call(
     );
     Ok(serde_json::from_slice(&response[split + 4..])?)
 }
+pub mod kinesalite;
 pub mod lambda_runtime;
 pub mod s3;
 pub mod store_contract;
