@@ -631,6 +631,19 @@ impl Config {
         (!url.contains("://")).then(|| PathBuf::from(url))
     }
 
+    /// The warehouse SQL, reports and dashboards read (and report outputs go to): `[warehouse] url` with the
+    /// storage options of `[warehouse]` and the standard AWS variables of this process.
+    pub fn open_warehouse(&self) -> freshet_query::Result<freshet_query::Warehouse> {
+        let url = self.warehouse_url();
+        match self.local_warehouse() {
+            Some(dir) => Ok(freshet_query::Warehouse::local(dir)),
+            None => {
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                freshet_query::Warehouse::open(&url, self.storage_options(&env))
+            }
+        }
+    }
+
     /// object_store options for the warehouse, from `[warehouse]` and the standard AWS variables.
     pub fn storage_options(&self, env: &[(String, String)]) -> HashMap<String, String> {
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());

@@ -1,6 +1,8 @@
-//! `freshet reports list|run <name>|history <name>` on a data directory's warehouse (no server needed: runs and
-//! history are files under `<data-dir>/warehouse/reports/`). The reports are the `[[reports]]` of `--config`
-//! (every problem listed at once), or the default pipeline's `telemetry_minutely` without it.
+//! `freshet reports list|run <name>|history <name>` on a warehouse directly (no server needed: runs and history are
+//! objects under `<warehouse>/reports/`). The warehouse is `--warehouse` (a directory or `s3://bucket/prefix` with
+//! `--storage-option key=value` and the standard AWS variables), else the `[warehouse]` of `--config` when the file
+//! has one, else `<data-dir>/warehouse`. The reports are the `[[reports]]` of `--config` (every problem listed at
+//! once), or the default pipeline's `telemetry_minutely` without it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,9 +24,18 @@ pub struct ReportsArgs {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// A TOML file whose `[[reports]]` define the reports (default: the default pipeline's report).
+    /// A TOML file whose `[[reports]]` define the reports (default: the default pipeline's report); its
+    /// `[warehouse]`, when it has one, is the warehouse.
     #[arg(long, env = "FRESHET_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// The warehouse: a directory or an object_store URL such as `s3://bucket/prefix` (default: the `[warehouse]`
+    /// of --config, else `<data-dir>/warehouse`).
+    #[arg(long, global = true)]
+    pub warehouse: Option<String>,
+    /// object_store option for an object-store warehouse, `key=value` (repeatable), e.g.
+    /// `AWS_ENDPOINT_URL=http://127.0.0.1:9000`; the standard AWS environment variables are read too.
+    #[arg(long = "storage-option", global = true)]
+    pub storage_options: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,13 +54,48 @@ pub enum ReportsCommand {
 }
 
 /// The reports of the default pipeline (DESIGN.md).
-pub fn default_reporter(warehouse: &Path) -> anyhow::Result<Reporter> {
-    let engine = QueryEngine::new(Warehouse::local(warehouse), QueryLimits::default());
+pub fn default_reporter(warehouse: Warehouse) -> anyhow::Result<Reporter> {
+    let engine = QueryEngine::new(warehouse, QueryLimits::default());
     Reporter::new(Arc::new(engine), vec![ReportConfig::telemetry_minutely()]).context("the default reports")
 }
 
+/// The warehouse of the command (see the module docs).
+fn warehouse(args: &ReportsArgs) -> anyhow::Result<Warehouse> {
+    if let Some(location) = &args.warehouse {
+        let options = args
+            .storage_options
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .with_context(|| format!("storage option {kv:?} is not key=value"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        return Ok(Warehouse::open(location, options)?);
+    }
+    anyhow::ensure!(
+        args.storage_options.is_empty(),
+        "--storage-option goes with --warehouse"
+    );
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let has_warehouse = toml::from_str::<toml::Table>(&text)
+            .map(|t| t.contains_key("warehouse"))
+            .unwrap_or(false);
+        if has_warehouse {
+            let overrides = crate::config::Overrides {
+                data_dir: Some(args.data_dir.clone()),
+                ..Default::default()
+            };
+            let config = crate::config::load(Some(path), &overrides)?;
+            return crate::run::warehouse(&config);
+        }
+    }
+    Ok(Warehouse::local(args.data_dir.join("warehouse")))
+}
+
 /// The reports of `--config`, or the default ones.
-fn reporter(warehouse: &Path, config: Option<&Path>) -> anyhow::Result<Reporter> {
+fn reporter(warehouse: Warehouse, config: Option<&Path>) -> anyhow::Result<Reporter> {
     let Some(path) = config else {
         return default_reporter(warehouse);
     };
@@ -71,18 +117,20 @@ fn reporter(warehouse: &Path, config: Option<&Path>) -> anyhow::Result<Reporter>
     } else {
         reports
     };
-    let engine = QueryEngine::new(Warehouse::local(warehouse), QueryLimits::default());
+    let engine = QueryEngine::new(warehouse, QueryLimits::default());
     Ok(Reporter::new(Arc::new(engine), reports)?)
 }
 
 pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
-    let warehouse = args.data_dir.join("warehouse");
-    let reporter = reporter(&warehouse, args.config.as_deref())?;
+    let reporter = reporter(warehouse(&args)?, args.config.as_deref())?;
+    let outputs = reporter.outputs().clone();
     match args.command {
         ReportsCommand::List => {
             println!("{:<24} {:<40} LATEST", "NAME", "TRIGGER");
             for report in reporter.reports() {
-                let latest = freshet_reports::latest(&warehouse, &report.name)?
+                let latest = outputs
+                    .latest(&report.name)
+                    .await?
                     .map_or_else(|| "-".to_string(), |p| p.run_id);
                 let mut trigger = Vec::new();
                 if !report.trigger.tables.is_empty() {
@@ -109,7 +157,7 @@ pub async fn run(args: ReportsArgs) -> anyhow::Result<()> {
         }
         ReportsCommand::History { name, json } => {
             reporter.report(&name)?;
-            let runs = freshet_reports::history(&warehouse, &name)?;
+            let runs = outputs.history(&name).await?;
             if json {
                 for r in runs {
                     println!("{}", serde_json::to_string(&r)?);

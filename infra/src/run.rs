@@ -6,8 +6,11 @@
 //! | `store` | the stream store, the Kinesis API, retention; creates `[[streams]]` | `data_dir` |
 //! | `gateway` | MQTT listeners and rules → the store | the store |
 //! | `delivery` | every `[[deliveries]]` → Delta tables; commit events → `_freshet_events` | the store, the warehouse |
-//! | `reports` | report functions consuming `_freshet_events` | the store, a local warehouse |
-//! | `dashboard` | `POST /v1/sql` (and `/dashboards` as they land) over the warehouse | a local warehouse |
+//! | `reports` | report functions consuming `_freshet_events`; outputs under `<warehouse>/reports/` | the store, the warehouse |
+//! | `dashboard` | `POST /v1/sql` and `/dashboards` over the warehouse | the warehouse |
+//!
+//! The warehouse is a directory (shared between the containers) or `s3://bucket/prefix` with the options of
+//! `[warehouse]` / the standard AWS variables; every role that uses it checks at start that it answers.
 //!
 //! Every role serves `/health` and `/metrics` on `[http] addr` (the store serves its Kinesis API there too).
 //! SIGINT or SIGTERM: stop, flush what the role holds, exit 0. Also the pieces `freshet up` shares with the roles.
@@ -104,12 +107,12 @@ pub fn dashboards_router(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Router> {
     use freshet_reports::dashboard::{Dashboards, OpsSampler, router};
-    let warehouse = local_warehouse(config)?;
+    let outputs = report_outputs(&warehouse(config)?)?;
     let reports = config.reports.iter().map(|r| r.name.clone()).collect();
-    let ops = OpsSampler::new(Arc::new(move || metrics.render()), &warehouse, reports, 720);
+    let ops = OpsSampler::new(Arc::new(move || metrics.render()), outputs.clone(), reports, 720);
     // Stops with the HTTP server (the token is cancelled at shutdown); nothing to join.
     let _sampler = ops.spawn(Duration::from_secs(5), shutdown.child_token());
-    let dashboards = Dashboards::with_ops(warehouse, config.dashboards.clone(), ops);
+    let dashboards = Dashboards::with_ops(outputs, config.dashboards.clone(), ops);
     Ok(Router::new().nest(
         "/dashboards",
         guard(router(dashboards), config.http.bearer_token.as_deref()),
@@ -149,25 +152,73 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-/// The SQL API over the configured warehouse (a local directory), behind the bearer token.
+/// The SQL API over the configured warehouse, behind the bearer token.
 pub fn sql_router(config: &Config) -> anyhow::Result<Router> {
-    let warehouse = local_warehouse(config)?;
-    let engine =
-        freshet_query::QueryEngine::new(freshet_query::Warehouse::local(warehouse), Default::default());
+    let engine = freshet_query::QueryEngine::new(warehouse(config)?, Default::default());
     Ok(guard(
         freshet_query::router(Arc::new(engine)),
         config.http.bearer_token.as_deref(),
     ))
 }
 
-/// The warehouse as a directory; SQL and reports read local warehouses only today.
-pub fn local_warehouse(config: &Config) -> anyhow::Result<PathBuf> {
-    config.local_warehouse().with_context(|| {
-        format!(
-            "warehouse {}: SQL, reports and dashboards read a local (or shared) directory only",
-            config.warehouse_url()
-        )
-    })
+/// The configured warehouse (`[warehouse]`: a directory, `file://` or `s3://bucket/prefix`).
+pub fn warehouse(config: &Config) -> anyhow::Result<freshet_query::Warehouse> {
+    config
+        .open_warehouse()
+        .with_context(|| format!("the warehouse {}", config.warehouse_url()))
+}
+
+/// Where the report outputs of `warehouse` live (beside its tables).
+pub fn report_outputs(warehouse: &freshet_query::Warehouse) -> anyhow::Result<freshet_reports::OutputStore> {
+    freshet_reports::OutputStore::for_warehouse(warehouse)
+        .with_context(|| format!("the report outputs in {}", warehouse.url()))
+}
+
+/// How long the start-up check of an object-store warehouse may take.
+pub const WAREHOUSE_PROBE_SECONDS: u64 = 30;
+
+/// Check that the warehouse answers (one listing), so a wrong endpoint, missing bucket or bad credentials are a
+/// one-line failure at start rather than retries later. A local warehouse is created if missing.
+pub async fn probe_warehouse(warehouse: &freshet_query::Warehouse) -> anyhow::Result<()> {
+    if let Some(dir) = warehouse.local_root() {
+        return std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the warehouse {}", dir.display()));
+    }
+    let outputs = report_outputs(warehouse)?;
+    match tokio::time::timeout(
+        Duration::from_secs(WAREHOUSE_PROBE_SECONDS),
+        outputs.list_dirs("reports"),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "the warehouse {} is not reachable: {e}",
+            warehouse.url()
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "the warehouse {} did not answer within {WAREHOUSE_PROBE_SECONDS} s",
+            warehouse.url()
+        )),
+    }
+}
+
+/// The report runtime over `store`, its outputs in the configured warehouse.
+pub fn spawn_reports(
+    config: &Config,
+    warehouse: freshet_query::Warehouse,
+    store: Arc<dyn StreamStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<freshet_reports::RuntimeHandle> {
+    let engine = freshet_query::QueryEngine::new(warehouse, Default::default());
+    let reporter =
+        freshet_reports::Reporter::new(Arc::new(engine), config.reports.clone()).context("the reports")?;
+    Ok(freshet_reports::spawn_runtime(
+        reporter,
+        store,
+        freshet_reports::DEFAULT_CONSUMER,
+        shutdown,
+    ))
 }
 
 /// Install the Prometheus recorder and bind the HTTP listener (so a busy port is the first, clear failure).
@@ -322,10 +373,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
         }
         Role::Delivery => {
+            probe_warehouse(&warehouse(&config)?).await?;
             let remote = connect_remote(&config).await?;
-            if let Some(dir) = config.local_warehouse() {
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
             let deliveries: Vec<_> = config
                 .deliveries
                 .iter()
@@ -348,23 +397,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
         }
         Role::Reports => {
-            let warehouse = local_warehouse(&config)?;
+            let warehouse = warehouse(&config)?;
+            probe_warehouse(&warehouse).await?;
             let remote = connect_remote(&config).await?;
-            let engine = freshet_query::QueryEngine::new(
-                freshet_query::Warehouse::local(&warehouse),
-                Default::default(),
-            );
-            let reporter = freshet_reports::Reporter::new(Arc::new(engine), config.reports.clone())
-                .context("the reports")?;
-            let runtime = freshet_reports::spawn_runtime(
-                reporter,
-                remote,
-                freshet_reports::DEFAULT_CONSUMER,
-                shutdown.child_token(),
-            );
+            let runtime = spawn_reports(&config, warehouse, remote, shutdown.child_token())?;
             Box::pin(async move { runtime.shutdown().await.context("report runtime") })
         }
         Role::Dashboard => {
+            probe_warehouse(&warehouse(&config)?).await?;
             router = router
                 .merge(sql_router(&config)?)
                 .merge(dashboards_router(metrics, &config, &shutdown)?);

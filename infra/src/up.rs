@@ -3,8 +3,10 @@
 //! - the stream store with the stream `telemetry` (4 shards);
 //! - the MQTT gateway (default `127.0.0.1:1883`) with the rule
 //!   `SELECT *, topic(2) AS device_id FROM 'devices/+/telemetry'` → `telemetry`, partition key = device id;
-//! - the delivery `telemetry` → Delta table `telemetry` in `<data-dir>/warehouse`, partitioned by event date;
-//! - the report runtime with `telemetry_minutely`, run on every commit of `telemetry` (`freshet-reports`);
+//! - the delivery `telemetry` → Delta table `telemetry` in `<data-dir>/warehouse` (or `[warehouse] url`, e.g.
+//!   `s3://bucket/prefix`), partitioned by event date;
+//! - the report runtime with `telemetry_minutely`, run on every commit of `telemetry` (`freshet-reports`), its
+//!   outputs under `<warehouse>/reports/`; the dashboard `telemetry` over them;
 //! - one HTTP listener (default `127.0.0.1:8080`) serving the Kinesis API (`POST /` with `X-Amz-Target`),
 //!   `POST /v1/sql`, `/health` and `/metrics` (Prometheus text).
 //!
@@ -27,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigFlag, Overrides};
 use crate::run::{
-    base_router, dashboards_router, open_store, shutdown_signal, spawn_http, spawn_retention, sql_router,
+    base_router, dashboards_router, open_store, probe_warehouse, shutdown_signal, spawn_http, spawn_reports,
+    spawn_retention, sql_router,
 };
 
 #[derive(Debug, Args)]
@@ -82,10 +85,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ..Overrides::default()
     };
     let config = config::load(path.as_deref(), &overrides)?;
-    let warehouse = crate::run::local_warehouse(&config)?;
+    let warehouse = crate::run::warehouse(&config)?;
     // Bind before anything else so "port in use" is the first, clear failure.
     let (metrics, listener) = crate::run::listen(&config).await?;
     let store = open_store(&config).await?;
+    // An unreachable object store (or a warehouse directory that cannot be made) is a one-line failure at start.
+    if let Err(e) = probe_warehouse(&warehouse).await {
+        store.shutdown().await;
+        return Err(e);
+    }
     let shared: Arc<dyn StreamStore> = Arc::new(store.clone());
     // Start MQTT before spawning anything else, so a busy port or bad rule fails start-up cleanly.
     let mqtt = config.gateway.listeners.first().map(|l| l.addr);
@@ -99,7 +107,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let retention = spawn_retention(store.clone(), &config, shutdown.clone());
-    std::fs::create_dir_all(&warehouse).with_context(|| format!("creating {}", warehouse.display()))?;
     let deliveries: Vec<_> = config
         .deliveries
         .iter()
@@ -108,16 +115,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             (d.name.clone(), handle)
         })
         .collect();
-    let engine =
-        freshet_query::QueryEngine::new(freshet_query::Warehouse::local(&warehouse), Default::default());
-    let reporter =
-        freshet_reports::Reporter::new(Arc::new(engine), config.reports.clone()).context("the reports")?;
-    let reports = freshet_reports::spawn_runtime(
-        reporter,
-        shared.clone(),
-        freshet_reports::DEFAULT_CONSUMER,
-        shutdown.child_token(),
-    );
+    let reports = spawn_reports(&config, warehouse, shared.clone(), shutdown.child_token())?;
     let mut http = spawn_http(
         listener,
         http_router(shared, metrics, &config, &shutdown)?,

@@ -33,6 +33,23 @@ pub enum ReportError {
         #[source]
         source: serde_json::Error,
     },
+    /// The object store holding the report outputs failed (network, credentials, a missing bucket, ...).
+    #[error("{context}: {source}")]
+    Storage {
+        context: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// An object is larger than the reader takes.
+    #[error("{what}: {bytes} bytes is more than {bytes_max}")]
+    TooLarge {
+        what: String,
+        bytes: u64,
+        bytes_max: u64,
+    },
+    /// Writers kept changing an object between this writer's read and its conditional write.
+    #[error("{0}: other writers kept changing it; gave up")]
+    Contended(String),
     /// The runtime was asked to stop in the middle of a run; the run is redone after a restart.
     #[error("stopped before the run finished")]
     Cancelled,
@@ -41,6 +58,13 @@ pub enum ReportError {
 impl ReportError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn storage(context: impl Into<String>, source: object_store::Error) -> Self {
+        Self::Storage {
             context: context.into(),
             source,
         }

@@ -1,16 +1,31 @@
 //! Runs: one report over a fixed set of table versions, with its files in the warehouse.
 //!
-//! Layout under `<warehouse>/reports/<name>/`:
-//! - `runs/<run id>/result.{parquet,csv,json}`: the result, each file written atomically (temp file, fsync, rename);
+//! Layout under `<warehouse>/reports/<name>/`, on a local directory or an object store ([`OutputStore`]):
+//! - `runs/<run id>/result.{parquet,csv,json}`: the result, each file replaced atomically (locally: temp file,
+//!   fsync, rename; on S3: one PUT);
 //! - `runs/<run id>/run.json`: the run's record ([`RunRecord`]: status, attempts, error, times), rewritten
 //!   atomically at every state change; this is what `freshet reports history` and the ops dashboard read;
-//! - `latest`: JSON pointer to the newest completed run, written atomically after that run's `run.json`.
+//! - `latest`: JSON pointer to the newest completed run, moved atomically once the run's result files are written
+//!   and before its `run.json` says `completed` (so a reader that sees a completed run finds `latest` at it or
+//!   newer).
 //!
 //! A run id names the table versions the run read: `telemetry@v3`, or `a@v3+b@v7` for several trigger tables. A
 //! run whose `run.json` says `completed` is never redone (the handler returns it as skipped), so a re-delivered
 //! commit event causes no second run; a run left `running` by a crash is redone under the same id.
+//!
+//! # Concurrent writers (several report processes, Lambda invocations, `freshet reports run` beside the runtime)
+//!
+//! - `run.json` is written with compare-and-swap ([`OutputStore::put_if`]): created only if absent, then each
+//!   rewrite only over the version this writer wrote last. A writer that loses (someone else created the record,
+//!   or took over the run) stops and returns the record as it found it, marked skipped: one writer at a time
+//!   drives a run, and a `completed` record is never overwritten by a second writer's `running`.
+//! - `latest` moves by compare-and-swap too: read it, keep it if it names newer versions, else write it over the
+//!   version read; on a conflict read again ([`LATEST_ATTEMPTS_MAX`] times). Two runs finishing together never
+//!   move `latest` back to older versions.
+//! - Result files are plain atomic replaces: every writer of one run id reads the same table versions, so they
+//!   write the same rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,7 +38,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ReportConfig, ReportQuery, validate};
 use crate::error::{ReportError, Result};
+use crate::outputs::{Expect, OutputStore, Put, Tag};
 use crate::schedule::slot_run_id;
+
+/// Compare-and-swap rounds of one move of `latest` before giving up.
+pub const LATEST_ATTEMPTS_MAX: u32 = 16;
+/// `run.json` files read at once by [`OutputStore::history`].
+const RECORD_READS_CONCURRENT_MAX: usize = 16;
 
 /// The internal stream of commit events (written by delivery).
 pub const EVENTS_STREAM: &str = "_freshet_events";
@@ -116,9 +137,19 @@ pub fn run_id(versions: &[(String, u64)]) -> String {
         .join("+")
 }
 
-/// `<warehouse>/reports/<name>`.
+/// `<warehouse>/reports/<name>` of a local warehouse.
 pub fn report_dir(warehouse: &Path, name: &str) -> PathBuf {
     warehouse.join("reports").join(name)
+}
+
+/// The key of report `name`'s directory: `reports/<name>`.
+pub fn report_key(name: &str) -> String {
+    format!("reports/{name}")
+}
+
+/// The key of a run's directory: `reports/<name>/runs/<run id>`.
+pub fn run_key(name: &str, run_id: &str) -> String {
+    format!("reports/{name}/runs/{run_id}")
 }
 
 fn now_ms() -> i64 {
@@ -128,93 +159,104 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The latest committed version of a local Delta table, from its `_delta_log/` listing; `None` without a log.
+/// The version a `_delta_log/` file name commits or checkpoints (`<20 digits>.json`, `<20 digits>.checkpoint.parquet`).
+fn log_entry_version(name: &str) -> Option<u64> {
+    name.strip_suffix(".json")
+        .or_else(|| name.strip_suffix(".checkpoint.parquet"))
+        .filter(|d| d.len() == 20)
+        .and_then(|d| d.parse::<u64>().ok())
+}
+
+impl OutputStore {
+    /// The latest committed version of Delta table `table` in the warehouse, from its `_delta_log/` listing (from
+    /// the last checkpoint on, when `_last_checkpoint` names one); `None` without a log.
+    pub async fn table_version(&self, table: &str) -> Result<Option<u64>> {
+        let log = format!("{table}/_delta_log");
+        #[derive(Deserialize)]
+        struct LastCheckpoint {
+            version: u64,
+        }
+        // A torn or foreign `_last_checkpoint` only costs a full listing.
+        let checkpoint = self
+            .get_json::<LastCheckpoint>(&format!("{log}/_last_checkpoint"))
+            .await
+            .ok()
+            .flatten()
+            .map(|(c, _)| c.version);
+        let offset = checkpoint.map(|v| format!("{v:020}"));
+        let names = self.list_files(&log, offset.as_deref()).await?;
+        Ok(names
+            .iter()
+            .filter_map(|n| log_entry_version(n))
+            .max()
+            .max(checkpoint))
+    }
+
+    /// The `latest` pointer of report `name`, if it has completed a run.
+    pub async fn latest(&self, name: &str) -> Result<Option<LatestPointer>> {
+        Ok(self
+            .get_json(&format!("{}/latest", report_key(name)))
+            .await?
+            .map(|(p, _)| p))
+    }
+
+    /// The record of run `id` of report `name`, if it exists.
+    pub async fn record(&self, name: &str, id: &str) -> Result<Option<RunRecord>> {
+        Ok(self
+            .get_json(&format!("{}/run.json", run_key(name, id)))
+            .await?
+            .map(|(r, _)| r))
+    }
+
+    /// Every run of report `name`, oldest first (by start time).
+    pub async fn history(&self, name: &str) -> Result<Vec<RunRecord>> {
+        self.history_since(name, &HashMap::new()).await
+    }
+
+    /// [`OutputStore::history`], taking the completed runs in `known` (by run id) as they are instead of reading
+    /// them again (a completed record never changes): a poller reads only the listing and the runs still going.
+    pub async fn history_since(
+        &self,
+        name: &str,
+        known: &HashMap<String, RunRecord>,
+    ) -> Result<Vec<RunRecord>> {
+        let ids = self.list_dirs(&format!("{}/runs", report_key(name))).await?;
+        let mut records = Vec::with_capacity(ids.len());
+        let mut keys = Vec::new();
+        for id in ids {
+            match known.get(&id) {
+                Some(r) if r.status == RunStatus::Completed => records.push(r.clone()),
+                _ => keys.push(format!("{}/run.json", run_key(name, &id))),
+            }
+        }
+        records.extend(
+            self.get_many_json::<RunRecord>(keys, RECORD_READS_CONCURRENT_MAX)
+                .await?,
+        );
+        records.sort_by(|a, b| (a.started_at_ms, &a.run_id).cmp(&(b.started_at_ms, &b.run_id)));
+        Ok(records)
+    }
+}
+
+/// The latest committed version of a local Delta table (see [`OutputStore::table_version`]).
 pub fn table_version(warehouse: &Path, table: &str) -> Result<Option<u64>> {
-    let log = warehouse.join(table).join("_delta_log");
-    let entries = match std::fs::read_dir(&log) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ReportError::io(format!("listing {}", log.display()), e)),
-    };
-    let mut latest = None;
-    for entry in entries {
-        let entry = entry.map_err(|e| ReportError::io(format!("listing {}", log.display()), e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let digits = name
-            .strip_suffix(".json")
-            .or_else(|| name.strip_suffix(".checkpoint.parquet"));
-        if let Some(v) = digits
-            .filter(|d| d.len() == 20)
-            .and_then(|d| d.parse::<u64>().ok())
-        {
-            latest = latest.max(Some(v));
-        }
-    }
-    Ok(latest)
+    futures::executor::block_on(OutputStore::local(warehouse).table_version(table))
 }
 
-/// Write `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let ctx = |what: &str| format!("{what} {}", path.display());
-    std::fs::create_dir_all(dir).map_err(|e| ReportError::io(ctx("creating the directory of"), e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut file = std::fs::File::create(&tmp).map_err(|e| ReportError::io(ctx("writing"), e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ReportError::io(ctx("writing"), e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(ctx("renaming into"), e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ReportError::json(format!("reading {}", path.display()), e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ReportError::io(format!("reading {}", path.display()), e)),
-    }
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| ReportError::json(format!("encoding {}", path.display()), e))?;
-    write_atomic(path, &bytes)
-}
-
-/// Every run of report `name` in `warehouse`, oldest first (by start time).
+/// Every run of report `name` in the local `warehouse`, oldest first (see [`OutputStore::history`]).
 pub fn history(warehouse: &Path, name: &str) -> Result<Vec<RunRecord>> {
-    let runs = report_dir(warehouse, name).join("runs");
-    let entries = match std::fs::read_dir(&runs) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ReportError::io(format!("listing {}", runs.display()), e)),
-    };
-    let mut records = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| ReportError::io(format!("listing {}", runs.display()), e))?;
-        if let Some(record) = read_json::<RunRecord>(&entry.path().join("run.json"))? {
-            records.push(record);
-        }
-    }
-    records.sort_by(|a, b| (a.started_at_ms, &a.run_id).cmp(&(b.started_at_ms, &b.run_id)));
-    Ok(records)
+    futures::executor::block_on(OutputStore::local(warehouse).history(name))
 }
 
-/// The `latest` pointer of report `name`, if it has completed a run.
+/// The `latest` pointer of report `name` in the local `warehouse` (see [`OutputStore::latest`]).
 pub fn latest(warehouse: &Path, name: &str) -> Result<Option<LatestPointer>> {
-    read_json(&report_dir(warehouse, name).join("latest"))
+    futures::executor::block_on(OutputStore::local(warehouse).latest(name))
+}
+
+fn to_json<T: Serialize>(what: &str, value: &T) -> Result<bytes::Bytes> {
+    serde_json::to_vec_pretty(value)
+        .map(bytes::Bytes::from)
+        .map_err(|e| ReportError::json(format!("encoding {what}"), e))
 }
 
 fn quote(ident: &str) -> String {
@@ -294,17 +336,22 @@ fn resolve_placeholders(sql: &str, pinned: impl Fn(&str) -> String) -> String {
 pub struct Reporter {
     engine: Arc<QueryEngine>,
     reports: Vec<ReportConfig>,
-    /// Serialises moves of `latest` (commit runs and scheduled runs of one report may end together).
-    latest_lock: Arc<std::sync::Mutex<()>>,
+    /// The warehouse's report outputs (the engine's warehouse: a directory or an object store).
+    outputs: OutputStore,
+    /// Serialises moves of `latest` within this process (commit runs and scheduled runs of one report may end
+    /// together); other processes are kept out by the compare-and-swap.
+    latest_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reporter {
-    /// Fails with every configuration problem at once.
+    /// Fails with every configuration problem at once, or when the warehouse's object store cannot be set up.
     pub fn new(engine: Arc<QueryEngine>, reports: Vec<ReportConfig>) -> Result<Self> {
         validate(&reports)?;
+        let outputs = OutputStore::for_warehouse(engine.warehouse())?;
         Ok(Self {
             engine,
             reports,
+            outputs,
             latest_lock: Arc::default(),
         })
     }
@@ -327,8 +374,9 @@ impl Reporter {
         &self.reports
     }
 
-    pub fn warehouse(&self) -> &Path {
-        self.engine.warehouse().root()
+    /// Where the report outputs are read and written.
+    pub fn outputs(&self) -> &OutputStore {
+        &self.outputs
     }
 
     pub fn report(&self, name: &str) -> Result<&ReportConfig> {
@@ -355,7 +403,7 @@ impl Reporter {
                 let v = if *table == event.table {
                     Some(version)
                 } else {
-                    table_version(self.warehouse(), table)?
+                    self.outputs.table_version(table).await?
                 };
                 match v {
                     Some(v) => versions.push((table.clone(), v)),
@@ -387,7 +435,10 @@ impl Reporter {
         }
         let mut versions = Vec::new();
         for table in &report.trigger.tables {
-            let v = table_version(self.warehouse(), table)?
+            let v = self
+                .outputs
+                .table_version(table)
+                .await?
                 .ok_or_else(|| ReportError::MissingTable(table.clone()))?;
             versions.push((table.clone(), v));
         }
@@ -422,7 +473,7 @@ impl Reporter {
             }
         }
         for table in tables {
-            if let Some(v) = table_version(self.warehouse(), &table)? {
+            if let Some(v) = self.outputs.table_version(&table).await? {
                 versions.push((table, v));
             }
         }
@@ -431,13 +482,36 @@ impl Reporter {
     }
 
     /// The record of run `id` of `report`, if it exists.
-    pub fn record(&self, report: &str, id: &str) -> Result<Option<RunRecord>> {
-        read_json(
-            &report_dir(self.warehouse(), report)
-                .join("runs")
-                .join(id)
-                .join("run.json"),
-        )
+    pub async fn record(&self, report: &str, id: &str) -> Result<Option<RunRecord>> {
+        self.outputs.record(report, id).await
+    }
+
+    /// Write `record` over the version of `run.json` this writer holds (`tag`; `None`: create it). False when
+    /// another writer created or changed it first: this writer must let the run go.
+    async fn write_record(&self, key: &str, record: &RunRecord, tag: &mut Option<Tag>) -> Result<bool> {
+        let expect = tag.clone().map_or(Expect::Absent, Expect::Tag);
+        match self.outputs.put_if(key, to_json(key, record)?, expect).await? {
+            Put::Written(t) => {
+                *tag = Some(t);
+                Ok(true)
+            }
+            Put::Conflict => Ok(false),
+        }
+    }
+
+    /// What a writer that lost `run.json` to another returns: the record as the other writer left it.
+    async fn yielded(&self, key: &str, ours: RunRecord) -> Result<RunOutcome> {
+        let theirs = self.outputs.get_json::<RunRecord>(key).await?.map(|(r, _)| r);
+        tracing::info!(
+            report = %ours.report,
+            run = %ours.run_id,
+            status = ?theirs.as_ref().map(|r| r.status),
+            "another writer holds this run; left to it"
+        );
+        Ok(RunOutcome {
+            skipped: true,
+            record: theirs.unwrap_or(ours),
+        })
     }
 
     async fn run_keyed(
@@ -448,9 +522,12 @@ impl Reporter {
         cancel: &CancellationToken,
     ) -> Result<RunOutcome> {
         let id = id.to_string();
-        let dir = report_dir(self.warehouse(), &report.name).join("runs").join(&id);
-        let record_path = dir.join("run.json");
-        let previous: Option<RunRecord> = read_json(&record_path)?;
+        let dir = run_key(&report.name, &id);
+        let record_key = format!("{dir}/run.json");
+        let (previous, mut tag) = match self.outputs.get_json::<RunRecord>(&record_key).await? {
+            Some((record, tag)) => (Some(record), Some(tag)),
+            None => (None, None),
+        };
         if let Some(record) = previous.clone().filter(|r| r.status == RunStatus::Completed) {
             tracing::debug!(report = %report.name, run = %id, "already completed; skipped");
             return Ok(RunOutcome {
@@ -479,7 +556,9 @@ impl Reporter {
             }
             record.attempts += 1;
             record.status = RunStatus::Running;
-            write_json(&record_path, &record)?;
+            if !self.write_record(&record_key, &record, &mut tag).await? {
+                return self.yielded(&record_key, record).await;
+            }
             let result = tokio::select! {
                 r = self.attempt(report, versions, &dir) => r,
                 () = cancel.cancelled() => return Err(ReportError::Cancelled),
@@ -491,8 +570,12 @@ impl Reporter {
                     record.rows = Some(rows);
                     record.outputs = outputs;
                     record.finished_at_ms = Some(now_ms());
-                    write_json(&record_path, &record)?;
-                    self.advance_latest(report, &record)?;
+                    // `latest` first: a reader that sees the record completed finds `latest` at this run or newer.
+                    // A crash in between redoes the run under the same id, over the same versions.
+                    self.advance_latest(report, &record).await?;
+                    if !self.write_record(&record_key, &record, &mut tag).await? {
+                        return self.yielded(&record_key, record).await;
+                    }
                     tracing::info!(report = %report.name, run = %id, rows, "report run completed");
                     return Ok(RunOutcome {
                         skipped: false,
@@ -504,12 +587,16 @@ impl Reporter {
                     if attempt == report.attempts_max {
                         record.status = RunStatus::Failed;
                         record.finished_at_ms = Some(now_ms());
-                        write_json(&record_path, &record)?;
+                        if !self.write_record(&record_key, &record, &mut tag).await? {
+                            return self.yielded(&record_key, record).await;
+                        }
                         tracing::error!(report = %report.name, run = %id, error = %e, "report run failed");
                         break;
                     }
                     record.status = RunStatus::Retrying;
-                    write_json(&record_path, &record)?;
+                    if !self.write_record(&record_key, &record, &mut tag).await? {
+                        return self.yielded(&record_key, record).await;
+                    }
                     tracing::warn!(report = %report.name, run = %id, attempt, error = %e, "report run failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(report.backoff(attempt)) => {}
@@ -551,7 +638,7 @@ impl Reporter {
         &self,
         report: &ReportConfig,
         versions: &[(String, u64)],
-        dir: &Path,
+        dir: &str,
     ) -> Result<(u64, Vec<String>)> {
         let sql = self.sql_for(report, versions).await?;
         let result = self.engine.sql(&sql).await?;
@@ -559,31 +646,19 @@ impl Reporter {
         for format in &report.outputs {
             let bytes = freshet_query::encode(&result, format.query_format())?;
             let file = format!("result.{}", format.extension());
-            let path = dir.join(&file);
-            tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-                .await
-                .map_err(|e| ReportError::io("writing a result", std::io::Error::other(e)))??;
+            self.outputs
+                .put(&format!("{dir}/{file}"), bytes::Bytes::from(bytes))
+                .await?;
             files.push(file);
         }
         Ok((result.num_rows() as u64, files))
     }
 
-    /// Point `latest` at `record` unless it points at a run over newer versions already.
-    fn advance_latest(&self, report: &ReportConfig, record: &RunRecord) -> Result<()> {
-        let _guard = self
-            .latest_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = report_dir(self.warehouse(), &report.name);
-        if let Some(current) = latest(self.warehouse(), &report.name)? {
-            let newer = current
-                .versions
-                .iter()
-                .any(|(t, v)| record.versions.get(t).is_some_and(|mine| mine < v));
-            if newer {
-                return Ok(());
-            }
-        }
+    /// Point `latest` at `record` unless it points at a run over newer versions already (compare-and-swap, see the
+    /// module docs).
+    async fn advance_latest(&self, report: &ReportConfig, record: &RunRecord) -> Result<()> {
+        let _guard = self.latest_lock.lock().await;
+        let key = format!("{}/latest", report_key(&report.name));
         let pointer = LatestPointer {
             run_id: record.run_id.clone(),
             versions: record.versions.clone(),
@@ -594,7 +669,27 @@ impl Reporter {
                 .map(|f| format!("runs/{}/{f}", record.run_id))
                 .collect(),
         };
-        write_json(&dir.join("latest"), &pointer)
+        let bytes = to_json(&key, &pointer)?;
+        for _ in 0..LATEST_ATTEMPTS_MAX {
+            let current = self.outputs.get_json::<LatestPointer>(&key).await?;
+            let expect = match current {
+                Some((current, _))
+                    if current
+                        .versions
+                        .iter()
+                        .any(|(t, v)| record.versions.get(t).is_some_and(|mine| mine < v)) =>
+                {
+                    return Ok(());
+                }
+                Some((_, tag)) => Expect::Tag(tag),
+                None => Expect::Absent,
+            };
+            if let Put::Written(_) = self.outputs.put_if(&key, bytes.clone(), expect).await? {
+                return Ok(());
+            }
+            tracing::debug!(report = %report.name, "latest moved under this writer; reading it again");
+        }
+        Err(ReportError::Contended(self.outputs.describe(&key)))
     }
 }
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ReportConfig;
 use crate::error::{ReportError, Result};
-use crate::run::{CommitEvent, EVENTS_STREAM, Reporter, RunStatus, history};
+use crate::run::{CommitEvent, EVENTS_STREAM, Reporter, RunStatus};
 use crate::schedule::Schedule;
 
 /// The consumer name the runtime checkpoints under.
@@ -103,7 +103,7 @@ async fn schedule_loop(
     cancel: &CancellationToken,
 ) {
     // Redo the scheduled runs a crash interrupted.
-    match history(reporter.warehouse(), &report.name) {
+    match reporter.outputs().history(&report.name).await {
         Ok(runs) => {
             for run in runs {
                 let interrupted = matches!(run.status, RunStatus::Running | RunStatus::Retrying);

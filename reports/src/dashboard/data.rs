@@ -11,13 +11,14 @@
 //!   file, a missing column or a non-numeric y is [`PanelData::Problem`] with a message, never an error page.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::config::{ChartKind, PanelConfig};
+use crate::outputs::OutputStore;
+use crate::run::report_key;
 
 /// Rows a table panel shows.
 pub const TABLE_ROWS_MAX: usize = 20;
@@ -189,15 +190,17 @@ pub struct OutputCache {
 
 impl OutputCache {
     /// The latest run id of `report`, `None` without a completed run (the version endpoint's input: one small read).
-    pub fn latest_run_id(warehouse: &Path, report: &str) -> Result<Option<String>, String> {
-        crate::latest(warehouse, report)
+    pub async fn latest_run_id(outputs: &OutputStore, report: &str) -> Result<Option<String>, String> {
+        outputs
+            .latest(report)
+            .await
             .map(|p| p.map(|p| p.run_id))
             .map_err(|e| e.to_string())
     }
 
     /// The latest output of `report`, parsed once per run.
-    pub fn latest(&self, warehouse: &Path, report: &str) -> Latest {
-        let pointer = match crate::latest(warehouse, report) {
+    pub async fn latest(&self, outputs: &OutputStore, report: &str) -> Latest {
+        let pointer = match outputs.latest(report).await {
             Ok(Some(p)) => p,
             Ok(None) => return Latest::NoRun,
             Err(e) => return Latest::Problem(format!("report {report}: {e}")),
@@ -213,17 +216,15 @@ impl OutputCache {
                 pointer.run_id
             ));
         };
-        let path = crate::report_dir(warehouse, report).join(rel);
-        let read = std::fs::metadata(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|m| {
-                if m.len() > RESULT_BYTES_MAX {
-                    Err(format!("{} bytes is more than a panel draws", m.len()))
-                } else {
-                    std::fs::read(&path).map_err(|e| e.to_string())
-                }
-            })
-            .and_then(|bytes| ReportOutput::from_json(&pointer.run_id, &bytes));
+        let key = format!("{}/{rel}", report_key(report));
+        let read = match outputs.get(&key, Some(RESULT_BYTES_MAX)).await {
+            Ok(Some((bytes, _))) => ReportOutput::from_json(&pointer.run_id, &bytes),
+            Ok(None) => Err("not found".to_string()),
+            Err(crate::ReportError::TooLarge { bytes, .. }) => {
+                Err(format!("{bytes} bytes is more than a panel draws"))
+            }
+            Err(e) => Err(e.to_string()),
+        };
         match read {
             Ok(output) => {
                 let output = Arc::new(output);

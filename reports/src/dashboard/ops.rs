@@ -9,8 +9,7 @@
 //! freshness (seconds since each delivery's last flush), error-table growth (error rows per delivery, cumulative),
 //! and report runs by status. Every panel goes through the same [`panel_data`] as report panels.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{ChartKind, DashboardConfig, PanelConfig};
 use super::data::{Latest, PanelData, ReportOutput, panel_data};
+use crate::outputs::OutputStore;
+use crate::run::RunRecord;
 
 /// The ops dashboard's name (names starting with `_` are reserved for built-in dashboards).
 pub const OPS_NAME: &str = "_ops";
@@ -100,8 +101,10 @@ struct Inner {
     history: Mutex<VecDeque<Sample>>,
     samples_max: usize,
     version: AtomicU64,
-    warehouse: PathBuf,
+    outputs: OutputStore,
     reports: Vec<String>,
+    /// Each report's runs as last read: run id → record.
+    runs: Mutex<BTreeMap<String, HashMap<String, RunRecord>>>,
 }
 
 impl std::fmt::Debug for OpsSampler {
@@ -116,7 +119,7 @@ impl OpsSampler {
     /// A sampler of `source`, keeping the newest `samples_max` samples; report runs are read for `reports`.
     pub fn new(
         source: MetricsSource,
-        warehouse: impl Into<PathBuf>,
+        outputs: impl Into<OutputStore>,
         reports: Vec<String>,
         samples_max: usize,
     ) -> Self {
@@ -126,8 +129,9 @@ impl OpsSampler {
                 history: Mutex::new(VecDeque::new()),
                 samples_max: samples_max.max(2),
                 version: AtomicU64::new(0),
-                warehouse: warehouse.into(),
+                outputs: outputs.into(),
                 reports,
+                runs: Mutex::default(),
             }),
         }
     }
@@ -144,7 +148,28 @@ impl OpsSampler {
         self.inner.version.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sample every `interval` until `cancel`.
+    /// Read the report runs again (what the `report_runs` panel draws).
+    pub async fn refresh_runs(&self) {
+        for report in &self.inner.reports {
+            let known = self
+                .inner
+                .runs
+                .lock()
+                .unwrap()
+                .get(report)
+                .cloned()
+                .unwrap_or_default();
+            match self.inner.outputs.history_since(report, &known).await {
+                Ok(runs) => {
+                    let runs = runs.into_iter().map(|r| (r.run_id.clone(), r)).collect();
+                    self.inner.runs.lock().unwrap().insert(report.clone(), runs);
+                }
+                Err(e) => tracing::warn!(report, error = %e, "reading report runs for the ops dashboard"),
+            }
+        }
+    }
+
+    /// Sample (and read the report runs) every `interval` until `cancel`.
     pub fn spawn(&self, interval: Duration, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -153,7 +178,13 @@ impl OpsSampler {
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    _ = tick.tick() => me.sample(),
+                    _ = tick.tick() => {
+                        me.sample();
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            () = me.refresh_runs() => {}
+                        }
+                    }
                 }
             }
         })
@@ -310,19 +341,15 @@ impl OpsSampler {
 
     fn report_runs(&self) -> ReportOutput {
         let mut rows = Vec::new();
+        let runs = self.inner.runs.lock().unwrap();
         for report in &self.inner.reports {
             let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
-            match crate::history(&self.inner.warehouse, report) {
-                Ok(runs) => {
-                    for r in runs {
-                        let status = serde_json::to_value(r.status)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default();
-                        *by_status.entry(status).or_default() += 1;
-                    }
-                }
-                Err(e) => tracing::warn!(report, error = %e, "reading report runs for the ops dashboard"),
+            for r in runs.get(report).into_iter().flat_map(HashMap::values) {
+                let status = serde_json::to_value(r.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                *by_status.entry(status).or_default() += 1;
             }
             for (status, runs) in by_status {
                 let Value::Object(m) = json!({"report": report, "status": status, "runs": runs}) else {
@@ -370,7 +397,7 @@ mod tests {
                 )
             })
         };
-        let ops = OpsSampler::new(source, "/nonexistent", vec![], 3);
+        let ops = OpsSampler::new(source, std::path::Path::new("/nonexistent"), vec![], 3);
         for i in 0..5 {
             n.store(i * 100, Ordering::Relaxed);
             ops.sample();

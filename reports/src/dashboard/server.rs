@@ -9,11 +9,11 @@
 //! | `/<name>/<panel>.png?width=&height=` | one panel as PNG, sides [`PNG_SIDE_MIN`]..=[`PNG_SIDE_MAX`], else 400 |
 //! | `/<name>/<panel>.json` | the data behind the panel (what the golden tests compare) |
 //!
-//! Unknown dashboards and panels answer a 404 page. Drawing runs on the blocking pool, at most
-//! [`RENDERS_MAX`] at once; a report whose output is missing or of the wrong shape makes that panel say so.
+//! Unknown dashboards and panels answer a 404 page. Report outputs are read from the warehouse ([`OutputStore`]: a
+//! directory or an object store) before drawing; drawing runs on the blocking pool, at most [`RENDERS_MAX`] at once;
+//! a report whose output is missing or of the wrong shape makes that panel say so.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -28,6 +28,7 @@ use super::config::{DashboardConfig, PanelConfig};
 use super::data::{Latest, OutputCache, PanelData, panel_data};
 use super::ops::{OPS_NAME, OpsSampler};
 use super::render::{self, PNG_SIDE_MAX, PNG_SIDE_MIN};
+use crate::outputs::OutputStore;
 
 /// Panel renders running at once (each is CPU work on the blocking pool).
 pub const RENDERS_MAX: usize = 4;
@@ -41,7 +42,7 @@ pub struct Dashboards {
 }
 
 struct Inner {
-    warehouse: PathBuf,
+    outputs: OutputStore,
     dashboards: Vec<DashboardConfig>,
     cache: OutputCache,
     renders: Semaphore,
@@ -51,31 +52,32 @@ struct Inner {
 impl std::fmt::Debug for Dashboards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dashboards")
-            .field("warehouse", &self.inner.warehouse)
+            .field("outputs", &self.inner.outputs)
             .field("dashboards", &self.inner.dashboards.len())
             .finish()
     }
 }
 
 impl Dashboards {
-    /// Dashboards over the report outputs under `warehouse` (`<warehouse>/reports/<name>/`).
-    pub fn new(warehouse: impl Into<PathBuf>, dashboards: Vec<DashboardConfig>) -> Self {
-        Self::build(warehouse.into(), dashboards, None)
+    /// Dashboards over the report outputs of a warehouse (`<warehouse>/reports/<name>/`): a local directory
+    /// (`&Path`, `PathBuf`) or an [`OutputStore`].
+    pub fn new(outputs: impl Into<OutputStore>, dashboards: Vec<DashboardConfig>) -> Self {
+        Self::build(outputs.into(), dashboards, None)
     }
 
     /// The same, plus `/_ops` drawn from the metrics `sampler` collects.
     pub fn with_ops(
-        warehouse: impl Into<PathBuf>,
+        outputs: impl Into<OutputStore>,
         dashboards: Vec<DashboardConfig>,
         sampler: OpsSampler,
     ) -> Self {
-        Self::build(warehouse.into(), dashboards, Some(sampler))
+        Self::build(outputs.into(), dashboards, Some(sampler))
     }
 
-    fn build(warehouse: PathBuf, dashboards: Vec<DashboardConfig>, ops: Option<OpsSampler>) -> Self {
+    fn build(outputs: OutputStore, dashboards: Vec<DashboardConfig>, ops: Option<OpsSampler>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                warehouse,
+                outputs,
                 dashboards,
                 cache: OutputCache::default(),
                 renders: Semaphore::new(RENDERS_MAX),
@@ -92,7 +94,7 @@ impl Dashboards {
     }
 
     /// The run id each panel of `dashboard` would draw now.
-    fn versions(&self, dashboard: &DashboardConfig) -> BTreeMap<String, Option<String>> {
+    async fn versions(&self, dashboard: &DashboardConfig) -> BTreeMap<String, Option<String>> {
         if dashboard.name == OPS_NAME {
             let v = self.inner.ops.as_ref().map(|o| o.version().to_string());
             return dashboard
@@ -103,11 +105,13 @@ impl Dashboards {
         }
         let mut by_report: BTreeMap<&str, Option<String>> = BTreeMap::new();
         for p in &dashboard.panels {
-            by_report.entry(&p.report).or_insert_with(|| {
-                OutputCache::latest_run_id(&self.inner.warehouse, &p.report)
+            if !by_report.contains_key(p.report.as_str()) {
+                let run = OutputCache::latest_run_id(&self.inner.outputs, &p.report)
+                    .await
                     .ok()
-                    .flatten()
-            });
+                    .flatten();
+                by_report.insert(&p.report, run);
+            }
         }
         dashboard
             .panels
@@ -121,8 +125,8 @@ impl Dashboards {
             .collect()
     }
 
-    /// The data behind one panel now, with the run id it came from.
-    pub fn panel_data(
+    /// The data behind one panel now, with the run id it came from (reads the report's output).
+    pub async fn load_panel_data(
         &self,
         dashboard: &DashboardConfig,
         panel: &PanelConfig,
@@ -132,7 +136,7 @@ impl Dashboards {
         {
             return (ops.panel_data(panel), Some(ops.version().to_string()));
         }
-        let latest = self.inner.cache.latest(&self.inner.warehouse, &panel.report);
+        let latest = self.inner.cache.latest(&self.inner.outputs, &panel.report).await;
         let version = match &latest {
             Latest::Output(o) => Some(o.run_id.clone()),
             _ => None,
@@ -140,13 +144,45 @@ impl Dashboards {
         (panel_data(panel, &latest), version)
     }
 
+    /// [`Dashboards::load_panel_data`], blocking the calling thread (tests, benchmarks; not on an async worker).
+    pub fn panel_data(
+        &self,
+        dashboard: &DashboardConfig,
+        panel: &PanelConfig,
+    ) -> (PanelData, Option<String>) {
+        futures::executor::block_on(self.load_panel_data(dashboard, panel))
+    }
+
+    /// The data of every panel of `dashboard`, read concurrently.
+    async fn load_all(&self, dashboard: &DashboardConfig) -> Vec<(PanelData, Option<String>)> {
+        futures::future::join_all(
+            dashboard
+                .panels
+                .iter()
+                .map(|p| self.load_panel_data(dashboard, p)),
+        )
+        .await
+    }
+
     /// The whole dashboard page (HTML with one inline SVG per panel); `base` is the path the router is served at.
+    /// Blocks the calling thread while it reads the outputs (tests, benchmarks; not on an async worker).
     pub fn page(&self, dashboard: &DashboardConfig, base: &str) -> String {
+        let data = futures::executor::block_on(self.load_all(dashboard));
+        self.page_from(dashboard, base, data)
+    }
+
+    /// The page from the panels' data (in panel order): drawing only, no IO.
+    fn page_from(
+        &self,
+        dashboard: &DashboardConfig,
+        base: &str,
+        data: Vec<(PanelData, Option<String>)>,
+    ) -> String {
         let panels: Vec<String> = dashboard
             .panels
             .iter()
-            .map(|p| {
-                let (data, version) = self.panel_data(dashboard, p);
+            .zip(data)
+            .map(|(p, (data, version))| {
                 let svg = render::svg(p, &data, version.as_deref());
                 let note = match &data {
                     PanelData::Problem { message } => {
@@ -288,7 +324,8 @@ async fn dashboard_page(
         return not_found(&format!("no dashboard named {name:?}"));
     };
     let base = base_path(&original, &uri);
-    match d.render(move |d| d.page(&dashboard, &base)).await {
+    let data = d.load_all(&dashboard).await;
+    match d.render(move |d| d.page_from(&dashboard, &base, data)).await {
         Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
         Err(r) => r,
     }
@@ -309,7 +346,7 @@ async fn panel_file(
         return not_found(&format!("no dashboard named {name:?}"));
     };
     if file == "version" {
-        let panels = d.versions(&dashboard);
+        let panels = d.versions(&dashboard).await;
         let version: Vec<String> = panels
             .iter()
             .map(|(p, v)| format!("{p}={}", v.as_deref().unwrap_or("")))
@@ -328,11 +365,9 @@ async fn panel_file(
     };
     match ext {
         "svg" => {
+            let (data, version) = d.load_panel_data(&dashboard, &panel).await;
             match d
-                .render(move |d| {
-                    let (data, version) = d.panel_data(&dashboard, &panel);
-                    (render::svg(&panel, &data, version.as_deref()), version)
-                })
+                .render(move |_| (render::svg(&panel, &data, version.as_deref()), version))
                 .await
             {
                 Ok((svg, version)) => (
@@ -351,7 +386,7 @@ async fn panel_file(
             }
         }
         "json" => {
-            let (data, version) = d.panel_data(&dashboard, &panel);
+            let (data, version) = d.load_panel_data(&dashboard, &panel).await;
             axum::Json(serde_json::json!({"panel": panel.name, "version": version, "data": data}))
                 .into_response()
         }
@@ -366,13 +401,8 @@ async fn panel_file(
                     "width and height must be {PNG_SIDE_MIN}..={PNG_SIDE_MAX} pixels (got {width}x{height})"
                 ));
             }
-            match d
-                .render(move |d| {
-                    let (data, _) = d.panel_data(&dashboard, &panel);
-                    render::png(&panel, &data, width, height)
-                })
-                .await
-            {
+            let (data, _) = d.load_panel_data(&dashboard, &panel).await;
+            match d.render(move |_| render::png(&panel, &data, width, height)).await {
                 Ok(Ok(png)) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
                 Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
                 Err(r) => r,
