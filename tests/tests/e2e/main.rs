@@ -18,6 +18,7 @@ mod query_golden;
 mod query_http;
 mod query_s3;
 mod remote_kinesalite;
+mod reports_process;
 mod reports_trigger;
 mod roles;
 mod simulate;

@@ -1,0 +1,297 @@
+//! Report functions in the real `freshet up` process, fed over real MQTT (`mosquitto_pub`):
+//! - killed with SIGKILL while a commit-triggered run is in progress and restarted, the report still has exactly one
+//!   completed run per table version announced on `_freshet_events`: runs that completed before the kill are never
+//!   rewritten, the interrupted one is redone once under the same id, and each result read the version it names;
+//! - a schedule (`rate(1 minute)`) runs its slot with no commit involved, and a slot interrupted by SIGKILL is redone
+//!   once after the restart (the test starts the process 20–80 s before a minute boundary, so the slot is due soon
+//!   after start);
+//! - records whose `ts` is RFC 3339 (with `Z` and with offsets) are partitioned and aggregated by that event time.
+//!
+//! Runs are made slow on purpose with SQL only: a report sums `value % 7` over `generate_series(1, 12000000)`, a few
+//! seconds in the debug build, beside `count(*)` of the table version it reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use freshet_storage::StreamName;
+use freshet_storage::remote::{RemoteConfig, RemoteStore};
+use freshet_tests::up::{free_port, mosquitto_pub_lines as publish, post_sql};
+use freshet_tests::{freshet_bin, poll_until, read_stream};
+use serde_json::{Value, json};
+
+use crate::roles::Proc;
+
+/// The slow part of a run: about 3 s in the debug build on this machine.
+const SPIN: &str = "SELECT sum(value % 7) AS spin FROM generate_series(1, 12000000)";
+
+/// A `freshet up` on fixed ports with `--config` and deliveries every second.
+struct Up {
+    proc: Proc,
+    http: u16,
+    mqtt: u16,
+}
+
+fn start_up(dir: &Path, config: &Path) -> Up {
+    let (http, mqtt) = (free_port(), free_port());
+    let data = dir.join("data");
+    let mut proc = Proc::spawn(
+        "freshet up",
+        &[
+            "up",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--buffer-interval",
+            "1s",
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+            "--mqtt-addr",
+            &format!("127.0.0.1:{mqtt}"),
+        ],
+        &[],
+        dir,
+    );
+    proc.wait_healthy(http);
+    poll_until(Duration::from_secs(30), "the MQTT listener", || {
+        TcpStream::connect(("127.0.0.1", mqtt)).ok().map(|_| ())
+    });
+    Up { proc, http, mqtt }
+}
+
+/// SIGKILL (what dropping a `Proc` sends), and wait for the exit.
+fn sigkill(up: Up) {
+    drop(up.proc);
+}
+
+fn warehouse(dir: &Path) -> PathBuf {
+    dir.join("data/warehouse")
+}
+
+/// The newest committed version of `table`, from its `_delta_log` listing.
+fn table_version(dir: &Path, table: &str) -> Option<u64> {
+    std::fs::read_dir(warehouse(dir).join(table).join("_delta_log"))
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".json")?.parse::<u64>().ok()
+        })
+        .max()
+}
+
+/// Every `run.json` of `report`, raw, by run id.
+fn run_files(dir: &Path, report: &str) -> BTreeMap<String, String> {
+    let runs = warehouse(dir).join("reports").join(report).join("runs");
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let text = std::fs::read_to_string(e.path().join("run.json")).ok()?;
+            Some((e.file_name().into_string().ok()?, text))
+        })
+        .collect()
+}
+
+fn status_of(raw: &str) -> String {
+    serde_json::from_str::<Value>(raw).unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `freshet reports history <report> --json`: one run record per line.
+fn history(dir: &Path, config: &Path, report: &str) -> BTreeMap<String, Value> {
+    let out = Command::new(freshet_bin())
+        .args([
+            "--log", "warn", "reports", "history", report, "--json", "--config",
+        ])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "freshet reports history: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            (r["run_id"].as_str().unwrap().to_string(), r)
+        })
+        .collect()
+}
+
+/// The rows of a run's `result.json`.
+fn result_rows(dir: &Path, report: &str, run_id: &str) -> Vec<Value> {
+    let path = warehouse(dir).join(format!("reports/{report}/runs/{run_id}/result.json"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["rows"].as_array().unwrap().clone()
+}
+
+/// `SELECT count(*)` of `table` at `version`, through the server's `POST /v1/sql`.
+fn rows_at(http: u16, table: &str, version: u64) -> i64 {
+    let (status, body) = post_sql(
+        http,
+        &format!("SELECT count(*) AS n FROM \"{table}@v{version}\""),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["rows"][0]["n"].as_i64().unwrap()
+}
+
+/// The versions of `table` announced on `_freshet_events`, read over the server's Kinesis API.
+fn announced(http: u16, table: &str) -> BTreeSet<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = RemoteStore::new(RemoteConfig::new(format!("http://127.0.0.1:{http}"))).unwrap();
+        let events = StreamName::new("_freshet_events").unwrap();
+        let mut versions = BTreeSet::new();
+        for (_, records) in read_stream(&store, &events).await {
+            for r in records {
+                let e: Value = serde_json::from_slice(&r.data).unwrap();
+                if e["table"] == table {
+                    versions.insert(e["version"].as_u64().unwrap());
+                }
+            }
+        }
+        versions
+    })
+}
+
+/// Publish `n` telemetry messages for `device` (epoch-millis `ts`) and wait until the table has a new version (a
+/// data commit: version 0 is the table's creation); returns it.
+fn deliver_round(dir: &Path, up: &Up, device: &str, n: usize) -> u64 {
+    let before = table_version(dir, "telemetry").unwrap_or(0);
+    let lines: Vec<String> = (0..n)
+        .map(|i| json!({"ts": 1_700_000_000_000_i64 + i as i64 * 1_000, "temp": i as f64 / 2.0}).to_string())
+        .collect();
+    publish(up.mqtt, &format!("devices/{device}/telemetry"), device, &lines);
+    poll_until(Duration::from_secs(60), "a new telemetry version", || {
+        table_version(dir, "telemetry").filter(|v| *v > before)
+    })
+}
+
+#[test]
+fn reports_one_run_per_table_version_across_sigkill_mid_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("freshet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[reports]]
+name = "heavy"
+sql = "SELECT t.rows_seen, g.spin FROM (SELECT count(*) AS rows_seen FROM {{{{telemetry}}}}) t CROSS JOIN ({SPIN}) g"
+trigger = {{ tables = ["telemetry"] }}
+outputs = ["json"]
+attempts_max = 2
+"#
+        ),
+    )
+    .unwrap();
+    let id = |v: u64| format!("telemetry@v{v}");
+
+    let up = start_up(dir, &config);
+    // A run that completes before the kill.
+    let v1 = deliver_round(dir, &up, "dev-a", 20);
+    poll_until(Duration::from_secs(120), "the first run to complete", || {
+        run_files(dir, "heavy")
+            .get(&id(v1))
+            .filter(|raw| status_of(raw) == "completed")
+            .map(|_| ())
+    });
+    // Then the kill, while a later run is in progress.
+    let v2 = deliver_round(dir, &up, "dev-b", 20);
+    let interrupted = poll_until(Duration::from_secs(120), "a run in progress", || {
+        let runs = run_files(dir, "heavy");
+        let running: Vec<String> = runs
+            .iter()
+            .filter(|(_, raw)| status_of(raw) == "running")
+            .map(|(id, _)| id.clone())
+            .collect();
+        (!running.is_empty()).then_some(running)
+    });
+    sigkill(up);
+    let at_kill = run_files(dir, "heavy");
+    let version_at_kill = table_version(dir, "telemetry").unwrap();
+    assert!(version_at_kill >= v2);
+    let completed_at_kill: BTreeMap<String, String> = at_kill
+        .iter()
+        .filter(|(_, raw)| status_of(raw) == "completed")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(completed_at_kill.contains_key(&id(v1)));
+    assert!(interrupted.iter().all(|i| status_of(&at_kill[i]) == "running"));
+
+    // Restart on the same data directory; more data lands after it.
+    let up = start_up(dir, &config);
+    let v3 = deliver_round(dir, &up, "dev-c", 20);
+    let want: BTreeSet<u64> = poll_until(
+        Duration::from_secs(180),
+        "a completed run for every announced version",
+        || {
+            let announced = announced(up.http, "telemetry");
+            let runs = run_files(dir, "heavy");
+            let done = announced.contains(&v3)
+                && announced
+                    .iter()
+                    .all(|v| runs.get(&id(*v)).is_some_and(|raw| status_of(raw) == "completed"))
+                && runs.values().all(|raw| status_of(raw) == "completed");
+            done.then_some(announced)
+        },
+    );
+    assert!(want.contains(&v1) && want.contains(&v2) && want.contains(&v3));
+
+    // Exactly the announced versions have runs, each completed once.
+    let runs = history(dir, &config, "heavy");
+    let ids: BTreeSet<String> = runs.keys().cloned().collect();
+    let want_ids: BTreeSet<String> = want.iter().map(|v| id(*v)).collect();
+    assert_eq!(ids, want_ids, "one run per announced table version, and no other");
+    let now = run_files(dir, "heavy");
+    for (run_id, raw) in &completed_at_kill {
+        assert_eq!(
+            &now[run_id], raw,
+            "{run_id} completed before the kill and was run again"
+        );
+    }
+    for (run_id, record) in &runs {
+        assert_eq!(record["status"], "completed", "{record}");
+        assert!(record["error"].is_null(), "{record}");
+        let attempts = record["attempts"].as_u64().unwrap();
+        if interrupted.contains(run_id) {
+            assert_eq!(attempts, 2, "the interrupted run is redone once: {record}");
+        } else {
+            assert_eq!(attempts, 1, "{record}");
+        }
+        // Each run read the version it is keyed by.
+        let version = record["versions"]["telemetry"].as_u64().unwrap();
+        assert_eq!(run_id, &id(version));
+        let rows = result_rows(dir, "heavy", run_id);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0]["rows_seen"].as_i64().unwrap(),
+            rows_at(up.http, "telemetry", version),
+            "{run_id}"
+        );
+        assert_eq!(rows[0]["spin"].as_i64().unwrap(), 36_000_000);
+    }
+    let latest: Value =
+        serde_json::from_str(&std::fs::read_to_string(warehouse(dir).join("reports/heavy/latest")).unwrap())
+            .unwrap();
+    assert_eq!(latest["run_id"], id(*want.last().unwrap()));
+    assert!(up.proc.terminate().success());
+}
