@@ -30,6 +30,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 
 use crate::error::{ReportError, Result};
 
+/// Serialises the conditional puts of local files in this process (check, then rename), whatever store they go
+/// through.
+static LOCAL_PUT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The version of an object as it was read or written, for [`OutputStore::put_if`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag(TagKind);
@@ -72,8 +76,6 @@ pub struct OutputStore {
 enum Backend {
     Local {
         root: PathBuf,
-        /// Serialises conditional puts of this process (check, then rename).
-        lock: std::sync::Mutex<()>,
     },
     Object {
         store: Arc<dyn ObjectStore>,
@@ -132,10 +134,7 @@ impl OutputStore {
     /// The outputs under the local directory `root` (the warehouse root; it need not exist yet).
     pub fn local(root: impl Into<PathBuf>) -> Self {
         Self {
-            inner: Arc::new(Backend::Local {
-                root: root.into(),
-                lock: std::sync::Mutex::new(()),
-            }),
+            inner: Arc::new(Backend::Local { root: root.into() }),
         }
     }
 
@@ -313,13 +312,11 @@ impl OutputStore {
         match &*self.inner {
             Backend::Local { root, .. } => {
                 let path = root.join(key);
-                let me = self.clone();
                 let described = self.describe(key);
                 blocking(move || {
-                    let Backend::Local { lock, .. } = &*me.inner else {
-                        unreachable!("a local backend")
-                    };
-                    let _guard = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let _guard = LOCAL_PUT_LOCK
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let current = match std::fs::read(&path) {
                         Ok(b) => Some(local_tag(&b)),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

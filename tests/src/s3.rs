@@ -1,5 +1,6 @@
 //! A real S3-compatible server for tests: `moto_server` (PyPI `moto[server]`, installed by the test command) on a
-//! free 127.0.0.1 port, with the bucket `freshet`, and the object_store options that reach it.
+//! free 127.0.0.1 port, with the bucket `freshet`, the object_store options that reach it, and a boto3 view of a
+//! report's outputs in the bucket.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -60,4 +61,23 @@ pub fn s3_options(addr: &str) -> HashMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// A report's outputs in the bucket `freshet` under `prefix`, read with boto3 (`tests/py/s3_outputs.py`): `keys`,
+/// `latest`, `result` (the JSON result `latest` names), `parquet_rows`, `csv_rows`, `records` (run id → run.json)
+/// and `table_log` (the `telemetry` table's `_delta_log/` keys).
+pub fn bucket_report(addr: &str, prefix: &str, report: &str) -> serde_json::Value {
+    crate::python_json(
+        "s3_outputs.py",
+        &[&format!("http://{addr}"), "freshet", prefix, report],
+    )
+}
+
+/// Rows per device (`count` summed over minutes) in a `telemetry_minutely`-shaped result, if there is one.
+pub fn counts_by_device(result: &serde_json::Value) -> Option<std::collections::BTreeMap<String, i64>> {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in result.get("rows")?.as_array()? {
+        *counts.entry(r["device_id"].as_str()?.to_string()).or_insert(0) += r["count"].as_i64()?;
+    }
+    Some(counts)
 }

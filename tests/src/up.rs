@@ -27,8 +27,13 @@ pub struct UpProcess {
 impl UpProcess {
     /// Start `freshet up` on `data_dir` and wait until `/health` answers and the MQTT port accepts.
     pub fn start(data_dir: &Path, http: u16, mqtt: u16) -> Self {
-        let child = Command::new(freshet_bin())
-            .args(["up", "--log", "warn", "--buffer-interval", "1s", "--data-dir"])
+        Self::start_with(data_dir, http, mqtt, &[], &[])
+    }
+
+    /// [`UpProcess::start`] with more arguments (e.g. `--config <file>`) and environment variables.
+    pub fn start_with(data_dir: &Path, http: u16, mqtt: u16, args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(freshet_bin());
+        cmd.args(["up", "--log", "warn", "--buffer-interval", "1s", "--data-dir"])
             .arg(data_dir)
             .args([
                 "--http-addr",
@@ -36,12 +41,20 @@ impl UpProcess {
                 "--mqtt-addr",
                 &format!("127.0.0.1:{mqtt}"),
             ])
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let up = Self { child: Some(child) };
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut up = Self {
+            child: Some(cmd.spawn().unwrap()),
+        };
+        let child = up.child.as_mut().unwrap();
         poll_until(Duration::from_secs(60), "freshet up to answer /health", || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("freshet up exited early with {status}");
+            }
             (http_get(http, "/health").as_deref() == Some("ok\n")).then_some(())
         });
         poll_until(Duration::from_secs(30), "the MQTT listener", || {
