@@ -5,7 +5,8 @@
 //! - a schedule (`rate(1 minute)`) runs its slot with no commit involved, and a slot interrupted by SIGKILL is redone
 //!   once after the restart (the test starts the process 20–80 s before a minute boundary, so the slot is due soon
 //!   after start);
-//! - records whose `ts` is RFC 3339 (with `Z` and with offsets) are partitioned and aggregated by that event time.
+//! - records whose `ts` is RFC 3339 (with `Z` and with offsets) are partitioned (UTC date) and aggregated (UTC
+//!   minute, in `telemetry_minutely`) by that event time.
 //!
 //! Runs are made slow on purpose with SQL only: a report sums `value % 7` over `generate_series(1, 12000000)`, a few
 //! seconds in the debug build, beside `count(*)` of the table version it reads.
@@ -16,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use chrono::{DurationRound, TimeDelta, Utc};
+use freshet_reports::slot_run_id;
 use freshet_storage::StreamName;
 use freshet_storage::remote::{RemoteConfig, RemoteStore};
 use freshet_tests::up::{free_port, mosquitto_pub_lines as publish, post_sql};
@@ -293,5 +296,187 @@ attempts_max = 2
         serde_json::from_str(&std::fs::read_to_string(warehouse(dir).join("reports/heavy/latest")).unwrap())
             .unwrap();
     assert_eq!(latest["run_id"], id(*want.last().unwrap()));
+    assert!(up.proc.terminate().success());
+}
+
+#[test]
+fn reports_schedule_runs_its_slot_and_redoes_it_once_after_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("freshet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[reports]]
+name = "every_minute"
+sql = "SELECT t.rows_seen, g.spin FROM (SELECT count(*) AS rows_seen FROM {{{{telemetry}}}}) t CROSS JOIN ({SPIN}) g"
+trigger = {{ schedule = "rate(1 minute)" }}
+outputs = ["json"]
+"#
+        ),
+    )
+    .unwrap();
+    // rate(1 minute) slots are whole UTC minutes. Start when the next one is 25 s or more away, so the process is up
+    // and data is committed before it: at most a minute of waiting, for the wall clock itself.
+    let spawned = poll_until(
+        Duration::from_secs(70),
+        "a moment 25 s or more before a minute boundary",
+        || {
+            let now = Utc::now();
+            (now.timestamp().rem_euclid(60) <= 35).then_some(now)
+        },
+    );
+    let slot = spawned.duration_trunc(TimeDelta::minutes(1)).unwrap() + TimeDelta::minutes(1);
+    let id = slot_run_id(slot);
+    let up = start_up(dir, &config);
+    let version = deliver_round(dir, &up, "dev-s", 15);
+    assert!(
+        Utc::now() < slot - TimeDelta::seconds(1),
+        "start-up and the first commit took until {}, past the slot {slot}",
+        Utc::now()
+    );
+    assert!(
+        run_files(dir, "every_minute").is_empty(),
+        "a scheduled report ran before its slot (commits do not trigger it)"
+    );
+
+    let wait = (slot - Utc::now()).to_std().unwrap() + Duration::from_secs(60);
+    poll_until(wait, "the slot's run to start", || {
+        run_files(dir, "every_minute")
+            .get(&id)
+            .filter(|raw| status_of(raw) == "running")
+            .map(|_| ())
+    });
+    assert!(Utc::now() >= slot, "the slot ran before its time");
+    sigkill(up);
+    let at_kill = run_files(dir, "every_minute");
+    assert_eq!(at_kill.keys().collect::<Vec<_>>(), [&id]);
+
+    let up = start_up(dir, &config);
+    poll_until(
+        Duration::from_secs(120),
+        "the interrupted slot to be redone",
+        || {
+            run_files(dir, "every_minute")
+                .get(&id)
+                .filter(|raw| status_of(raw) == "completed")
+                .map(|_| ())
+        },
+    );
+    let runs = history(dir, &config, "every_minute");
+    let record = &runs[&id];
+    assert_eq!(record["attempts"], 2, "redone once after the kill: {record}");
+    assert!(record["error"].is_null(), "{record}");
+    // The redo read what the first attempt read: the table as it was at the slot.
+    let read = record["versions"]["telemetry"].as_u64().unwrap();
+    assert!(read >= version, "{record}");
+    let rows = result_rows(dir, "every_minute", &id);
+    assert_eq!(
+        rows[0]["rows_seen"].as_i64().unwrap(),
+        rows_at(up.http, "telemetry", read)
+    );
+    assert_eq!(rows[0]["spin"].as_i64().unwrap(), 36_000_000);
+    // Any other run is a later slot (the test may outlast the next minute).
+    for other in runs.keys().filter(|k| **k != id) {
+        assert!(
+            other.starts_with("schedule@") && *other > id,
+            "unexpected run {other}"
+        );
+    }
+    assert!(up.proc.terminate().success());
+}
+
+#[test]
+fn reports_and_delivery_use_rfc3339_ts_as_event_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // No keys: the default pipeline (rule, delivery into `telemetry` by event date, `telemetry_minutely`).
+    let config = dir.join("freshet.toml");
+    std::fs::write(&config, "").unwrap();
+    let up = start_up(dir, &config);
+    // (ts as sent, its UTC date, its UTC minute, temp); two of them fall on another date in UTC than locally.
+    let cases = [
+        ("2026-03-01T10:15:30Z", "2026-03-01", "2026-03-01T10:15", 1.0),
+        ("2026-03-01T10:15:59.999Z", "2026-03-01", "2026-03-01T10:15", 3.0),
+        ("2026-03-01T12:16:05+02:00", "2026-03-01", "2026-03-01T10:16", 5.0),
+        ("2026-02-28T23:30:00-01:00", "2026-03-01", "2026-03-01T00:30", 7.0),
+        (
+            "2026-03-01T00:10:00.500+05:30",
+            "2026-02-28",
+            "2026-02-28T18:40",
+            9.0,
+        ),
+    ];
+    let lines: Vec<String> = cases
+        .iter()
+        .map(|(ts, _, _, temp)| json!({"ts": ts, "temp": temp}).to_string())
+        .collect();
+    let before = table_version(dir, "telemetry").unwrap_or(0);
+    publish(up.mqtt, "devices/dev-r/telemetry", "dev-r", &lines);
+    let version = poll_until(Duration::from_secs(60), "the rows to be committed", || {
+        table_version(dir, "telemetry").filter(|v| *v > before)
+    });
+
+    // Delivery: each row is partitioned by the UTC date of its ts.
+    let (status, body) = post_sql(
+        up.http,
+        "SELECT ts, CAST(event_date AS VARCHAR) AS d FROM telemetry ORDER BY ts",
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let dates: BTreeMap<String, String> = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["ts"].as_str().unwrap().to_string(),
+                r["d"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, String> = cases
+        .iter()
+        .map(|(ts, date, _, _)| (ts.to_string(), date.to_string()))
+        .collect();
+    assert_eq!(dates, want, "event_date is the UTC date of ts");
+    for date in ["2026-02-28", "2026-03-01"] {
+        assert!(
+            warehouse(dir)
+                .join(format!("telemetry/event_date={date}"))
+                .is_dir()
+        );
+    }
+
+    // Report: per device and UTC minute of ts.
+    let latest = warehouse(dir).join("reports/telemetry_minutely/latest");
+    let run_id = poll_until(
+        Duration::from_secs(120),
+        "telemetry_minutely over the new version",
+        || {
+            let p: Value = serde_json::from_str(&std::fs::read_to_string(&latest).ok()?).ok()?;
+            (p["versions"]["telemetry"].as_u64()? >= version)
+                .then(|| p["run_id"].as_str().unwrap().to_string())
+        },
+    );
+    let mut got: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for row in result_rows(dir, "telemetry_minutely", &run_id) {
+        if row["device_id"] == "dev-r" {
+            let minute = row["minute"].as_str().unwrap();
+            got.insert(
+                minute[..16].to_string(),
+                (row["count"].as_i64().unwrap(), row["avg_temp"].as_f64().unwrap()),
+            );
+        }
+    }
+    let mut want: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for (_, _, minute, temp) in cases {
+        let e = want.entry(minute.to_string()).or_insert((0, 0.0));
+        e.1 = (e.1 * e.0 as f64 + temp) / (e.0 + 1) as f64;
+        e.0 += 1;
+    }
+    assert_eq!(got, want, "minutes of the UTC event time, not of arrival");
     assert!(up.proc.terminate().success());
 }
