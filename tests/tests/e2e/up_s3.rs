@@ -3,7 +3,8 @@
 //! Telemetry goes in over real MQTT (`mosquitto_pub`, QoS 1); rows come back through `POST /v1/sql`; the report
 //! outputs (`latest`, `runs/<id>/result.{parquet,csv,json}`, `run.json`) are read from the bucket with boto3 (and the
 //! Parquet with pyarrow); the dashboard page and the ops dashboard draw from them; `freshet reports list|history`
-//! read the same bucket; nothing of the warehouse lands on the local disk; SIGTERM → exit 0.
+//! read the same bucket; nothing of the warehouse lands on the local disk; SIGTERM → exit 0; a second start on the
+//! same bucket adds the new rows only, and leaves the first start's runs as they were.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,6 +43,25 @@ fn reports_cli(config: &Path, cwd: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `n` telemetry messages from `device` at QoS 1 (`mosquitto_pub`), a second apart in event time.
+fn publish(mqtt: u16, device: &str, n: i64) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"ts":{},"seq":{i},"temp":{}.5}}"#,
+                1_763_700_000_000i64 + i * 1_000,
+                20 + i % 3
+            )
+        })
+        .collect();
+    mosquitto_pub_lines(
+        mqtt,
+        &format!("devices/{device}/telemetry"),
+        &format!("pub-{device}"),
+        &lines,
+    );
+}
+
 #[test]
 fn s3_pipeline_up_delivers_reports_and_dashboards_from_the_bucket() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -65,21 +85,7 @@ fn s3_pipeline_up_delivers_reports_and_dashboards_from_the_bucket() {
 
     let expected = BTreeMap::from([("dev-s1".to_string(), 30), ("dev-s2".to_string(), 20)]);
     for (device, n) in &expected {
-        let lines: Vec<String> = (0..*n)
-            .map(|i| {
-                format!(
-                    r#"{{"ts":{},"seq":{i},"temp":{}.5}}"#,
-                    1_763_700_000_000i64 + i * 1_000,
-                    20 + i % 3
-                )
-            })
-            .collect();
-        mosquitto_pub_lines(
-            mqtt,
-            &format!("devices/{device}/telemetry"),
-            &format!("pub-{device}"),
-            &lines,
-        );
+        publish(mqtt, device, *n);
     }
 
     // Rows through /v1/sql, read from the Delta table in the bucket.
@@ -192,6 +198,60 @@ fn s3_pipeline_up_delivers_reports_and_dashboards_from_the_bucket() {
     );
     assert!(listed.len() >= records.len(), "{history}");
 
+    // `freshet reports run` over the latest versions: that run completed already, so nothing runs again.
+    let rerun: serde_json::Value =
+        serde_json::from_str(&reports_cli(&config, dir.path(), &["run", "telemetry_minutely"])).unwrap();
+    assert_eq!(rerun["status"], "completed", "{rerun}");
+    assert_eq!(rerun["attempts"], 1, "{rerun}");
+
+    let status = up.terminate();
+    assert!(status.success(), "freshet up exited with {status}");
+
+    // Start again on the same bucket, publish more: the new rows and only them, the report follows, and no run of
+    // the first start is redone.
+    let (http, mqtt) = (free_port(), free_port());
+    let up = UpProcess::start_with(
+        &data,
+        http,
+        mqtt,
+        &["--config", config.to_str().unwrap()],
+        &aws_env(),
+    );
+    publish(mqtt, "dev-s3", 10);
+    let mut expected = expected;
+    expected.insert("dev-s3".to_string(), 10);
+    poll_until(Duration::from_secs(120), "60 rows through /v1/sql", || {
+        let (status, answer) = post_sql(http, "SELECT count(*) AS n FROM telemetry", None)?;
+        let row = answer["rows"].as_array()?.first()?.clone();
+        (status == 200 && row["n"].as_i64()? >= 60).then_some(())
+    });
+    let (_, answer) = post_sql(
+        http,
+        "SELECT count(*) AS n, count(DISTINCT concat(device_id, '/', CAST(seq AS VARCHAR))) AS k FROM telemetry",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        answer["rows"][0],
+        serde_json::json!({"n": 60, "k": 60}),
+        "no row twice"
+    );
+    let again = poll_until(
+        Duration::from_secs(120),
+        "telemetry_minutely over all 60 rows in the bucket",
+        || {
+            let b = bucket_report(&addr, "wh", "telemetry_minutely");
+            (counts_by_device(&b["result"]).as_ref() == Some(&expected)).then_some(b)
+        },
+    );
+    let records_after = again["records"].as_object().unwrap();
+    for (id, before) in records {
+        assert_eq!(
+            &records_after[id], before,
+            "run {id} of the first start is untouched"
+        );
+    }
+    assert!(records_after.len() > records.len());
     let status = up.terminate();
     assert!(status.success(), "freshet up exited with {status}");
 }
