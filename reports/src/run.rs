@@ -11,7 +11,8 @@
 //!
 //! A run id names the table versions the run read: `telemetry@v3`, or `a@v3+b@v7` for several trigger tables. A
 //! run whose `run.json` says `completed` is never redone (the handler returns it as skipped), so a re-delivered
-//! commit event causes no second run; a run left `running` by a crash is redone under the same id.
+//! commit event causes no second run (it only moves `latest` to that run, in case a crash came between the two);
+//! a run left `running` by a crash is redone under the same id.
 //!
 //! # Concurrent writers (several report processes, Lambda invocations, `freshet reports run` beside the runtime)
 //!
@@ -530,6 +531,8 @@ impl Reporter {
         };
         if let Some(record) = previous.clone().filter(|r| r.status == RunStatus::Completed) {
             tracing::debug!(report = %report.name, run = %id, "already completed; skipped");
+            // A crash may have come between this record and `latest`: move it now (never backwards).
+            self.advance_latest(report, &record).await?;
             return Ok(RunOutcome {
                 skipped: true,
                 record,

@@ -480,3 +480,53 @@ fn reports_and_delivery_use_rfc3339_ts_as_event_time() {
     assert_eq!(got, want, "minutes of the UTC event time, not of arrival");
     assert!(up.proc.terminate().success());
 }
+
+/// A crash after a run's `run.json` says completed but before `latest` moved (simulated by removing `latest` while
+/// the process is down): after the restart the re-delivered commit event finds the run completed, does not run it
+/// again, and still moves `latest` to it.
+#[test]
+fn reports_latest_catches_up_with_a_run_completed_before_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("freshet.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[reports]]
+name = "light"
+sql = "SELECT count(*) AS n FROM {{telemetry}}"
+trigger = { tables = ["telemetry"] }
+outputs = ["json"]
+"#,
+    )
+    .unwrap();
+    let up = start_up(dir, &config);
+    let version = deliver_round(dir, &up, "dev-l", 10);
+    let id = format!("telemetry@v{version}");
+    let latest = warehouse(dir).join("reports/light/latest");
+    let pointer =
+        |path: &Path| -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok() };
+    poll_until(Duration::from_secs(60), "latest to name the run", || {
+        pointer(&latest)
+            .filter(|p| p["run_id"] == id.as_str())
+            .map(|_| ())
+    });
+    sigkill(up);
+    let record = run_files(dir, "light")[&id].clone();
+    assert_eq!(status_of(&record), "completed");
+    std::fs::remove_file(&latest).unwrap();
+
+    let up = start_up(dir, &config);
+    let p = poll_until(
+        Duration::from_secs(60),
+        "latest to name the completed run again",
+        || pointer(&latest),
+    );
+    assert_eq!(p["run_id"], id.as_str(), "{p}");
+    assert_eq!(
+        run_files(dir, "light")[&id],
+        record,
+        "the completed run ran again"
+    );
+    assert!(up.proc.terminate().success());
+}
