@@ -530,3 +530,97 @@ outputs = ["json"]
     );
     assert!(up.proc.terminate().success());
 }
+
+/// SIGKILL at seeded random points (while data lands and runs go), five times, then a clean run to the end: every
+/// announced version has exactly one completed run, no run completed before a kill is ever rewritten, each result
+/// read the version it names, and `latest` names the newest.
+#[test]
+fn reports_survive_sigkill_at_random_points() {
+    use rand::{Rng, SeedableRng};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("freshet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[reports]]
+name = "heavy"
+sql = "SELECT t.rows_seen, g.spin FROM (SELECT count(*) AS rows_seen FROM {{{{telemetry}}}}) t CROSS JOIN ({SPIN}) g"
+trigger = {{ tables = ["telemetry"] }}
+outputs = ["json"]
+"#
+        ),
+    )
+    .unwrap();
+    let seed = 0x5EED_0006;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Every run.json seen completed at some kill, by run id: it must never change afterwards.
+    let mut completed: BTreeMap<String, String> = BTreeMap::new();
+    for round in 0..5 {
+        let up = start_up(dir, &config);
+        deliver_round(dir, &up, &format!("dev-{round}"), 10);
+        let pause = Duration::from_millis(rng.random_range(0..4_000));
+        let deadline = std::time::Instant::now() + pause;
+        // Waiting out a random moment, not a condition: the point of the kill is to be arbitrary.
+        poll_until(pause + Duration::from_secs(1), "the kill moment", || {
+            (std::time::Instant::now() >= deadline).then_some(())
+        });
+        sigkill(up);
+        for (run_id, raw) in run_files(dir, "heavy") {
+            if let Some(before) = completed.get(&run_id) {
+                assert_eq!(
+                    &raw, before,
+                    "seed {seed:#x}, round {round}: {run_id} was rewritten after it completed"
+                );
+            } else if status_of(&raw) == "completed" {
+                completed.insert(run_id, raw);
+            }
+        }
+    }
+    let up = start_up(dir, &config);
+    let last = deliver_round(dir, &up, "dev-last", 10);
+    let want = poll_until(
+        Duration::from_secs(300),
+        "a completed run for every announced version",
+        || {
+            let announced = announced(up.http, "telemetry");
+            let runs = run_files(dir, "heavy");
+            (announced.contains(&last)
+                && announced.iter().all(|v| {
+                    runs.get(&format!("telemetry@v{v}"))
+                        .is_some_and(|raw| status_of(raw) == "completed")
+                }))
+            .then_some(announced)
+        },
+    );
+    let runs = run_files(dir, "heavy");
+    let ids: BTreeSet<&String> = runs.keys().collect();
+    let want_ids: Vec<String> = want.iter().map(|v| format!("telemetry@v{v}")).collect();
+    assert_eq!(
+        ids,
+        want_ids.iter().collect(),
+        "seed {seed:#x}: one run per announced version"
+    );
+    for (run_id, raw) in &completed {
+        assert_eq!(&runs[run_id], raw, "seed {seed:#x}: {run_id} ran again");
+    }
+    for (run_id, raw) in &runs {
+        let record: Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(record["status"], "completed", "{record}");
+        let version = record["versions"]["telemetry"].as_u64().unwrap();
+        assert_eq!(run_id, &format!("telemetry@v{version}"));
+        let rows = result_rows(dir, "heavy", run_id);
+        assert_eq!(
+            rows[0]["rows_seen"].as_i64().unwrap(),
+            rows_at(up.http, "telemetry", version),
+            "{run_id}"
+        );
+    }
+    let latest: Value =
+        serde_json::from_str(&std::fs::read_to_string(warehouse(dir).join("reports/heavy/latest")).unwrap())
+            .unwrap();
+    assert_eq!(latest["run_id"], want_ids.last().unwrap().as_str());
+    assert!(up.proc.terminate().success());
+}
