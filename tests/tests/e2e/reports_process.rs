@@ -1,7 +1,10 @@
-//! Report functions in the real `freshet up` process, fed over real MQTT (`mosquitto_pub`):
+//! Report functions in the real binary (`freshet up`, or the roles of `freshet run`), fed over real MQTT
+//! (`mosquitto_pub`):
 //! - killed with SIGKILL while a commit-triggered run is in progress and restarted, the report still has exactly one
 //!   completed run per table version announced on `_freshet_events`: runs that completed before the kill are never
 //!   rewritten, the interrupted one is redone once under the same id, and each result read the version it names;
+//!   the same with the report role alone killed while the other roles keep committing, and with `freshet up`
+//!   killed at seeded random moments; a crash between a run's record and `latest` leaves no stale `latest`;
 //! - a schedule (`rate(1 minute)`) runs its slot with no commit involved, and a slot interrupted by SIGKILL is redone
 //!   once after the restart (the test starts the process 20–80 s before a minute boundary, so the slot is due soon
 //!   after start);
@@ -623,4 +626,139 @@ outputs = ["json"]
             .unwrap();
     assert_eq!(latest["run_id"], want_ids.last().unwrap().as_str());
     assert!(up.proc.terminate().success());
+}
+
+/// The report role alone (`freshet run reports`, beside separate store, gateway and delivery roles joined through the
+/// store's Kinesis API) SIGKILLed mid-run while commits keep landing, then restarted: its checkpoint lives in the
+/// store role, and every announced version still gets exactly one completed run.
+#[test]
+fn reports_role_sigkilled_mid_run_keeps_one_run_per_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let config = root.join("freshet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[warehouse]
+url = {:?}
+[remote]
+connect_wait_seconds = 60
+
+[[reports]]
+name = "heavy"
+sql = "SELECT t.rows_seen, g.spin FROM (SELECT count(*) AS rows_seen FROM {{{{telemetry}}}}) t CROSS JOIN ({SPIN}) g"
+trigger = {{ tables = ["telemetry"] }}
+outputs = ["json"]
+"#,
+            warehouse(root).display().to_string()
+        ),
+    )
+    .unwrap();
+    let (store_http, gw_http, del_http, mqtt) = (free_port(), free_port(), free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{store_http}");
+    let env = |http: u16| {
+        vec![
+            ("FRESHET_HTTP__ADDR", format!("127.0.0.1:{http}")),
+            ("FRESHET_REMOTE__ENDPOINT", endpoint.clone()),
+            (
+                "FRESHET_DATA_DIR",
+                root.join(format!("data-{http}")).display().to_string(),
+            ),
+            ("FRESHET_CONFIG", config.display().to_string()),
+        ]
+    };
+    let mut store = Proc::spawn("store", &["run", "store"], &env(store_http), root);
+    store.wait_healthy(store_http);
+    let mut gateway = Proc::spawn(
+        "gateway",
+        &["run", "gateway", "--mqtt-addr", &format!("127.0.0.1:{mqtt}")],
+        &env(gw_http),
+        root,
+    );
+    let mut delivery = Proc::spawn(
+        "delivery",
+        &["run", "delivery", "--buffer-interval", "1s"],
+        &env(del_http),
+        root,
+    );
+    gateway.wait_healthy(gw_http);
+    delivery.wait_healthy(del_http);
+    poll_until(Duration::from_secs(30), "the MQTT listener", || {
+        TcpStream::connect(("127.0.0.1", mqtt)).ok().map(|_| ())
+    });
+    let start_reports = || {
+        let http = free_port();
+        let mut p = Proc::spawn("reports", &["run", "reports"], &env(http), root);
+        p.wait_healthy(http);
+        p
+    };
+    let publish_round = |device: &str| {
+        let before = table_version(root, "telemetry").unwrap_or(0);
+        let lines: Vec<String> = (0..10)
+            .map(|i| json!({"ts": 1_700_000_000_000_i64 + i * 1_000, "temp": i}).to_string())
+            .collect();
+        publish(mqtt, &format!("devices/{device}/telemetry"), device, &lines);
+        poll_until(Duration::from_secs(60), "a new telemetry version", || {
+            table_version(root, "telemetry").filter(|v| *v > before)
+        })
+    };
+
+    let reports = start_reports();
+    publish_round("dev-1");
+    publish_round("dev-2");
+    let interrupted = poll_until(Duration::from_secs(120), "a run in progress", || {
+        let running: Vec<String> = run_files(root, "heavy")
+            .into_iter()
+            .filter(|(_, raw)| status_of(raw) == "running")
+            .map(|(id, _)| id)
+            .collect();
+        (!running.is_empty()).then_some(running)
+    });
+    drop(reports); // SIGKILL
+    let completed_at_kill: BTreeMap<String, String> = run_files(root, "heavy")
+        .into_iter()
+        .filter(|(_, raw)| status_of(raw) == "completed")
+        .collect();
+    // Commits go on while the report role is down.
+    let while_down = publish_round("dev-3");
+
+    let reports = start_reports();
+    let last = publish_round("dev-4");
+    let want = poll_until(
+        Duration::from_secs(240),
+        "a completed run for every announced version",
+        || {
+            let announced = announced(store_http, "telemetry");
+            let runs = run_files(root, "heavy");
+            (announced.contains(&last)
+                && announced.iter().all(|v| {
+                    runs.get(&format!("telemetry@v{v}"))
+                        .is_some_and(|raw| status_of(raw) == "completed")
+                }))
+            .then_some(announced)
+        },
+    );
+    assert!(want.contains(&while_down));
+    let runs = history(root, &config, "heavy");
+    let ids: BTreeSet<String> = runs.keys().cloned().collect();
+    let want_ids: BTreeSet<String> = want.iter().map(|v| format!("telemetry@v{v}")).collect();
+    assert_eq!(ids, want_ids, "one run per announced version, and no other");
+    let now = run_files(root, "heavy");
+    for (run_id, raw) in &completed_at_kill {
+        assert_eq!(&now[run_id], raw, "{run_id} ran again");
+    }
+    for (run_id, record) in &runs {
+        assert_eq!(record["status"], "completed", "{record}");
+        let attempts = record["attempts"].as_u64().unwrap();
+        assert_eq!(
+            attempts,
+            if interrupted.contains(run_id) { 2 } else { 1 },
+            "{record}"
+        );
+    }
+    for p in [reports, delivery, gateway, store] {
+        let name = p.name.clone();
+        assert!(p.terminate().success(), "{name} did not exit cleanly");
+    }
 }
