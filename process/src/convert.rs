@@ -15,16 +15,21 @@
 //!   payload field of the same name is replaced, unless the partition column *is* that field.
 //! - Every record yields exactly one good row or exactly one error row: nothing is dropped.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use deltalake::arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
-    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    RecordBatch, StringBuilder, TimestampMicrosecondBuilder, new_null_array,
 };
+use deltalake::arrow::compute::{cast, concat_batches};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use freshet_storage::{Record, ShardId};
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::config::{ColumnType, DeliveryConfig, LINEAGE_COLUMNS, PartitionExpr, invalid_column_name};
@@ -216,16 +221,6 @@ fn partition_type(expr: &PartitionExpr) -> ColumnType {
     }
 }
 
-/// A cell value before it is put into an Arrow builder.
-#[derive(Clone, Debug, PartialEq)]
-enum Cell {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(String),
-    Bytes(bytes::Bytes),
-}
-
 /// The result of converting one buffered batch.
 #[derive(Debug)]
 pub struct Converted {
@@ -246,12 +241,24 @@ impl Converted {
 }
 
 /// Converts JSON records into rows of a table. Holds no state between batches besides the config.
+///
+/// # How (performance)
+///
+/// Each payload is parsed once, by a serde visitor, into a reused list of (field, value) pairs whose strings
+/// borrow from the payload (no `serde_json::Value` tree, no per-field `String`); a good record's cells go
+/// straight into one Arrow builder per column. Batches of at least [`CHUNK_RECORDS_MIN`] records are cut into
+/// chunks converted on separate threads against the committed schema; a chunk converted against a schema that an
+/// earlier chunk has since evolved is converted again in order, so the result is exactly that of converting the
+/// records one after another.
 #[derive(Debug, Clone)]
 pub struct Converter {
     config: Arc<DeliveryConfig>,
 }
 
-type Row = Vec<(usize, Cell)>;
+/// Smallest chunk worth a thread of its own.
+pub const CHUNK_RECORDS_MIN: usize = 4_096;
+/// Most threads one conversion uses.
+const CONVERT_THREADS_MAX: usize = 4;
 
 impl Converter {
     pub fn new(config: Arc<DeliveryConfig>) -> Self {
@@ -261,25 +268,565 @@ impl Converter {
     /// Convert `records` against the committed `schema`. Never fails on bad records (they become error rows);
     /// fails only when Arrow cannot build the batch, which is a bug.
     pub fn convert(&self, schema: &TableSchema, records: &[SourceRecord]) -> Result<Converted> {
-        let mut out_schema = schema.clone();
-        let mut index = schema.index();
-        let mut lower: HashMap<String, String> = schema
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(CONVERT_THREADS_MAX)
+            .min(records.len() / CHUNK_RECORDS_MIN)
+            .max(1);
+        self.convert_in(schema, records, threads)
+    }
+
+    /// [`Converter::convert`] on `threads` chunks (at most; 1 converts on the calling thread).
+    fn convert_in(
+        &self,
+        schema: &TableSchema,
+        records: &[SourceRecord],
+        threads: usize,
+    ) -> Result<Converted> {
+        let committed = schema.columns.len();
+        let chunk = |schema: &TableSchema, records: &[SourceRecord]| {
+            ChunkConverter::new(&self.config, schema, committed, records.len()).run(records)
+        };
+        if threads <= 1 || records.len() < 2 {
+            return chunk(schema, records);
+        }
+        // A short first chunk on its own: new fields usually show up in the first records (the first batch of
+        // a new table adds every column), so the parallel chunks start from the schema they leave.
+        let (head, rest) = records.split_at(CHUNK_RECORDS_MIN.min(records.len() / (threads + 1)).max(1));
+        let first = chunk(schema, head)?;
+        let base = first.schema.clone();
+        let chunks: Vec<&[SourceRecord]> = rest.chunks(rest.len().div_ceil(threads)).collect();
+        // Every other chunk against `base`, in parallel; the first of them on this thread.
+        let mut results: Vec<Result<Converted>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks[1..]
+                .iter()
+                .map(|records| scope.spawn(|| chunk(&base, records)))
+                .collect();
+            let mut out = vec![chunk(&base, chunks[0])];
+            for h in handles {
+                out.push(h.join().unwrap_or_else(|_| {
+                    Err(ProcessError::Internal("a conversion thread panicked".to_string()))
+                }));
+            }
+            out
+        });
+        // In order: a chunk's result stands if the schema was still `base` when it would have started;
+        // otherwise it is converted again against the schema the chunks before it left.
+        let mut current = base.clone();
+        let mut parts: Vec<Converted> = Vec::with_capacity(chunks.len() + 1);
+        parts.push(first);
+        for (i, records) in chunks.iter().enumerate() {
+            let part = if current == base {
+                std::mem::replace(&mut results[i], Ok(empty(&base)))?
+            } else {
+                chunk(&current, records)?
+            };
+            current = part.schema.clone();
+            parts.push(part);
+        }
+        merge(current, parts)
+    }
+}
+
+fn empty(schema: &TableSchema) -> Converted {
+    Converted {
+        batch: None,
+        schema: schema.clone(),
+        errors: Vec::new(),
+        event_time_ms_min: None,
+        event_time_ms_max: None,
+    }
+}
+
+/// Join chunk results (in record order) into one, every batch widened to the final `schema`: later chunks may
+/// have added columns (null in earlier rows) or widened a new `long` column to `double`.
+fn merge(schema: TableSchema, parts: Vec<Converted>) -> Result<Converted> {
+    let target = schema.arrow();
+    let mut batches = Vec::with_capacity(parts.len());
+    let mut out = empty(&schema);
+    for part in parts {
+        out.errors.extend(part.errors);
+        out.event_time_ms_min = min_opt(out.event_time_ms_min, part.event_time_ms_min);
+        out.event_time_ms_max = max_opt(out.event_time_ms_max, part.event_time_ms_max);
+        let Some(batch) = part.batch else { continue };
+        if batch.schema() == target {
+            batches.push(batch);
+            continue;
+        }
+        let n = batch.num_rows();
+        let mut columns = Vec::with_capacity(target.fields().len());
+        for (i, field) in target.fields().iter().enumerate() {
+            let column = match batch.columns().get(i) {
+                Some(c) if c.data_type() == field.data_type() => c.clone(),
+                Some(c) => cast(c, field.data_type())?,
+                None => new_null_array(field.data_type(), n),
+            };
+            columns.push(column);
+        }
+        batches.push(RecordBatch::try_new(target.clone(), columns)?);
+    }
+    out.batch = match batches.len() {
+        0 => None,
+        1 => batches.pop(),
+        _ => Some(concat_batches(&target, &batches)?),
+    };
+    Ok(out)
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A top-level field's value, borrowed from the payload where it can be.
+#[derive(Debug)]
+enum Json<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// An integer above `i64::MAX`: stored as a double, like `serde_json::Value::as_f64` would.
+    UInt(u64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    /// A nested object or array as compact JSON text (objects with sorted keys, as `serde_json::Value` prints).
+    Nested {
+        text: String,
+        kind: &'static str,
+    },
+}
+
+impl Json<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Json::Null => "null",
+            Json::Bool(_) => "a boolean",
+            Json::Int(_) | Json::UInt(_) | Json::Float(_) => "a number",
+            Json::Str(_) => "a string",
+            Json::Nested { kind, .. } => kind,
+        }
+    }
+
+    /// The value's JSON text as `serde_json::Value` prints it (strings unquoted).
+    fn text(&self) -> Option<String> {
+        Some(match self {
+            Json::Null => return None,
+            Json::Bool(b) => b.to_string(),
+            Json::Int(i) => i.to_string(),
+            Json::UInt(u) => u.to_string(),
+            Json::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or_else(|| "null".to_string(), |n| n.to_string())
+            }
+            Json::Str(s) => s.to_string(),
+            Json::Nested { text, .. } => text.clone(),
+        })
+    }
+
+    /// Epoch millis from a number (millis) or an RFC 3339 string; see [`time_ms`].
+    fn time_ms(&self) -> Option<i64> {
+        match self {
+            Json::Int(i) => Some(*i),
+            // Above i64::MAX, so past any time.
+            Json::UInt(_) => None,
+            Json::Float(f) => Some(*f)
+                .filter(|f| f.is_finite() && f.abs() < 9.0e15)
+                .map(|f| f as i64),
+            Json::Str(s) => rfc3339_ms(s),
+            _ => None,
+        }
+        .filter(|ms| TIME_MS_RANGE.contains(ms))
+    }
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Json<'de>, E> {
+        Ok(Json::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Json<'de>, E> {
+        Ok(Json::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Json<'de>, E> {
+        Ok(i64::try_from(v).map_or(Json::UInt(v), Json::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Json<'de>, E> {
+        // `serde_json::Value` turns a non-finite double into null.
+        Ok(if v.is_finite() { Json::Float(v) } else { Json::Null })
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Owned(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> std::result::Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Json<'de>, D::Error> {
+        Json::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Json<'de>, A::Error> {
+        let v = Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        Ok(Json::Nested {
+            text: v.to_string(),
+            kind: "an array",
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Json<'de>, A::Error> {
+        let v = Value::deserialize(MapAccessDeserializer::new(map))?;
+        Ok(Json::Nested {
+            text: v.to_string(),
+            kind: "an object",
+        })
+    }
+}
+
+/// An object key, borrowed from the payload unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+}
+
+/// Parses a payload's top level: an object's fields go into `fields` (in document order); anything else is
+/// reported by its kind.
+struct TopLevel<'s, 'de> {
+    fields: &'s mut Vec<(Cow<'de, str>, Json<'de>)>,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_, 'de> {
+    /// `None` for an object, else what the payload is instead.
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_, 'de> {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let value = map.next_value::<Json<'de>>()?;
+            self.fields.push((key, value));
+        }
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Self::Value, A::Error> {
+        // Parsed in full so that an array with bad JSON inside is `not_json`, as for any other payload.
+        Value::deserialize(SeqAccessDeserializer::new(seq))?;
+        Ok(Some("an array"))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Self::Value, E> {
+        Ok(Some("a boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Self::Value, E> {
+        Ok(Some("a number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Self::Value, E> {
+        Ok(Some("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        Ok(Some(if v.is_finite() { "a number" } else { "null" }))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Self::Value, E> {
+        Ok(Some("a string"))
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(Some("null"))
+    }
+}
+
+/// Parse `data` into `fields` (cleared first): sorted by key with the last of duplicate keys kept, which is the
+/// order and the values `serde_json::Value` (a `BTreeMap`) would give. Errors are `(kind, message)`.
+fn parse_object<'de>(
+    data: &'de [u8],
+    fields: &mut Vec<(Cow<'de, str>, Json<'de>)>,
+) -> std::result::Result<(), (ErrorKind, String)> {
+    fields.clear();
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let top = TopLevel { fields: &mut *fields }
+        .deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top))
+        .map_err(|e| (ErrorKind::NotJson, format!("payload is not JSON: {e}")))?;
+    if let Some(kind) = top {
+        return Err((
+            ErrorKind::NotObject,
+            format!("payload is JSON {kind} but must be an object"),
+        ));
+    }
+    // Stable: duplicates stay in document order, and the later one wins.
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields.dedup_by(|later, kept| {
+        if later.0 == kept.0 {
+            std::mem::swap(&mut later.1, &mut kept.1);
+            true
+        } else {
+            false
+        }
+    });
+    Ok(())
+}
+
+/// A cell value before it is put into an Arrow builder; strings borrow from the payload where they can.
+#[derive(Clone, Debug, PartialEq)]
+enum Cell<'a> {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+}
+
+/// One column's values so far.
+enum ColumnBuilder {
+    Boolean(BooleanBuilder),
+    Integer(Int32Builder),
+    Long(Int64Builder),
+    Double(Float64Builder),
+    String(StringBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Date(Date32Builder),
+    Binary(BinaryBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: ColumnType, capacity: usize) -> Self {
+        match ty {
+            ColumnType::Boolean => Self::Boolean(BooleanBuilder::with_capacity(capacity)),
+            ColumnType::Integer => Self::Integer(Int32Builder::with_capacity(capacity)),
+            ColumnType::Long => Self::Long(Int64Builder::with_capacity(capacity)),
+            ColumnType::Double => Self::Double(Float64Builder::with_capacity(capacity)),
+            ColumnType::String => Self::String(StringBuilder::with_capacity(capacity, 16 * capacity)),
+            ColumnType::Timestamp => {
+                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+            }
+            ColumnType::Date => Self::Date(Date32Builder::with_capacity(capacity)),
+            ColumnType::Binary => Self::Binary(BinaryBuilder::with_capacity(capacity, 64 * capacity)),
+        }
+    }
+
+    /// Append a cell (already coerced to the column's type); anything else is a null.
+    fn append(&mut self, cell: Option<Cell<'_>>) {
+        match self {
+            Self::Boolean(b) => b.append_option(match cell {
+                Some(Cell::Bool(v)) => Some(v),
+                _ => None,
+            }),
+            Self::Integer(b) => b.append_option(match cell {
+                Some(Cell::Int(v)) => i32::try_from(v).ok(),
+                _ => None,
+            }),
+            Self::Long(b) => b.append_option(match cell {
+                Some(Cell::Int(v)) => Some(v),
+                _ => None,
+            }),
+            Self::Double(b) => b.append_option(match cell {
+                Some(Cell::Float(v)) => Some(v),
+                Some(Cell::Int(v)) => Some(v as f64),
+                _ => None,
+            }),
+            Self::String(b) => match cell {
+                Some(Cell::Str(v)) => b.append_value(v),
+                _ => b.append_null(),
+            },
+            Self::Timestamp(b) => b.append_option(match cell {
+                Some(Cell::Int(v)) => Some(v),
+                _ => None,
+            }),
+            Self::Date(b) => b.append_option(match cell {
+                Some(Cell::Int(v)) => i32::try_from(v).ok(),
+                _ => None,
+            }),
+            // JSON has no bytes: a binary column of a declared schema only gets nulls here.
+            Self::Binary(b) => b.append_null(),
+        }
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        for _ in 0..n {
+            self.append(None);
+        }
+    }
+
+    /// A `long` column added by this batch became `double`: its values so far become doubles.
+    fn widen_to_double(&mut self) {
+        if let Self::Long(b) = self {
+            let longs = b.finish();
+            let mut doubles = Float64Builder::with_capacity(longs.len().max(1024));
+            for v in longs.iter() {
+                doubles.append_option(v.map(|v| v as f64));
+            }
+            *self = Self::Double(doubles);
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Boolean(b) => Arc::new(b.finish()),
+            Self::Integer(b) => Arc::new(b.finish()),
+            Self::Long(b) => Arc::new(b.finish()),
+            Self::Double(b) => Arc::new(b.finish()),
+            Self::String(b) => Arc::new(b.finish()),
+            Self::Timestamp(b) => Arc::new(b.finish()),
+            Self::Date(b) => Arc::new(b.finish()),
+            Self::Binary(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Per-record scratch space, reused for every record of a chunk.
+struct Scratch<'r> {
+    fields: Vec<(Cow<'r, str>, Json<'r>)>,
+    /// The record's cells by column index, until the record is known to be good.
+    row: Vec<(usize, Cell<'r>)>,
+    /// The good record's cells, one slot per column.
+    slots: Vec<Option<Cell<'r>>>,
+}
+
+/// Converts one run of records, in order, against an evolving schema.
+struct ChunkConverter<'c> {
+    cfg: &'c DeliveryConfig,
+    schema: TableSchema,
+    index: HashMap<String, usize>,
+    lower: HashMap<String, String>,
+    /// Columns at or past this index were added by the batch (not committed) and may still widen.
+    committed: usize,
+    /// Per column: a lineage or computed partition column, whose payload field is ignored.
+    ignored: Vec<bool>,
+    /// Field names of partition columns computed from another field (or an expression), and lineage names:
+    /// payload fields of these names are ignored even before they are columns.
+    reserved: Vec<&'c str>,
+    /// Column indexes of [`LINEAGE_COLUMNS`] and of the partition columns (columns are never removed).
+    lineage_columns: [Option<usize>; 6],
+    partition_columns: Vec<Option<usize>>,
+    builders: Vec<ColumnBuilder>,
+    rows: usize,
+    capacity: usize,
+    errors: Vec<ErrorRow>,
+    event_ms_min: Option<i64>,
+    event_ms_max: Option<i64>,
+}
+
+impl<'c> ChunkConverter<'c> {
+    fn new(cfg: &'c DeliveryConfig, schema: &TableSchema, committed: usize, capacity: usize) -> Self {
+        let index = schema.index();
+        let lower = schema
             .columns
             .iter()
             .map(|c| (c.name.to_lowercase(), c.name.clone()))
             .collect();
-        let committed = schema.columns.len();
-        let mut rows: Vec<Row> = Vec::with_capacity(records.len());
-        let mut errors = Vec::new();
-        let (mut tmin, mut tmax) = (None::<i64>, None::<i64>);
+        let mut reserved: Vec<&'c str> = LINEAGE_COLUMNS.to_vec();
+        for p in &cfg.partition_by {
+            if !matches!(&p.expr, PartitionExpr::Field { field } if *field == p.name) {
+                reserved.push(p.name.as_str());
+            }
+        }
+        let ignored = schema
+            .columns
+            .iter()
+            .map(|c| reserved.iter().any(|r| *r == c.name))
+            .collect();
+        let builders = schema
+            .columns
+            .iter()
+            .map(|c| ColumnBuilder::new(c.ty, capacity))
+            .collect();
+        let lineage_columns = LINEAGE_COLUMNS.map(|name| index.get(name).copied());
+        let partition_columns = cfg
+            .partition_by
+            .iter()
+            .map(|p| index.get(&p.name).copied())
+            .collect();
+        Self {
+            cfg,
+            schema: schema.clone(),
+            lineage_columns,
+            partition_columns,
+            index,
+            lower,
+            committed,
+            ignored,
+            reserved,
+            builders,
+            rows: 0,
+            capacity,
+            errors: Vec::new(),
+            event_ms_min: None,
+            event_ms_max: None,
+        }
+    }
+
+    fn run(mut self, records: &[SourceRecord]) -> Result<Converted> {
+        // `_shard_id` text, once per shard.
+        let mut shard_names: Vec<(ShardId, String)> = Vec::new();
         for src in records {
-            match self.convert_one(src, &mut out_schema, &mut index, &mut lower, committed) {
-                Ok((row, event_ms)) => {
-                    tmin = Some(tmin.map_or(event_ms, |m: i64| m.min(event_ms)));
-                    tmax = Some(tmax.map_or(event_ms, |m: i64| m.max(event_ms)));
-                    rows.push(row);
-                }
-                Err((kind, message)) => errors.push(ErrorRow {
+            if !shard_names.iter().any(|(s, _)| *s == src.shard_id) {
+                shard_names.push((src.shard_id, src.shard_id.to_string()));
+            }
+        }
+        let mut scratch = Scratch {
+            fields: Vec::new(),
+            row: Vec::new(),
+            slots: Vec::new(),
+        };
+        for src in records {
+            let shard_name = shard_names
+                .iter()
+                .find(|(s, _)| *s == src.shard_id)
+                .map_or("", |(_, n)| n.as_str());
+            if let Err((kind, message)) = self.convert_one(src, shard_name, &mut scratch) {
+                self.errors.push(ErrorRow {
                     shard_id: src.shard_id,
                     sequence_number: src.record.sequence_number.to_u64()?,
                     partition_key: src.record.partition_key.clone(),
@@ -287,40 +834,33 @@ impl Converter {
                     raw: src.record.data.clone(),
                     kind,
                     message,
-                }),
+                });
             }
         }
-        let batch = if rows.is_empty() {
+        let batch = if self.rows == 0 {
             None
         } else {
-            Some(build_batch(&out_schema, &rows)?)
+            let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
+            Some(RecordBatch::try_new(self.schema.arrow(), arrays)?)
         };
         Ok(Converted {
             batch,
-            schema: out_schema,
-            errors,
-            event_time_ms_min: tmin,
-            event_time_ms_max: tmax,
+            schema: self.schema,
+            errors: self.errors,
+            event_time_ms_min: self.event_ms_min,
+            event_time_ms_max: self.event_ms_max,
         })
     }
 
-    fn convert_one(
-        &self,
-        src: &SourceRecord,
-        schema: &mut TableSchema,
-        index: &mut HashMap<String, usize>,
-        lower: &mut HashMap<String, String>,
-        committed: usize,
-    ) -> std::result::Result<(Row, i64), (ErrorKind, String)> {
-        let cfg = &self.config;
-        let value: Value = serde_json::from_slice(&src.record.data)
-            .map_err(|e| (ErrorKind::NotJson, format!("payload is not JSON: {e}")))?;
-        let Value::Object(object) = value else {
-            return Err((
-                ErrorKind::NotObject,
-                format!("payload is JSON {} but must be an object", json_kind(&value)),
-            ));
-        };
+    /// Convert one record; on success its row is appended to the builders. Nothing changes on error.
+    fn convert_one<'r>(
+        &mut self,
+        src: &'r SourceRecord,
+        shard_name: &'r str,
+        scratch: &mut Scratch<'r>,
+    ) -> std::result::Result<(), (ErrorKind, String)> {
+        let cfg = self.cfg;
+        parse_object(&src.record.data, &mut scratch.fields)?;
         let record = &src.record;
         let seq = record
             .sequence_number
@@ -333,66 +873,82 @@ impl Converter {
                     "sequence number does not fit a long".to_string(),
                 )
             })?;
-        let mut row: Row = Vec::with_capacity(object.len() + LINEAGE_COLUMNS.len() + 2);
+        // Read before the fields' values are moved into cells.
+        let field = |name: &str| {
+            scratch
+                .fields
+                .binary_search_by(|(k, _)| k.as_ref().cmp(name))
+                .ok()
+                .map(|i| &scratch.fields[i].1)
+        };
+        let event_field_ms = field(&cfg.event_time_field).and_then(Json::time_ms);
+        let mut partition_texts: Vec<Option<String>> = Vec::new();
+        for p in &cfg.partition_by {
+            if let PartitionExpr::Field { field: name } = &p.expr {
+                partition_texts.push(field(name).and_then(Json::text));
+            }
+        }
+        let row = &mut scratch.row;
+        row.clear();
         let mut arrival_ms = record.arrival_ms;
         let mut topic = None;
         let mut client_id = None;
         // Columns added by this record: only kept if the record turns out good.
         let mut added: Vec<Column> = Vec::new();
         let mut widened: Vec<usize> = Vec::new();
-        let partition_fields: Vec<&str> = cfg
-            .partition_by
-            .iter()
-            .filter_map(|p| match &p.expr {
-                PartitionExpr::Field { field } if *field == p.name => Some(p.name.as_str()),
-                _ => None,
-            })
-            .collect();
-        let reserved = |k: &str| {
-            LINEAGE_COLUMNS.contains(&k)
-                || cfg
-                    .partition_by
-                    .iter()
-                    .any(|p| p.name == k && !partition_fields.contains(&k))
-        };
-        for (key, value) in &object {
-            match key.as_str() {
-                "_topic" | "_client_id" => {
-                    let v = match value {
-                        Value::Null => None,
-                        Value::String(s) => Some(s.clone()),
-                        other => {
-                            return Err((
-                                ErrorKind::TypeConflict,
-                                format!("lineage field {key} must be a string, not {}", json_kind(other)),
-                            ));
+        for (key, value) in scratch.fields.drain(..) {
+            if key.starts_with('_') {
+                match key.as_ref() {
+                    "_topic" | "_client_id" => {
+                        let v = match value {
+                            Json::Null => None,
+                            Json::Str(s) => Some(s),
+                            other => {
+                                return Err((
+                                    ErrorKind::TypeConflict,
+                                    format!("lineage field {key} must be a string, not {}", other.kind()),
+                                ));
+                            }
+                        };
+                        if key == "_topic" {
+                            topic = v;
+                        } else {
+                            client_id = v;
                         }
-                    };
-                    if key == "_topic" {
-                        topic = v;
-                    } else {
-                        client_id = v;
+                        continue;
                     }
-                    continue;
-                }
-                "_arrival_time" => {
-                    if !value.is_null() {
-                        arrival_ms = time_ms(value).ok_or_else(|| {
-                            (
-                                ErrorKind::TypeConflict,
-                                "lineage field _arrival_time must be epoch millis or RFC 3339".to_string(),
-                            )
-                        })?;
+                    "_arrival_time" => {
+                        if !matches!(value, Json::Null) {
+                            arrival_ms = value.time_ms().ok_or_else(|| {
+                                (
+                                    ErrorKind::TypeConflict,
+                                    "lineage field _arrival_time must be epoch millis or RFC 3339"
+                                        .to_string(),
+                                )
+                            })?;
+                        }
+                        continue;
                     }
-                    continue;
+                    _ => {}
                 }
-                k if reserved(k) => continue,
-                _ => {}
             }
-            if value.is_null() {
+            let existing = self.index.get(key.as_ref()).copied();
+            let ignored = match existing {
+                Some(i) => self.ignored[i],
+                None => self.reserved.iter().any(|r| *r == key),
+            };
+            if ignored {
                 continue;
             }
-            let cell = to_cell(value);
+            let cell = match value {
+                Json::Null => continue,
+                Json::Bool(b) => Cell::Bool(b),
+                Json::Int(i) => Cell::Int(i),
+                Json::UInt(u) => Cell::Float(u as f64),
+                Json::Float(f) => Cell::Float(f),
+                Json::Str(s) => Cell::Str(s),
+                Json::Nested { text, .. } => Cell::Str(Cow::Owned(text)),
+            };
             if let Cell::Str(s) = &cell
                 && s.len() > cfg.value_bytes_max
             {
@@ -405,9 +961,9 @@ impl Converter {
                     ),
                 ));
             }
-            let (col, ty) = match index.get(key) {
-                Some(&i) => (i, schema.columns[i].ty),
-                // JSON object keys are unique, so a key is never both new and in `added`.
+            let (col, ty) = match existing {
+                Some(i) => (i, self.schema.columns[i].ty),
+                // Keys are unique after parsing, so a key is never both new and in `added`.
                 None => {
                     if cfg.schema.is_some() {
                         return Err((
@@ -415,38 +971,39 @@ impl Converter {
                             format!("field {key} is not in the declared schema"),
                         ));
                     }
-                    if let Some(reason) = invalid_column_name(key) {
+                    if let Some(reason) = invalid_column_name(&key) {
                         return Err((ErrorKind::InvalidFieldName, format!("field {key:?}: {reason}")));
                     }
-                    if let Some(existing) = lower.get(&key.to_lowercase()) {
+                    if let Some(existing) = self.lower.get(&key.to_lowercase()) {
                         return Err((
                             ErrorKind::InvalidFieldName,
                             format!("field {key:?} differs only in case from column {existing:?}"),
                         ));
                     }
-                    if schema.columns.len() + added.len() >= cfg.columns_max {
+                    let columns = self.schema.columns.len() + added.len();
+                    if columns >= cfg.columns_max {
                         return Err((
                             ErrorKind::TooManyColumns,
                             format!(
                                 "field {key} would be column {} but the table is limited to {}",
-                                schema.columns.len() + added.len() + 1,
+                                columns + 1,
                                 cfg.columns_max
                             ),
                         ));
                     }
                     let ty = inferred_type(&cell);
                     added.push(Column {
-                        name: key.clone(),
+                        name: key.to_string(),
                         ty,
                     });
-                    (schema.columns.len() + added.len() - 1, ty)
+                    (columns, ty)
                 }
             };
             let cell = match coerce(cell, ty) {
                 Ok(c) => c,
                 Err(cell) => {
                     // A long column added by this batch (not yet committed) may still widen to double.
-                    if ty == ColumnType::Long && col >= committed && matches!(cell, Cell::Float(_)) {
+                    if ty == ColumnType::Long && col >= self.committed && matches!(cell, Cell::Float(_)) {
                         widened.push(col);
                         cell
                     } else {
@@ -466,8 +1023,11 @@ impl Converter {
         // Declared schema: required columns must be present.
         if let Some(declared) = &cfg.schema {
             for c in declared.iter().filter(|c| !c.nullable) {
-                let i = index[&c.name];
-                if !row.iter().any(|(col, _)| *col == i) {
+                let present = self
+                    .index
+                    .get(&c.name)
+                    .is_some_and(|i| row.iter().any(|(col, _)| col == i));
+                if !present {
                     return Err((
                         ErrorKind::SchemaMismatch,
                         format!("required field {} is missing or null", c.name),
@@ -476,51 +1036,75 @@ impl Converter {
             }
         }
         // Event time: the payload's field, else the arrival time.
-        let event_ms = object
-            .get(&cfg.event_time_field)
-            .and_then(time_ms)
-            .unwrap_or(arrival_ms);
-        // The record is good: commit its schema changes.
-        for c in added {
-            index.insert(c.name.clone(), schema.columns.len());
-            lower.insert(c.name.to_lowercase(), c.name.clone());
-            schema.columns.push(c);
-        }
-        for col in widened {
-            schema.columns[col].ty = ColumnType::Double;
+        let event_ms = event_field_ms.unwrap_or(arrival_ms);
+        // Every column this good row writes must exist: lineage and partition columns are in every schema the
+        // delivery accepts (`check_compatible`); their absence is a bug, reported as the record's error.
+        // Every column this good row writes must exist: lineage and partition columns are in every schema the
+        // delivery accepts (`check_compatible`); their absence is a bug, reported as the record's error.
+        let names = LINEAGE_COLUMNS.iter().copied().zip(&self.lineage_columns);
+        let partitions = cfg
+            .partition_by
+            .iter()
+            .map(|p| p.name.as_str())
+            .zip(&self.partition_columns);
+        if let Some((name, _)) = names.chain(partitions).find(|(_, col)| col.is_none()) {
+            return Err((
+                ErrorKind::SchemaMismatch,
+                format!("the table has no column {name} (lineage and partition columns are required)"),
+            ));
         }
         let lineage = [
-            ("_topic", topic.map(Cell::Str)),
-            ("_client_id", client_id.map(Cell::Str)),
-            ("_partition_key", Some(Cell::Str(record.partition_key.clone()))),
-            ("_shard_id", Some(Cell::Str(src.shard_id.to_string()))),
-            ("_sequence_number", Some(Cell::Int(seq))),
-            ("_arrival_time", Some(Cell::Int(arrival_ms.saturating_mul(1_000)))),
+            topic.map(Cell::Str),
+            client_id.map(Cell::Str),
+            Some(Cell::Str(Cow::Borrowed(record.partition_key.as_str()))),
+            Some(Cell::Str(Cow::Borrowed(shard_name))),
+            Some(Cell::Int(seq)),
+            Some(Cell::Int(arrival_ms.saturating_mul(1_000))),
         ];
-        for (name, cell) in lineage {
-            if let Some(cell) = cell {
-                row.push((index[name], cell));
+        // The record is good: commit its schema changes.
+        for c in added {
+            self.index.insert(c.name.clone(), self.schema.columns.len());
+            self.lower.insert(c.name.to_lowercase(), c.name.clone());
+            self.ignored.push(false);
+            let mut builder = ColumnBuilder::new(c.ty, self.capacity);
+            builder.append_nulls(self.rows);
+            self.builders.push(builder);
+            self.schema.columns.push(c);
+        }
+        for col in widened {
+            self.schema.columns[col].ty = ColumnType::Double;
+            self.builders[col].widen_to_double();
+        }
+        let slots = &mut scratch.slots;
+        slots.resize(self.schema.columns.len(), None);
+        for (col, cell) in row.drain(..) {
+            slots[col] = Some(cell);
+        }
+        for (col, cell) in self.lineage_columns.iter().zip(lineage) {
+            if let (Some(col), Some(cell)) = (col, cell) {
+                slots[*col] = Some(cell);
             }
         }
         let event_time =
             DateTime::<Utc>::from_timestamp_millis(event_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-        for p in &cfg.partition_by {
+        let mut texts = partition_texts.into_iter();
+        for (p, col) in cfg.partition_by.iter().zip(&self.partition_columns) {
             let cell = match &p.expr {
                 PartitionExpr::EventDate => Some(Cell::Int(i64::from(days_since_epoch(event_time)))),
                 PartitionExpr::EventHour => Some(Cell::Int(i64::from(event_time.hour()))),
-                PartitionExpr::Field { field } => match object.get(field) {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(Cell::Str(s.clone())),
-                    Some(other) => Some(Cell::Str(other.to_string())),
-                },
+                PartitionExpr::Field { .. } => texts.next().flatten().map(|t| Cell::Str(Cow::Owned(t))),
             };
-            if let Some(cell) = cell {
-                let i = index[&p.name];
-                row.retain(|(c, _)| *c != i);
-                row.push((i, cell));
+            if let (Some(col), Some(cell)) = (col, cell) {
+                slots[*col] = Some(cell);
             }
         }
-        Ok((row, event_ms))
+        for (builder, slot) in self.builders.iter_mut().zip(slots.iter_mut()) {
+            builder.append(slot.take());
+        }
+        self.rows += 1;
+        self.event_ms_min = min_opt(self.event_ms_min, Some(event_ms));
+        self.event_ms_max = max_opt(self.event_ms_max, Some(event_ms));
+        Ok(())
     }
 }
 
@@ -528,6 +1112,9 @@ fn days_since_epoch(t: DateTime<Utc>) -> i32 {
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
     (t.date_naive() - epoch).num_days() as i32
 }
+
+/// Event times outside years 1–9999 are not times.
+const TIME_MS_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
 
 /// Epoch millis from a JSON number (millis) or an RFC 3339 string.
 pub fn time_ms(v: &Value) -> Option<i64> {
@@ -537,22 +1124,14 @@ pub fn time_ms(v: &Value) -> Option<i64> {
                 .filter(|f| f.is_finite() && f.abs() < 9.0e15)
                 .map(|f| f as i64)
         }),
-        Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
+        Value::String(s) => rfc3339_ms(s),
         _ => None,
     }
-    .filter(|ms| (-62_135_596_800_000..=253_402_300_799_999).contains(ms))
+    .filter(|ms| TIME_MS_RANGE.contains(ms))
 }
 
-fn to_cell(v: &Value) -> Cell {
-    match v {
-        Value::Bool(b) => Cell::Bool(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Cell::Int(i),
-            None => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => Cell::Str(s.clone()),
-        other => Cell::Str(other.to_string()),
-    }
+fn rfc3339_ms(s: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
 }
 
 fn inferred_type(c: &Cell) -> ColumnType {
@@ -561,12 +1140,11 @@ fn inferred_type(c: &Cell) -> ColumnType {
         Cell::Int(_) => ColumnType::Long,
         Cell::Float(_) => ColumnType::Double,
         Cell::Str(_) => ColumnType::String,
-        Cell::Bytes(_) => ColumnType::Binary,
     }
 }
 
 /// Fit a cell into a column type; hands the cell back when it does not fit.
-fn coerce(cell: Cell, ty: ColumnType) -> std::result::Result<Cell, Cell> {
+fn coerce(cell: Cell<'_>, ty: ColumnType) -> std::result::Result<Cell<'_>, Cell<'_>> {
     match (ty, cell) {
         (ColumnType::Boolean, c @ Cell::Bool(_)) => Ok(c),
         (ColumnType::Long, c @ Cell::Int(_)) => Ok(c),
@@ -577,7 +1155,7 @@ fn coerce(cell: Cell, ty: ColumnType) -> std::result::Result<Cell, Cell> {
         (ColumnType::String, c @ Cell::Str(_)) => Ok(c),
         (ColumnType::Timestamp, c) => match &c {
             Cell::Int(ms) => Ok(Cell::Int(ms.saturating_mul(1_000))),
-            Cell::Str(s) => match time_ms(&Value::String(s.clone())) {
+            Cell::Str(s) => match rfc3339_ms(s).filter(|ms| TIME_MS_RANGE.contains(ms)) {
                 Some(ms) => Ok(Cell::Int(ms * 1_000)),
                 None => Err(c),
             },
@@ -590,19 +1168,7 @@ fn coerce(cell: Cell, ty: ColumnType) -> std::result::Result<Cell, Cell> {
             },
             _ => Err(c),
         },
-        (ColumnType::Binary, c @ Cell::Bytes(_)) => Ok(c),
         (_, c) => Err(c),
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -612,7 +1178,6 @@ fn cell_kind(c: &Cell) -> &'static str {
         Cell::Int(_) => "an integer",
         Cell::Float(_) => "a fractional number",
         Cell::Str(_) => "a string",
-        Cell::Bytes(_) => "bytes",
     }
 }
 
@@ -627,106 +1192,6 @@ fn type_name(t: ColumnType) -> &'static str {
         ColumnType::Date => "date",
         ColumnType::Binary => "binary",
     }
-}
-
-/// Build the Arrow batch for `rows` in `schema`; cells were coerced to their column's type already.
-fn build_batch(schema: &TableSchema, rows: &[Row]) -> Result<RecordBatch> {
-    let n = rows.len();
-    // Column-major view: for each column, the row's cell (or null).
-    let mut cols: Vec<Vec<Option<&Cell>>> = vec![vec![None; n]; schema.columns.len()];
-    for (r, row) in rows.iter().enumerate() {
-        for (c, cell) in row {
-            cols[*c][r] = Some(cell);
-        }
-    }
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.columns.len());
-    for (col, cells) in schema.columns.iter().zip(cols) {
-        let array: ArrayRef = match col.ty {
-            ColumnType::Boolean => {
-                let mut b = BooleanBuilder::with_capacity(n);
-                for c in cells {
-                    b.append_option(match c {
-                        Some(Cell::Bool(v)) => Some(*v),
-                        _ => None,
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Integer => {
-                let mut b = Int32Builder::with_capacity(n);
-                for c in cells {
-                    b.append_option(match c {
-                        Some(Cell::Int(v)) => i32::try_from(*v).ok(),
-                        _ => None,
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Long => {
-                let mut b = Int64Builder::with_capacity(n);
-                for c in cells {
-                    b.append_option(match c {
-                        Some(Cell::Int(v)) => Some(*v),
-                        _ => None,
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Double => {
-                let mut b = Float64Builder::with_capacity(n);
-                for c in cells {
-                    b.append_option(match c {
-                        Some(Cell::Float(v)) => Some(*v),
-                        Some(Cell::Int(v)) => Some(*v as f64),
-                        _ => None,
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::String => {
-                let mut b = StringBuilder::with_capacity(n, 16 * n);
-                for c in cells {
-                    b.append_option(match c {
-                        Some(Cell::Str(v)) => Some(v.as_str()),
-                        _ => None,
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Timestamp => {
-                let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-                for c in cells {
-                    b.append_option(match c {
-                        Some(Cell::Int(v)) => Some(*v),
-                        _ => None,
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Date => {
-                let mut b = Date32Builder::with_capacity(n);
-                for c in cells {
-                    b.append_option(match c {
-                        Some(Cell::Int(v)) => i32::try_from(*v).ok(),
-                        _ => None,
-                    });
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Binary => {
-                let mut b = BinaryBuilder::with_capacity(n, 64 * n);
-                for c in cells {
-                    b.append_option(match c {
-                        Some(Cell::Bytes(v)) => Some(v.as_ref()),
-                        _ => None,
-                    });
-                }
-                Arc::new(b.finish())
-            }
-        };
-        arrays.push(array);
-    }
-    Ok(RecordBatch::try_new(schema.arrow(), arrays)?)
 }
 
 /// The error table's schema.
@@ -754,23 +1219,36 @@ pub fn errors_schema() -> TableSchema {
 
 /// The error rows as a batch of the error table, stamped with `now_ms`.
 pub fn errors_batch(rows: &[ErrorRow], now_ms: i64) -> Result<RecordBatch> {
-    let schema = errors_schema();
-    let built: Vec<Row> = rows
-        .iter()
-        .map(|e| {
-            vec![
-                (0, Cell::Bytes(e.raw.clone())),
-                (1, Cell::Str(e.kind.as_str().to_string())),
-                (2, Cell::Str(e.message.clone())),
-                (3, Cell::Str(e.partition_key.clone())),
-                (4, Cell::Str(e.shard_id.to_string())),
-                (5, Cell::Int(e.sequence_number as i64)),
-                (6, Cell::Int(e.arrival_ms.saturating_mul(1_000))),
-                (7, Cell::Int(now_ms.saturating_mul(1_000))),
-            ]
-        })
-        .collect();
-    build_batch(&schema, &built)
+    let n = rows.len();
+    let mut raw = BinaryBuilder::with_capacity(n, rows.iter().map(|e| e.raw.len()).sum());
+    let mut kind = StringBuilder::with_capacity(n, 24 * n);
+    let mut message = StringBuilder::with_capacity(n, 64 * n);
+    let mut partition_key = StringBuilder::with_capacity(n, 16 * n);
+    let mut shard = StringBuilder::with_capacity(n, 16 * n);
+    let mut sequence_number = Int64Builder::with_capacity(n);
+    let mut arrival = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut error_time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    for e in rows {
+        raw.append_value(&e.raw);
+        kind.append_value(e.kind.as_str());
+        message.append_value(&e.message);
+        partition_key.append_value(&e.partition_key);
+        shard.append_value(e.shard_id.to_string());
+        sequence_number.append_value(e.sequence_number as i64);
+        arrival.append_value(e.arrival_ms.saturating_mul(1_000));
+        error_time.append_value(now_ms.saturating_mul(1_000));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(raw.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(message.finish()),
+        Arc::new(partition_key.finish()),
+        Arc::new(shard.finish()),
+        Arc::new(sequence_number.finish()),
+        Arc::new(arrival.finish()),
+        Arc::new(error_time.finish()),
+    ];
+    Ok(RecordBatch::try_new(errors_schema().arrow(), columns)?)
 }
 
 #[cfg(test)]
@@ -950,5 +1428,145 @@ mod tests {
         );
         assert_eq!(out.rows(), 1);
         assert_eq!(out.schema, s, "a declared schema never grows");
+    }
+
+    #[test]
+    fn parsing_matches_serde_json_value() {
+        let (c, s) = converter();
+        let out = c
+            .convert(
+                &s,
+                &[
+                    rec(
+                        0,
+                        1,
+                        r#"{"z": 1, "a": "x", "z": 2, "k\u0065y": "v\n", "o": {"b": 1, "a": [1, 2.5]},
+                            "big": 18446744073709551615, "n": null}"#,
+                    ),
+                    rec(0, 2, "[1, x]"),
+                    rec(0, 3, "[1, 2]"),
+                    rec(0, 4, r#""text""#),
+                    rec(0, 5, r#"{"a": "x"} trailing"#),
+                ],
+            )
+            .unwrap();
+        let errors: Vec<_> = out
+            .errors
+            .iter()
+            .map(|e| (e.sequence_number, e.kind, e.message.as_str()))
+            .collect();
+        assert_eq!(errors[0].1, ErrorKind::NotJson);
+        assert_eq!(
+            errors[1],
+            (
+                3,
+                ErrorKind::NotObject,
+                "payload is JSON an array but must be an object"
+            )
+        );
+        assert_eq!(
+            errors[2],
+            (
+                4,
+                ErrorKind::NotObject,
+                "payload is JSON a string but must be an object"
+            )
+        );
+        assert_eq!(errors[3].1, ErrorKind::NotJson);
+        // New columns in key order (as a serde_json map iterates), the last of duplicate keys kept, null absent.
+        let added: Vec<_> = out.schema.columns[s.columns.len()..]
+            .iter()
+            .map(|c| (c.name.as_str(), c.ty))
+            .collect();
+        assert_eq!(
+            added,
+            vec![
+                ("a", ColumnType::String),
+                ("big", ColumnType::Double),
+                ("key", ColumnType::String),
+                ("o", ColumnType::String),
+                ("z", ColumnType::Long),
+            ]
+        );
+        let b = out.batch.unwrap();
+        assert_eq!(
+            b.column_by_name("z")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0),
+            2
+        );
+        assert_eq!(
+            b.column_by_name("key").unwrap().as_string::<i32>().value(0),
+            "v\n"
+        );
+        assert_eq!(
+            b.column_by_name("o").unwrap().as_string::<i32>().value(0),
+            r#"{"a":[1,2.5],"b":1}"#
+        );
+        assert_eq!(
+            b.column_by_name("big")
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .value(0),
+            18_446_744_073_709_551_615u64 as f64
+        );
+    }
+
+    /// Chunks converted on threads give exactly the result of one pass, also when a later chunk adds columns
+    /// or widens a column an earlier chunk added.
+    #[test]
+    fn chunks_convert_like_one_pass() {
+        let mut cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        cfg.partition_by.push(crate::config::PartitionColumn {
+            name: "dev".into(),
+            expr: PartitionExpr::Field { field: "dev".into() },
+        });
+        let cfg = Arc::new(cfg);
+        let mut s = TableSchema::initial(&cfg);
+        s.columns.push(Column {
+            name: "n".into(),
+            ty: ColumnType::Long,
+        });
+        let c = Converter::new(cfg);
+        let records: Vec<SourceRecord> = (0..60u64)
+            .map(|i| {
+                let data = match i % 6 {
+                    0 => format!(
+                        r#"{{"ts": {}, "n": {i}, "dev": "d{}"}}"#,
+                        86_400_000 * (i % 3),
+                        i % 2
+                    ),
+                    1 => format!(r#"{{"n": "bad{i}"}}"#),
+                    2 => "not json".to_string(),
+                    3 if i < 30 => format!(r#"{{"w": {i}, "ts": "1970-01-0{}T00:00:00Z"}}"#, 1 + i % 5),
+                    3 => format!(r#"{{"w": {i}.5}}"#),
+                    4 => format!(r#"{{"late_{}": true, "tags": {{"i": {i}}}}}"#, i / 15),
+                    _ => format!(r#"{{"esc\"aped": "x\"{i}", "_topic": "t/{i}", "dev": {i}}}"#),
+                };
+                rec((i % 3) as u32, i, &data)
+            })
+            .collect();
+        let one = c.convert_in(&s, &records, 1).unwrap();
+        assert!(one.rows() > 20 && one.errors.len() > 20, "{} rows", one.rows());
+        assert_eq!(
+            one.schema.columns.iter().find(|c| c.name == "w").unwrap().ty,
+            ColumnType::Double
+        );
+        for threads in 2..=7 {
+            let many = c.convert_in(&s, &records, threads).unwrap();
+            assert_eq!(many.schema, one.schema, "{threads} threads");
+            assert_eq!(many.batch, one.batch, "{threads} threads");
+            assert_eq!(many.errors, one.errors, "{threads} threads");
+            assert_eq!(
+                (many.event_time_ms_min, many.event_time_ms_max),
+                (one.event_time_ms_min, one.event_time_ms_max)
+            );
+        }
+        // Without schema changes too (the fast path: every chunk's result stands).
+        let steady = c.convert_in(&one.schema, &records, 1).unwrap();
+        let parallel = c.convert_in(&one.schema, &records, 3).unwrap();
+        assert_eq!(steady.batch, parallel.batch);
+        assert_eq!(steady.errors, parallel.errors);
     }
 }

@@ -555,7 +555,9 @@ impl Delivery {
             }
             None => (std::borrow::Cow::Borrowed(&self.buffer[..]), Vec::new(), 0),
         };
+        let convert_started = Instant::now();
         let mut converted = self.converter.convert(&self.schema, &records)?;
+        let convert_ms = convert_started.elapsed().as_millis() as u64;
         converted.errors.extend(http_errors);
         if let Some(t) = &self.transform
             && let Some(batch) = converted.batch.take()
@@ -668,7 +670,9 @@ impl Delivery {
             txns,
             expected,
         };
+        let commit_started = Instant::now();
         let outcome = commit_durably(&mut self.data, &self.shutdown, pending, &self.counters).await?;
+        let write_commit_ms = commit_started.elapsed().as_millis() as u64;
         self.schema = self.data.schema()?;
         for (s, q) in &moved {
             self.committed.insert(*s, *q);
@@ -696,7 +700,8 @@ impl Delivery {
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("freshet_delivery_commits_total", "delivery" => self.config.name.clone())
                 .increment(1);
-            tracing::debug!(delivery = %self.config.name, version, rows, errors = report.error_rows, "committed");
+            tracing::debug!(delivery = %self.config.name, version, rows, errors = report.error_rows, convert_ms,
+                write_commit_ms, "committed");
             let fmt = |ms: Option<i64>| {
                 ms.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
