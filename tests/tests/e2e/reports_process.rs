@@ -32,6 +32,8 @@ use crate::roles::Proc;
 
 /// The slow part of a run: about 3 s in the debug build on this machine.
 const SPIN: &str = "SELECT sum(value % 7) AS spin FROM generate_series(1, 12000000)";
+/// A slower one (about 7 s), for a window in which new data lands while a run is going.
+const SPIN_LONG: &str = "SELECT sum(value % 7) AS spin FROM generate_series(1, 30000000)";
 
 /// A `freshet up` on fixed ports with `--config` and deliveries every second.
 struct Up {
@@ -313,7 +315,7 @@ fn reports_schedule_runs_its_slot_and_redoes_it_once_after_sigkill() {
             r#"
 [[reports]]
 name = "every_minute"
-sql = "SELECT t.rows_seen, g.spin FROM (SELECT count(*) AS rows_seen FROM {{{{telemetry}}}}) t CROSS JOIN ({SPIN}) g"
+sql = "SELECT t.rows_seen, g.spin FROM (SELECT count(*) AS rows_seen FROM {{{{telemetry}}}}) t CROSS JOIN ({SPIN_LONG}) g"
 trigger = {{ schedule = "rate(1 minute)" }}
 outputs = ["json"]
 "#
@@ -352,9 +354,16 @@ outputs = ["json"]
             .map(|_| ())
     });
     assert!(Utc::now() >= slot, "the slot ran before its time");
-    sigkill(up);
+    // A newer version lands while the slot's run is going; the kill comes after it.
+    let newer = deliver_round(dir, &up, "dev-t", 5);
     let at_kill = run_files(dir, "every_minute");
+    sigkill(up);
     assert_eq!(at_kill.keys().collect::<Vec<_>>(), [&id]);
+    assert_eq!(
+        status_of(&at_kill[&id]),
+        "running",
+        "the run ended before the newer version landed; the kill would not interrupt it"
+    );
 
     let up = start_up(dir, &config);
     poll_until(
@@ -371,15 +380,19 @@ outputs = ["json"]
     let record = &runs[&id];
     assert_eq!(record["attempts"], 2, "redone once after the kill: {record}");
     assert!(record["error"].is_null(), "{record}");
-    // The redo read what the first attempt read: the table as it was at the slot.
+    // The redo read what the first attempt read (the table as it was at the slot), not the newer version.
     let read = record["versions"]["telemetry"].as_u64().unwrap();
-    assert!(read >= version, "{record}");
+    assert!(version <= read && read < newer, "{record}");
     let rows = result_rows(dir, "every_minute", &id);
     assert_eq!(
         rows[0]["rows_seen"].as_i64().unwrap(),
         rows_at(up.http, "telemetry", read)
     );
-    assert_eq!(rows[0]["spin"].as_i64().unwrap(), 36_000_000);
+    assert_ne!(
+        rows_at(up.http, "telemetry", read),
+        rows_at(up.http, "telemetry", newer)
+    );
+    assert_eq!(rows[0]["spin"].as_i64().unwrap(), 89_999_997);
     // Any other run is a later slot (the test may outlast the next minute).
     for other in runs.keys().filter(|k| **k != id) {
         assert!(
