@@ -5,14 +5,14 @@
 //!   rewritten, the interrupted one is redone once under the same id, and each result read the version it names;
 //!   the same with the report role alone killed while the other roles keep committing, and with `freshet up`
 //!   killed at seeded random moments; a crash between a run's record and `latest` leaves no stale `latest`;
-//! - a schedule (`rate(1 minute)`) runs its slot with no commit involved, and a slot interrupted by SIGKILL is redone
-//!   once after the restart (the test starts the process 20–80 s before a minute boundary, so the slot is due soon
-//!   after start);
+//! - a schedule (`rate(1 minute)`, and a `cron(...)` naming one minute) runs its slot with no commit involved, and
+//!   a slot interrupted by SIGKILL is redone once after the restart, over the version its first attempt read (the
+//!   test starts the process 25–60 s before a minute boundary, so the slot is due soon after start);
 //! - records whose `ts` is RFC 3339 (with `Z` and with offsets) are partitioned (UTC date) and aggregated (UTC
 //!   minute, in `telemetry_minutely`) by that event time.
 //!
-//! Runs are made slow on purpose with SQL only: a report sums `value % 7` over `generate_series(1, 12000000)`, a few
-//! seconds in the debug build, beside `count(*)` of the table version it reads.
+//! Runs are made slow on purpose with SQL only: a report sums `value % 7` over `generate_series(1, N)` (N = 12 or 30
+//! million: a few seconds in the debug build) beside `count(*)` of the table version it reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use chrono::{DurationRound, TimeDelta, Utc};
+use chrono::{DurationRound, TimeDelta, Timelike, Utc};
 use freshet_reports::slot_run_id;
 use freshet_storage::StreamName;
 use freshet_storage::remote::{RemoteConfig, RemoteStore};
@@ -309,19 +309,6 @@ fn reports_schedule_runs_its_slot_and_redoes_it_once_after_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let config = dir.join("freshet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[[reports]]
-name = "every_minute"
-sql = "SELECT t.rows_seen, g.spin FROM (SELECT count(*) AS rows_seen FROM {{{{telemetry}}}}) t CROSS JOIN ({SPIN_LONG}) g"
-trigger = {{ schedule = "rate(1 minute)" }}
-outputs = ["json"]
-"#
-        ),
-    )
-    .unwrap();
     // rate(1 minute) slots are whole UTC minutes. Start when the next one is 25 s or more away, so the process is up
     // and data is committed before it: at most a minute of waiting, for the wall clock itself.
     let spawned = poll_until(
@@ -334,6 +321,27 @@ outputs = ["json"]
     );
     let slot = spawned.duration_trunc(TimeDelta::minutes(1)).unwrap() + TimeDelta::minutes(1);
     let id = slot_run_id(slot);
+    // A cron schedule whose only slot today is the same minute.
+    let cron = format!("cron({} {} * * ? *)", slot.minute(), slot.hour());
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[reports]]
+name = "at_that_minute"
+sql = "SELECT count(*) AS n FROM {{{{telemetry}}}}"
+trigger = {{ schedule = "{cron}" }}
+outputs = ["json"]
+
+[[reports]]
+name = "every_minute"
+sql = "SELECT t.rows_seen, g.spin FROM (SELECT count(*) AS rows_seen FROM {{{{telemetry}}}}) t CROSS JOIN ({SPIN_LONG}) g"
+trigger = {{ schedule = "rate(1 minute)" }}
+outputs = ["json"]
+"#
+        ),
+    )
+    .unwrap();
     let up = start_up(dir, &config);
     let version = deliver_round(dir, &up, "dev-s", 15);
     assert!(
@@ -400,6 +408,19 @@ outputs = ["json"]
             "unexpected run {other}"
         );
     }
+    // The cron report ran that slot too, once, over the same kind of pinned version.
+    let cron_runs = poll_until(Duration::from_secs(60), "the cron slot's run", || {
+        let runs = history(dir, &config, "at_that_minute");
+        runs.get(&id)
+            .is_some_and(|r| r["status"] == "completed")
+            .then_some(runs)
+    });
+    assert_eq!(cron_runs.keys().collect::<Vec<_>>(), [&id], "{cron}");
+    let cron_read = cron_runs[&id]["versions"]["telemetry"].as_u64().unwrap();
+    assert_eq!(
+        result_rows(dir, "at_that_minute", &id)[0]["n"].as_i64().unwrap(),
+        rows_at(up.http, "telemetry", cron_read)
+    );
     assert!(up.proc.terminate().success());
 }
 
