@@ -3,7 +3,8 @@
 //! `KinesisEventResponse { batchItemFailures }` out).
 //!
 //! The rows are the streaming delivery's ([`crate::delivery`]): the same conversion, lineage columns, partitioning,
-//! SQL transform, error table and one Delta `txn` per shard (app id `<delivery>-<shardId>`). What differs is where
+//! HTTP transform (which sees AWS's sequence numbers, and must answer before the invocation's deadline or the
+//! shard is reported failed), SQL transform, error table and one Delta `txn` per shard (app id `<delivery>-<shardId>`). What differs is where
 //! positions come from: the records are pushed, not read, and AWS sequence numbers do not fit a Delta `txn` version.
 //!
 //! # Exactly-once across invocations
@@ -59,8 +60,10 @@ use crate::convert::{
 };
 use crate::delivery::app_id;
 use crate::error::{ProcessError, Result};
+use crate::http_transform::HttpTransform;
 use crate::table::DeltaSink;
 use crate::transform::SqlTransform;
+use tokio_util::sync::CancellationToken;
 
 /// The extra lineage column of batch deliveries: the exact source sequence number as decimal text.
 /// `_sequence_number` (a long) holds it too when it fits, and is null when it does not (AWS's 56-digit numbers).
@@ -160,6 +163,8 @@ pub struct BatchReport {
     pub error_rows: u64,
     /// Records skipped because the table already holds them (a re-delivery).
     pub skipped: u64,
+    /// Records the HTTP transform returned `Dropped` for (not written, not errors; covered by the position).
+    pub dropped: u64,
     /// Data table versions committed.
     pub versions: Vec<i64>,
     /// Shards answered as failed, with the reason.
@@ -173,6 +178,7 @@ pub struct BatchDelivery {
     config: Arc<DeliveryConfig>,
     converter: Converter,
     transform: Option<SqlTransform>,
+    http_transform: Option<HttpTransform>,
     data: Option<DeltaSink>,
     errors: Option<DeltaSink>,
     /// (table name, app id) → the position last read or written.
@@ -187,6 +193,7 @@ impl BatchDelivery {
         Ok(Self {
             converter: Converter::new(config.clone()),
             transform: SqlTransform::new(&config),
+            http_transform: HttpTransform::new(&config)?,
             config,
             data: None,
             errors: None,
@@ -279,8 +286,35 @@ impl BatchDelivery {
             })
             .collect();
         let exact: Vec<&SequenceNumberText> = fresh.iter().map(|r| &r.sequence_number).collect();
+        // The HTTP transform first, as in the streaming delivery: `Ok` records go on with their new data, `Dropped`
+        // ones are counted (the position covers them), failures become error rows.
+        let (sources, http_errors) = match &self.http_transform {
+            Some(h) => {
+                let aws_number = |s: &SourceRecord| {
+                    let ordinal = s.record.sequence_number.to_u64().unwrap_or(0) as usize;
+                    ordinal
+                        .checked_sub(1)
+                        .and_then(|i| exact.get(i))
+                        .map_or_else(|| s.record.sequence_number.to_string(), |q| q.to_string())
+                };
+                // Retries stop at the deadline: nothing is committed then, and the shard is reported failed.
+                let not_cancelled = CancellationToken::new();
+                let out = tokio::select! {
+                    out = h.apply_with(&sources, &not_cancelled, &aws_number) => out?,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        return Err(ProcessError::Internal(
+                            "the HTTP transform did not finish before the invocation's deadline".to_string(),
+                        ));
+                    }
+                };
+                report.dropped += out.dropped;
+                (out.records, out.errors)
+            }
+            None => (sources, Vec::new()),
+        };
         let table_schema = self.data.as_ref().expect("opened above").schema()?;
         let mut converted = self.converter.convert(&table_schema, &sources)?;
+        converted.errors.extend(http_errors);
         let mut schema = with_source_column(&self.config.table, converted.schema.clone())?;
         let mut batch_rows = match converted.batch.take() {
             Some(b) => Some(patch_lineage(b, &exact)?),

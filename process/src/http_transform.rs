@@ -131,11 +131,29 @@ impl HttpTransform {
     /// Send `records` through the function. Fails only if `shutdown` is cancelled while an invocation is being
     /// retried (nothing is committed then, so the records are read again after a restart).
     pub async fn apply(&self, records: &[SourceRecord], shutdown: &CancellationToken) -> Result<HttpOutcome> {
+        self.apply_with(records, shutdown, &|s: &SourceRecord| {
+            s.record.sequence_number.to_string()
+        })
+        .await
+    }
+
+    /// [`HttpTransform::apply`] for records whose `sequence_number` stands for another one: `sequence_text` gives
+    /// the number the function sees (in `recordId` and `kinesisRecordMetadata.sequenceNumber`). Batch delivery
+    /// uses it to show AWS's sequence numbers while its records carry ordinals.
+    pub async fn apply_with(
+        &self,
+        records: &[SourceRecord],
+        shutdown: &CancellationToken,
+        sequence_text: SequenceText<'_>,
+    ) -> Result<HttpOutcome> {
         let chunks = self.chunks(records);
         let mut results: Vec<Result<HttpOutcome>> = Vec::with_capacity(chunks.len());
         // At most `concurrency` invocations in flight; results stay in input order.
         for group in chunks.chunks(self.config.concurrency) {
-            let calls: Vec<_> = group.iter().map(|c| self.invoke(c, shutdown)).collect();
+            let calls: Vec<_> = group
+                .iter()
+                .map(|c| self.invoke(c, shutdown, sequence_text))
+                .collect();
             results.extend(futures::future::join_all(calls).await);
         }
         let mut out = HttpOutcome::default();
@@ -168,23 +186,28 @@ impl HttpTransform {
         out
     }
 
-    async fn invoke(&self, chunk: &[SourceRecord], shutdown: &CancellationToken) -> Result<HttpOutcome> {
+    async fn invoke(
+        &self,
+        chunk: &[SourceRecord],
+        shutdown: &CancellationToken,
+        sequence_text: SequenceText<'_>,
+    ) -> Result<HttpOutcome> {
         let body = Request {
-            invocation_id: invocation_id(chunk),
+            invocation_id: invocation_id(chunk, sequence_text),
             delivery_stream_arn: &self.delivery_arn,
             source_kinesis_stream_arn: &self.stream_arn,
             region: &self.config.region,
             records: chunk
                 .iter()
                 .map(|s| RequestRecord {
-                    record_id: record_id(s),
+                    record_id: record_id(s, sequence_text),
                     approximate_arrival_timestamp: s.record.arrival_ms,
                     data: BASE64.encode(&s.record.data),
                     kinesis_record_metadata: KinesisMetadata {
                         shard_id: s.shard_id.to_string(),
                         partition_key: s.record.partition_key.clone(),
                         approximate_arrival_timestamp: s.record.arrival_ms,
-                        sequence_number: s.record.sequence_number.to_string(),
+                        sequence_number: sequence_text(s),
                         subsequence_number: 0,
                     },
                 })
@@ -200,7 +223,7 @@ impl HttpTransform {
             let last_error = match self.post(body.clone()).await {
                 Ok(answer) => {
                     let mut out = match serde_json::from_slice::<Response>(&answer) {
-                        Ok(resp) => settle(chunk, resp)?,
+                        Ok(resp) => settle(chunk, resp, sequence_text)?,
                         Err(e) => all_failed(
                             chunk,
                             ErrorKind::TransformInvalidResponse,
@@ -280,14 +303,17 @@ impl HttpTransform {
     }
 }
 
-fn record_id(s: &SourceRecord) -> String {
-    format!("{}:{}", s.shard_id, s.record.sequence_number)
+/// The sequence number the function sees for a record, as decimal text.
+pub type SequenceText<'a> = &'a (dyn Fn(&SourceRecord) -> String + Sync);
+
+fn record_id(s: &SourceRecord, sequence_text: SequenceText<'_>) -> String {
+    format!("{}:{}", s.shard_id, sequence_text(s))
 }
 
 /// Stable for the same records, so a replayed invocation has the same id.
-fn invocation_id(chunk: &[SourceRecord]) -> String {
+fn invocation_id(chunk: &[SourceRecord], sequence_text: SequenceText<'_>) -> String {
     match (chunk.first(), chunk.last()) {
-        (Some(a), Some(b)) => format!("{}-{}", record_id(a), record_id(b)),
+        (Some(a), Some(b)) => format!("{}-{}", record_id(a, sequence_text), record_id(b, sequence_text)),
         _ => "empty".to_string(),
     }
 }
@@ -316,14 +342,14 @@ fn all_failed(chunk: &[SourceRecord], kind: ErrorKind, message: &str) -> Result<
 }
 
 /// Match the answer to the records sent, by recordId.
-fn settle(chunk: &[SourceRecord], resp: Response) -> Result<HttpOutcome> {
+fn settle(chunk: &[SourceRecord], resp: Response, sequence_text: SequenceText<'_>) -> Result<HttpOutcome> {
     let mut by_id: HashMap<String, ResponseRecord> = HashMap::with_capacity(resp.records.len());
     for r in resp.records {
         by_id.insert(r.record_id.clone(), r);
     }
     let mut out = HttpOutcome::default();
     for s in chunk {
-        let id = record_id(s);
+        let id = record_id(s, sequence_text);
         let Some(r) = by_id.remove(&id) else {
             out.errors.push(error_row(
                 s,
@@ -402,7 +428,10 @@ mod tests {
             {"recordId": "shardId-000000000001:99", "result": "Ok", "data": "eA=="},
         ]}))
         .unwrap();
-        let out = settle(&chunk, resp).unwrap();
+        let out = settle(&chunk, resp, &|s: &SourceRecord| {
+            s.record.sequence_number.to_string()
+        })
+        .unwrap();
         assert_eq!(out.records.len(), 1);
         assert_eq!(&out.records[0].record.data[..], b"A");
         assert_eq!(out.dropped, 1);

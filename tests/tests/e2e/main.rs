@@ -13,6 +13,7 @@ mod delivery_transform;
 mod ingest_gateway;
 mod kinesis_api;
 mod lambda;
+mod lambda_transform;
 mod query_duckdb;
 mod query_golden;
 mod query_http;
