@@ -63,6 +63,8 @@ pub struct FlushReport {
 /// Counters of one delivery since it started.
 #[derive(Debug, Default)]
 pub struct DeliveryCounters {
+    /// Records read from the stream into the buffer (records read again after a resync count again).
+    pub records_read: AtomicU64,
     /// Commits of the data table made by this delivery.
     pub commits: AtomicU64,
     pub rows: AtomicU64,
@@ -474,6 +476,9 @@ impl Delivery {
                     self.buffer_since = Some(Instant::now());
                 }
             }
+            self.counters
+                .records_read
+                .fetch_add(out.records.len() as u64, Ordering::Relaxed);
             for record in out.records {
                 self.buffer_bytes += record.data.len() as u64 + record.partition_key.len() as u64;
                 self.buffer.push(SourceRecord { shard_id, record });
