@@ -750,6 +750,10 @@ struct ChunkConverter<'c> {
     /// Column indexes of [`LINEAGE_COLUMNS`] and of the partition columns (columns are never removed).
     lineage_columns: [Option<usize>; 6],
     partition_columns: Vec<Option<usize>>,
+    /// The column of the `j`-th (sorted) field of a recent record, for each `j`: records of one stream mostly
+    /// have the same fields, so most lookups are a string comparison instead of a hash. Entries stay true because
+    /// columns are never removed or moved.
+    recent_fields: Vec<(Box<str>, usize)>,
     builders: Vec<ColumnBuilder>,
     rows: usize,
     capacity: usize,
@@ -799,6 +803,7 @@ impl<'c> ChunkConverter<'c> {
             ignored,
             reserved,
             builders,
+            recent_fields: Vec::new(),
             rows: 0,
             capacity,
             errors: Vec::new(),
@@ -852,6 +857,22 @@ impl<'c> ChunkConverter<'c> {
         })
     }
 
+    /// The column named `key`, the record's `position`-th field, if there is one.
+    fn column_of(&mut self, position: usize, key: &str) -> Option<usize> {
+        if let Some((name, col)) = self.recent_fields.get(position)
+            && **name == *key
+        {
+            return Some(*col);
+        }
+        let col = self.index.get(key).copied()?;
+        if position < self.recent_fields.len() {
+            self.recent_fields[position] = (key.into(), col);
+        } else if position == self.recent_fields.len() {
+            self.recent_fields.push((key.into(), col));
+        }
+        Some(col)
+    }
+
     /// Convert one record; on success its row is appended to the builders. Nothing changes on error.
     fn convert_one<'r>(
         &mut self,
@@ -896,7 +917,7 @@ impl<'c> ChunkConverter<'c> {
         // Columns added by this record: only kept if the record turns out good.
         let mut added: Vec<Column> = Vec::new();
         let mut widened: Vec<usize> = Vec::new();
-        for (key, value) in scratch.fields.drain(..) {
+        for (position, (key, value)) in scratch.fields.drain(..).enumerate() {
             if key.starts_with('_') {
                 match key.as_ref() {
                     "_topic" | "_client_id" => {
@@ -932,7 +953,7 @@ impl<'c> ChunkConverter<'c> {
                     _ => {}
                 }
             }
-            let existing = self.index.get(key.as_ref()).copied();
+            let existing = self.column_of(position, &key);
             let ignored = match existing {
                 Some(i) => self.ignored[i],
                 None => self.reserved.iter().any(|r| *r == key),
