@@ -39,7 +39,7 @@ use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use freshet_query::{QueryEngine, QueryLimits, Warehouse};
-use freshet_reports::{OutputFormat, ReportConfig, ReportQuery, Reporter, Trigger};
+use freshet_reports::{OutputFormat, ReportConfig, ReportQuery, Trigger};
 use freshet_storage::{FsyncPolicy, StreamStore};
 use serde::{Deserialize, Serialize};
 
@@ -87,14 +87,25 @@ pub struct QueryBenchArgs {
 /// One query of the suite, in each engine's dialect.
 struct BenchQuery {
     name: &'static str,
+    /// Relative tolerance when the two engines' result fingerprints are compared.
+    tolerance: f64,
     freshet: &'static str,
     duckdb: &'static str,
 }
+
+/// Exact results may differ only by the order floating-point sums were added in.
+const EXACT: f64 = 1e-9;
+/// Exact percentiles: DuckDB's interpolation between neighbours rounds differently from DataFusion's (measured up
+/// to ~1e-8 relative per value on this fixture); a wrong percentile or row set is off by far more.
+const INTERPOLATED: f64 = 1e-6;
+/// The two engines' t-digests differ; their percentiles of this fixture agree well within this.
+const APPROXIMATE: f64 = 0.02;
 
 /// Time literals below fall inside the fixture: day 3 is 2025-11-04.
 const SUITE: &[BenchQuery] = &[
     BenchQuery {
         name: "minute_rollup",
+        tolerance: EXACT,
         freshet: "SELECT date_trunc('minute', ts) AS minute, count(*) AS n, avg(temp) AS temp, \
                   max(pressure) AS pressure FROM telemetry GROUP BY 1 ORDER BY 1",
         duckdb: "SELECT date_trunc('minute', ts) AS minute, count(*) AS n, avg(temp) AS temp, \
@@ -102,6 +113,7 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "device_minute_day",
+        tolerance: EXACT,
         freshet: "SELECT device_id, date_trunc('minute', ts) AS minute, count(*) AS n, avg(temp) AS avg_temp, \
                   min(temp) AS min_temp, max(temp) AS max_temp, avg(humidity) AS avg_humidity FROM telemetry \
                   WHERE event_date = DATE '2025-11-04' GROUP BY 1, 2",
@@ -111,6 +123,7 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "device_summary",
+        tolerance: EXACT,
         freshet: "SELECT device_id, count(*) AS n, avg(temp) AS temp, stddev(temp) AS sd, min(battery) AS battery, \
                   sum(CASE WHEN status <> 'ok' THEN 1 ELSE 0 END) AS not_ok FROM telemetry GROUP BY 1 ORDER BY 1",
         duckdb: "SELECT device_id, count(*) AS n, avg(temp) AS temp, stddev(temp) AS sd, min(battery) AS battery, \
@@ -118,6 +131,7 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "approx_percentiles",
+        tolerance: APPROXIMATE,
         freshet: "SELECT device_id, approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY temp) AS p50, \
                   approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY temp) AS p95, \
                   approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY temp) AS p99 FROM telemetry GROUP BY 1",
@@ -126,6 +140,7 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "exact_percentiles_day",
+        tolerance: INTERPOLATED,
         freshet: "SELECT device_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY humidity) AS p50, \
                   percentile_cont(0.95) WITHIN GROUP (ORDER BY humidity) AS p95 FROM telemetry \
                   WHERE event_date = DATE '2025-11-04' GROUP BY 1",
@@ -134,6 +149,7 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "top_devices",
+        tolerance: EXACT,
         freshet: "SELECT device_id, max(temp) AS hottest, avg(temp) AS temp FROM telemetry GROUP BY 1 \
                   ORDER BY hottest DESC, device_id LIMIT 10",
         duckdb: "SELECT device_id, max(temp) AS hottest, avg(temp) AS temp FROM telemetry GROUP BY 1 \
@@ -141,11 +157,13 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "top_readings",
+        tolerance: EXACT,
         freshet: "SELECT device_id, ts, temp, humidity FROM telemetry ORDER BY temp DESC, ts LIMIT 100",
         duckdb: "SELECT device_id, ts, temp, humidity FROM telemetry ORDER BY temp DESC, ts LIMIT 100",
     },
     BenchQuery {
         name: "time_range_hour",
+        tolerance: EXACT,
         freshet: "SELECT device_id, count(*) AS n, avg(temp) AS temp, max(rssi) AS rssi FROM telemetry \
                   WHERE ts >= TIMESTAMP '2025-11-04T12:00:00Z' AND ts < TIMESTAMP '2025-11-04T13:00:00Z' \
                   GROUP BY 1",
@@ -155,6 +173,7 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "time_range_alarms",
+        tolerance: EXACT,
         freshet: "SELECT device_id, ts, temp, status FROM telemetry WHERE status = 'alarm' \
                   AND ts >= TIMESTAMP '2025-11-06T00:00:00Z' AND ts < TIMESTAMP '2025-11-07T06:00:00Z'",
         duckdb: "SELECT device_id, ts, temp, status FROM telemetry WHERE status = 'alarm' \
@@ -162,6 +181,7 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "join_sites",
+        tolerance: EXACT,
         freshet: "SELECT d.site, d.model, count(*) AS n, avg(t.temp) AS temp, avg(t.battery) AS battery \
                   FROM telemetry t JOIN devices d ON t.device_id = d.device_id GROUP BY 1, 2 ORDER BY 1, 2",
         duckdb: "SELECT d.site, d.model, count(*) AS n, avg(t.temp) AS temp, avg(t.battery) AS battery \
@@ -169,6 +189,7 @@ const SUITE: &[BenchQuery] = &[
     },
     BenchQuery {
         name: "daily_distinct",
+        tolerance: EXACT,
         freshet: "SELECT event_date, count(*) AS n, count(DISTINCT device_id) AS devices, avg(battery) AS battery \
                   FROM telemetry GROUP BY 1 ORDER BY 1",
         duckdb: "SELECT event_date, count(*) AS n, count(DISTINCT device_id) AS devices, avg(battery) AS battery \
@@ -176,22 +197,48 @@ const SUITE: &[BenchQuery] = &[
     },
 ];
 
-/// What DuckDB runs: views over the Parquet files, then each query `repeat` times; prints JSON.
+/// What DuckDB runs: views over the Parquet files (file lists inlined as literals: DuckDB refuses `?` parameters
+/// in a VIEW), then each query `repeat` times; prints JSON with each query's timings and result fingerprint (the
+/// same one `fingerprint` computes on freshet's side). The session time zone is UTC, as freshet's.
 const DUCKDB_SCRIPT: &str = r#"
 import duckdb, json, sys, time
+import pyarrow as pa, pyarrow.compute as pc
 spec = json.load(sys.stdin)
 con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
 con.execute(f"CREATE VIEW telemetry AS SELECT * FROM read_parquet({spec['telemetry']!r}, hive_partitioning = true)")
 con.execute(f"CREATE VIEW devices AS SELECT * FROM read_parquet({spec['devices']!r})")
+
+def to_arrow(result):
+    # DuckDB 1.x: fetch_arrow_table; 2.x renamed it to_arrow_table.
+    f = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table")
+    return f()
+
+def fingerprint(table):
+    out = {}
+    for name, col in zip(table.column_names, table.columns):
+        t = col.type
+        if pa.types.is_timestamp(t):
+            per = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[t.unit]
+            v = pc.sum(col.cast(pa.int64()).cast(pa.float64())).as_py()
+            out[name] = (v or 0.0) * per
+        elif pa.types.is_date32(t):
+            out[name] = float(pc.sum(col.cast(pa.int32()).cast(pa.int64())).as_py() or 0)
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+            out[name] = float(pc.sum(col.cast(pa.float64())).as_py() or 0.0)
+        elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            out[name] = float(len(set(v for v in col.to_pylist() if v is not None)))
+    return out
+
 out = {"version": duckdb.__version__, "threads": con.execute("SELECT current_setting('threads')").fetchone()[0], "queries": {}}
 for name, sql in spec["queries"]:
     times = []
-    rows = 0
+    table = None
     for _ in range(spec["repeat"]):
         t = time.perf_counter()
-        rows = con.execute(sql).fetch_arrow_table().num_rows
+        table = to_arrow(con.execute(sql))
         times.append((time.perf_counter() - t) * 1000.0)
-    out["queries"][name] = {"ms": times, "rows": rows}
+    out["queries"][name] = {"ms": times, "rows": table.num_rows, "fingerprint": fingerprint(table)}
 print(json.dumps(out), flush=True)
 "#;
 
@@ -209,6 +256,12 @@ struct QueryTiming {
     freshet_rows: u64,
     duckdb_ms: Option<Vec<f64>>,
     duckdb_rows: Option<u64>,
+    /// Per result column: the sum of its values (timestamps in microseconds, dates in days), or for text the number
+    /// of distinct values.
+    freshet_fingerprint: BTreeMap<String, f64>,
+    duckdb_fingerprint: Option<BTreeMap<String, f64>>,
+    /// Why the two engines' results differ, if they do.
+    mismatch: Option<String>,
     /// Best freshet time / best DuckDB time.
     ratio: Option<f64>,
 }
@@ -235,7 +288,7 @@ struct QueryBenchReport {
     freshet_total_ms: f64,
     duckdb_total_ms: Option<f64>,
     total_ratio: Option<f64>,
-    row_counts_match: bool,
+    results_match: bool,
     commit_to_report: Option<LatencyResult>,
 }
 
@@ -271,6 +324,7 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     for q in SUITE {
         let mut times = Vec::new();
         let mut rows = 0;
+        let mut print = BTreeMap::new();
         for _ in 0..args.repeat {
             let started = Instant::now();
             let result = engine
@@ -279,6 +333,7 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("freshet: query {}", q.name))?;
             times.push(started.elapsed().as_secs_f64() * 1000.0);
             rows = result.batches.iter().map(|b| b.num_rows() as u64).sum();
+            print = fingerprint(&result.batches)?;
         }
         eprintln!("freshet {:<22} {:>10.1} ms  {rows} rows", q.name, best(&times));
         timings.push(QueryTiming {
@@ -287,6 +342,9 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
             freshet_rows: rows,
             duckdb_ms: None,
             duckdb_rows: None,
+            freshet_fingerprint: print,
+            duckdb_fingerprint: None,
+            mismatch: None,
             ratio: None,
         });
     }
@@ -295,7 +353,7 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     if !args.no_peer {
         let peer = run_duckdb(&telemetry, &devices, args.repeat)?;
         duckdb_version = Some(format!("{} ({} threads)", peer.version, peer.threads));
-        for t in &mut timings {
+        for (t, q) in timings.iter_mut().zip(SUITE) {
             let theirs = peer
                 .queries
                 .get(&t.name)
@@ -303,6 +361,14 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
             t.ratio = Some(best(&t.freshet_ms) / best(&theirs.ms));
             t.duckdb_ms = Some(theirs.ms.clone());
             t.duckdb_rows = Some(theirs.rows);
+            t.mismatch = compare(
+                t.freshet_rows,
+                &t.freshet_fingerprint,
+                theirs.rows,
+                &theirs.fingerprint,
+                q.tolerance,
+            );
+            t.duckdb_fingerprint = Some(theirs.fingerprint.clone());
         }
     }
 
@@ -317,9 +383,7 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| t.duckdb_ms.as_ref().map(|m| best(m)))
         .sum();
-    let row_counts_match = timings
-        .iter()
-        .all(|t| t.duckdb_rows.is_none_or(|r| r == t.freshet_rows));
+    let results_match = timings.iter().all(|t| t.mismatch.is_none());
     let report = QueryBenchReport {
         machine: machine(),
         build: if cfg!(debug_assertions) {
@@ -337,15 +401,18 @@ pub async fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         queries: timings,
         freshet_total_ms,
         duckdb_total_ms,
-        row_counts_match,
+        results_match,
         commit_to_report,
     };
     print_report(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
-    if !report.row_counts_match {
-        bail!("freshet and DuckDB returned different row counts (marked ✗ above)");
+    if !report.results_match {
+        for t in report.queries.iter().filter(|t| t.mismatch.is_some()) {
+            eprintln!("{}: {}", t.name, t.mismatch.as_deref().unwrap_or_default());
+        }
+        bail!("freshet and DuckDB gave different results (marked ✗ above)");
     }
     Ok(())
 }
@@ -378,9 +445,11 @@ fn print_report(r: &QueryBenchReport) {
             .as_ref()
             .map_or("-".into(), |m| format!("{:.1}", best(m)));
         let ratio = t.ratio.map_or("-".into(), |x| format!("{x:.2}x"));
-        let rows = match t.duckdb_rows {
-            Some(d) if d != t.freshet_rows => format!("{} ✗ DuckDB {d}", t.freshet_rows),
-            _ => t.freshet_rows.to_string(),
+        let rows = match (&t.mismatch, t.duckdb_rows) {
+            (Some(_), Some(d)) if d != t.freshet_rows => format!("{} ✗ DuckDB {d}", t.freshet_rows),
+            (Some(_), _) => format!("{} ✗ values", t.freshet_rows),
+            (None, Some(_)) => format!("{} ✓", t.freshet_rows),
+            (None, None) => t.freshet_rows.to_string(),
         };
         println!(
             "  {:<22} {:>12.1} {:>12} {:>8} {:>10}",
@@ -625,6 +694,89 @@ struct DuckdbAnswer {
 struct DuckdbQuery {
     ms: Vec<f64>,
     rows: u64,
+    fingerprint: BTreeMap<String, f64>,
+}
+
+/// Per column of `batches`: the sum of its numbers (timestamps as microseconds since the epoch, dates as days), or
+/// the number of distinct texts; other types are left out. Sums are taken in f64, as DuckDB's side does.
+fn fingerprint(batches: &[RecordBatch]) -> anyhow::Result<BTreeMap<String, f64>> {
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::arrow::compute::cast;
+    let mut out = BTreeMap::new();
+    let Some(first) = batches.first() else {
+        return Ok(out);
+    };
+    for (i, field) in first.schema().fields().iter().enumerate() {
+        let dt = field.data_type();
+        let per_micro = match dt {
+            DataType::Timestamp(TimeUnit::Second, _) => Some(1e6),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => Some(1e3),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => Some(1.0),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => Some(1e-3),
+            _ => None,
+        };
+        let value = if dt.is_numeric() || per_micro.is_some() || matches!(dt, DataType::Date32) {
+            let mut sum = 0.0;
+            for b in batches {
+                let col = b.column(i);
+                let col = if per_micro.is_some() || matches!(dt, DataType::Date32) {
+                    let ints = cast(col, &DataType::Int64)?;
+                    cast(&ints, &DataType::Float64)?
+                } else {
+                    cast(col, &DataType::Float64)?
+                };
+                let floats = col.as_primitive::<deltalake::arrow::datatypes::Float64Type>();
+                sum += floats.iter().flatten().sum::<f64>();
+            }
+            sum * per_micro.unwrap_or(1.0)
+        } else if matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+            let mut distinct = std::collections::BTreeSet::new();
+            for b in batches {
+                let col = cast(b.column(i), &DataType::Utf8)?;
+                let strings = col.as_string::<i32>();
+                distinct.extend(
+                    (0..strings.len())
+                        .filter(|r| strings.is_valid(*r))
+                        .map(|r| strings.value(r).to_string()),
+                );
+            }
+            distinct.len() as f64
+        } else {
+            continue;
+        };
+        out.insert(field.name().clone(), value);
+    }
+    Ok(out)
+}
+
+/// Why freshet's result (`rows`, `ours`) and DuckDB's (`their_rows`, `theirs`) differ, or None when they agree:
+/// the same rows, the same columns, every column's fingerprint within `tolerance` (relative).
+fn compare(
+    rows: u64,
+    ours: &BTreeMap<String, f64>,
+    their_rows: u64,
+    theirs: &BTreeMap<String, f64>,
+    tolerance: f64,
+) -> Option<String> {
+    if rows != their_rows {
+        return Some(format!("freshet returned {rows} rows, DuckDB {their_rows}"));
+    }
+    if ours.keys().ne(theirs.keys()) {
+        return Some(format!(
+            "compared columns differ: freshet {:?}, DuckDB {:?}",
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>()
+        ));
+    }
+    let differ: Vec<String> = ours
+        .iter()
+        .filter_map(|(name, a)| {
+            let b = theirs[name];
+            let scale = a.abs().max(b.abs()).max(1.0);
+            ((a - b).abs() > tolerance * scale).then(|| format!("{name}: freshet {a} vs DuckDB {b}"))
+        })
+        .collect();
+    (!differ.is_empty()).then(|| differ.join("; "))
 }
 
 fn run_duckdb(telemetry: &[String], devices: &[String], repeat: u32) -> anyhow::Result<DuckdbAnswer> {
@@ -672,30 +824,47 @@ async fn commit_latency(commits: u32) -> anyhow::Result<LatencyResult> {
     let store: Arc<dyn StreamStore> = Arc::new(store);
     freshet_process::events::ensure_events_stream(&store).await?;
 
-    let schema = telemetry_schema();
-    let mut table = create_table(&warehouse, "live", &schema, &["event_date"]).await?;
-    let report = ReportConfig {
-        name: "live_minutely".into(),
-        query: ReportQuery::MinutelyAggregates {
-            table: "live".into(),
-            key: "device_id".into(),
-        },
-        trigger: Trigger {
-            tables: vec!["live".into()],
-            schedule: None,
-        },
-        outputs: OutputFormat::all(),
-        attempts_max: 3,
-        retry_backoff_ms: 100,
-    };
-    let engine = Arc::new(QueryEngine::new(
-        Warehouse::local(&warehouse),
-        QueryLimits::default(),
+    // The shape of a delivered table: the telemetry columns plus delivery's `_arrival_time` lineage column (the
+    // minutely report falls back to it for rows without an event time).
+    let mut fields: Vec<Field> = telemetry_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(
+        "_arrival_time",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
     ));
-    let reporter = Reporter::new(engine, vec![report])?;
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let mut table = create_table(&warehouse, "live", &schema, &["event_date"]).await?;
+    // The runtime `freshet up` runs (run::spawn_reports), configured with this one report on this warehouse.
+    let config = crate::config::Config {
+        data_dir: base.path().to_path_buf(),
+        warehouse: crate::config::WarehouseSection {
+            url: Some(warehouse.display().to_string()),
+            ..Default::default()
+        },
+        reports: vec![ReportConfig {
+            name: "live_minutely".into(),
+            query: ReportQuery::MinutelyAggregates {
+                table: "live".into(),
+                key: "device_id".into(),
+            },
+            trigger: Trigger {
+                tables: vec!["live".into()],
+                schedule: None,
+            },
+            outputs: OutputFormat::all(),
+            attempts_max: 3,
+            retry_backoff_ms: 100,
+        }],
+        ..Default::default()
+    };
+    let opened = crate::run::warehouse(&config)?;
+    let outputs = crate::run::report_outputs(&opened)?;
     let cancel = freshet_reports::CancellationToken::new();
-    let runtime =
-        freshet_reports::spawn_runtime(reporter, store.clone(), freshet_reports::DEFAULT_CONSUMER, cancel);
+    let runtime = crate::run::spawn_reports(&config, opened, store.clone(), cancel)?;
 
     let mut h = histogram();
     let mut worst = Duration::ZERO;
@@ -703,7 +872,10 @@ async fn commit_latency(commits: u32) -> anyhow::Result<LatencyResult> {
     for k in 0..=u64::from(commits) {
         let rows = 100;
         let from = k * rows;
-        let batch = telemetry_batch(&schema, from, from + rows, 1_000_000, 20)?;
+        let readings = telemetry_batch(&telemetry_schema(), from, from + rows, 1_000_000, 20)?;
+        let mut columns = readings.columns().to_vec();
+        columns.push(readings.column(1).clone());
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
         table = table.write([batch]).await?;
         let version = table.version().context("a committed version")?;
         let committed = Instant::now();
@@ -725,7 +897,7 @@ async fn commit_latency(commits: u32) -> anyhow::Result<LatencyResult> {
         freshet_process::events::publish(&store, &event).await;
         let deadline = committed + Duration::from_secs(60);
         loop {
-            let latest = freshet_reports::latest(&warehouse, "live_minutely")?;
+            let latest = outputs.latest("live_minutely").await?;
             if latest.is_some_and(|p| p.versions.get("live").is_some_and(|v| *v >= version)) {
                 break;
             }
@@ -758,6 +930,38 @@ fn chrono_now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_catch_a_different_answer() {
+        let schema = telemetry_schema();
+        let batch = telemetry_batch(&schema, 0, 1_000, 1_000, 10).unwrap();
+        let ours = fingerprint(std::slice::from_ref(&batch)).unwrap();
+        assert_eq!(ours["device_id"], 10.0);
+        assert_eq!(
+            ours["ts"],
+            (0..1_000)
+                .map(|i| (START_US + i * SPAN_US / 1_000) as f64)
+                .sum::<f64>()
+        );
+        // Split into two batches: the same fingerprint.
+        let split = [batch.slice(0, 400), batch.slice(400, 600)];
+        assert!(compare(1_000, &ours, 1_000, &fingerprint(&split).unwrap(), EXACT).is_none());
+        // One row fewer, or one value changed in a column, is a mismatch naming the column.
+        let fewer = fingerprint(&[batch.slice(0, 999)]).unwrap();
+        assert!(
+            compare(1_000, &ours, 999, &fewer, EXACT)
+                .unwrap()
+                .contains("rows")
+        );
+        let mut changed = ours.clone();
+        *changed.get_mut("temp").unwrap() += 0.001;
+        assert!(
+            compare(1_000, &ours, 1_000, &changed, EXACT)
+                .unwrap()
+                .starts_with("temp:")
+        );
+        assert!(compare(1_000, &ours, 1_000, &changed, APPROXIMATE).is_none());
+    }
 
     #[test]
     fn rows_are_spread_over_seven_days_and_every_device() {
