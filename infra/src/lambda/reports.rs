@@ -1,10 +1,12 @@
 //! `freshet lambda reports`: S3 notifications of new `_delta_log/<version>.json` objects → report runs.
 //!
-//! Environment: `FRESHET_WAREHOUSE` (the warehouse the reports read and write; a local path such as an EFS mount,
-//! since the query engine reads local warehouses), and the report: `FRESHET_REPORT_SQL` with `FRESHET_REPORT_NAME`
+//! Environment: `FRESHET_WAREHOUSE` (the warehouse the reports read and write: `s3://bucket/prefix`, reached with the
+//! standard AWS variables as the delivery handler does, see [`super::storage_options`], or a local path such as an
+//! EFS mount), and the report: `FRESHET_REPORT_SQL` with `FRESHET_REPORT_NAME`
 //! (default `lambda_report`) and `FRESHET_REPORT_TABLES` (comma-separated trigger tables; default `FRESHET_TABLE`),
 //! or `FRESHET_REPORT=telemetry_minutely` for the built-in per-device, per-minute report.
-//! `FRESHET_S3_WAREHOUSE` (`s3://bucket/prefix`), when set, ignores notifications for keys outside it.
+//! `FRESHET_S3_WAREHOUSE` (`s3://bucket/prefix`), when set, ignores notifications for keys outside it; it defaults
+//! to an `s3://` `FRESHET_WAREHOUSE`.
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use freshet_reports::{CancellationToken, ReportConfig, Reporter};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::json;
 
-use super::{optional, required, runtime_ended};
+use super::{optional, required, runtime_ended, storage_options};
 
 /// The report from the environment.
 pub fn report_from_env() -> anyhow::Result<ReportConfig> {
@@ -52,15 +54,14 @@ fn s3_filter(url: &str) -> anyhow::Result<(String, String)> {
 
 pub async fn run() -> anyhow::Result<()> {
     let warehouse = required("FRESHET_WAREHOUSE")?;
-    anyhow::ensure!(
-        !warehouse.contains("://"),
-        "FRESHET_WAREHOUSE={warehouse:?}: the report handler reads a local warehouse (e.g. an EFS mount) for now"
-    );
+    let opened = Warehouse::open(&warehouse, storage_options())
+        .with_context(|| format!("FRESHET_WAREHOUSE={warehouse:?}"))?;
     let filter = optional("FRESHET_S3_WAREHOUSE")
+        .or_else(|| warehouse.starts_with("s3://").then(|| warehouse.clone()))
         .map(|u| s3_filter(&u))
         .transpose()?;
     let report = report_from_env()?;
-    let engine = QueryEngine::new(Warehouse::local(&warehouse), QueryLimits::default());
+    let engine = QueryEngine::new(opened, QueryLimits::default());
     let reporter = Arc::new(Reporter::new(Arc::new(engine), vec![report]).context("the report")?);
     tracing::info!(%warehouse, "lambda reports handler starting");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<S3Event>| {

@@ -9,7 +9,10 @@
 //! - partial failure (local warehouse): a shard whose error rows cannot be written and a shard whose records go
 //!   backwards are answered with their first failed sequence number; the other shard lands; the retry lands;
 //! - reports (the binary started as `bootstrap`): an S3 event for a new `_delta_log` entry runs the report once,
-//!   a re-delivered event runs nothing, keys that are not log entries run nothing.
+//!   a re-delivered event runs nothing, keys that are not log entries run nothing;
+//! - reports on S3 (moto_server): `FRESHET_WAREHOUSE=s3://freshet/wh` reads the table the delivery function wrote
+//!   there and writes the run and `latest` into the bucket (read back with boto3); a log entry outside the
+//!   warehouse prefix is ignored.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use freshet_tests::lambda_runtime::{Outcome, RuntimeApi};
-use freshet_tests::s3::{s3_options, start_moto};
+use freshet_tests::s3::{bucket_report, s3_options, start_moto};
 use freshet_tests::{base64_encode, freshet_bin, python_json};
 use serde_json::{Value, json};
 
@@ -399,5 +402,84 @@ async fn lambda_reports_run_once_per_new_delta_log_entry() {
     assert_eq!(r["runs"][0]["run_id"], json!("t@v2"), "{r}");
     let text = std::fs::read_to_string(warehouse.join("reports/counts/runs/t@v2/result.json")).unwrap();
     assert!(text.contains("\"n\":4"), "version 2 holds 4 rows: {text}");
+    reports.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_reports_on_an_s3_warehouse() {
+    let (_moto, addr) = start_moto().await;
+    let api = RuntimeApi::start().await;
+    let options = s3_options(&addr);
+    let s3_env: Vec<(&str, String)> = options.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let limit = Duration::from_secs(60);
+
+    // Two commits (versions 1 and 2) of table t in s3://freshet/wh, written by the delivery function.
+    {
+        let mut env = s3_env.clone();
+        env.extend([
+            ("FRESHET_WAREHOUSE", "s3://freshet/wh".to_string()),
+            ("FRESHET_TABLE", "t".to_string()),
+        ]);
+        let _delivery = Function::start(&freshet_bin(), &["lambda", "delivery"], &api, &env);
+        for batch in [[1, 2, 3], [4, 5, 6]] {
+            let records = batch
+                .iter()
+                .map(|n| kinesis_record(0, &n.to_string(), "k", &payload(&format!("r{n}"))))
+                .collect();
+            let r = api.invoke(&event(records), limit).await.response();
+            assert_eq!(failures(&r), Vec::<String>::new(), "{r}");
+        }
+    }
+
+    let mut env = s3_env.clone();
+    env.extend([
+        ("FRESHET_WAREHOUSE", "s3://freshet/wh".to_string()),
+        ("FRESHET_REPORT_NAME", "counts".to_string()),
+        (
+            "FRESHET_REPORT_SQL",
+            "SELECT count(*) AS n FROM {{t}}".to_string(),
+        ),
+        ("FRESHET_REPORT_TABLES", "t".to_string()),
+    ]);
+    let mut reports = Function::start(&freshet_bin(), &["lambda", "reports"], &api, &env);
+
+    // Version 1: one run, its result in the bucket with `latest` naming it.
+    let r = api
+        .invoke(
+            &json!({"Records": [s3_record("wh/t/_delta_log/00000000000000000001.json")]}),
+            limit,
+        )
+        .await
+        .response();
+    assert_eq!(r["commits"], json!([{"table": "t", "version": 1}]), "{r}");
+    assert_eq!(r["runs"][0]["run_id"], json!("t@v1"), "{r}");
+    assert_eq!(r["runs"][0]["status"], json!("completed"), "{r}");
+    let bucket = bucket_report(&addr, "wh", "counts");
+    assert_eq!(bucket["latest"]["run_id"], json!("t@v1"), "{bucket}");
+    assert_eq!(bucket["result"]["rows"], json!([{"n": 3}]), "{bucket}");
+
+    // A log entry outside s3://freshet/wh (the default filter): ignored, nothing runs.
+    let r = api
+        .invoke(
+            &json!({"Records": [s3_record("elsewhere/t/_delta_log/00000000000000000002.json")]}),
+            limit,
+        )
+        .await
+        .response();
+    assert_eq!(r["runs"], json!([]), "{r}");
+    assert_eq!(r["ignored"].as_array().map(Vec::len), Some(1), "{r}");
+
+    // Version 2 inside the warehouse: the next run, read over both commits.
+    let r = api
+        .invoke(
+            &json!({"Records": [s3_record("wh/t/_delta_log/00000000000000000002.json")]}),
+            limit,
+        )
+        .await
+        .response();
+    assert_eq!(r["runs"][0]["run_id"], json!("t@v2"), "{r}");
+    let bucket = bucket_report(&addr, "wh", "counts");
+    assert_eq!(bucket["latest"]["run_id"], json!("t@v2"), "{bucket}");
+    assert_eq!(bucket["result"]["rows"], json!([{"n": 6}]), "{bucket}");
     reports.assert_running();
 }
