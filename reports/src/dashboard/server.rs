@@ -178,52 +178,28 @@ impl Dashboards {
         base: &str,
         data: Vec<(PanelData, Option<String>)>,
     ) -> String {
-        let section = |p: &PanelConfig, data: &PanelData, version: &Option<String>| {
-            let svg = render::svg(p, data, version.as_deref());
-            let note = match data {
-                PanelData::Problem { message } => {
-                    format!("<p class=\"problem\">{}</p>", escape(message))
-                }
-                _ => String::new(),
-            };
-            format!(
-                "<section class=\"panel\" id=\"panel-{name}\" data-panel=\"{name}\" data-version=\"{version}\">\
-                 <div class=\"body\">{svg}{note}</div>\
-                 <a class=\"png\" href=\"{base}/{dash}/{name}.png?width=1600&amp;height=720\">PNG</a></section>",
-                name = escape(&p.name),
-                dash = escape(&dashboard.name),
-                version = escape(version.as_deref().unwrap_or("")),
-            )
-        };
-        // Panels are drawn independently: spread them over the cores (a page is one request's latency).
-        let jobs: Vec<(&PanelConfig, PanelData, Option<String>)> = dashboard
+        let panels: Vec<String> = dashboard
             .panels
             .iter()
             .zip(data)
-            .map(|(p, (data, version))| (p, data, version))
+            .map(|(p, (data, version))| {
+                let svg = render::svg(p, &data, version.as_deref());
+                let note = match &data {
+                    PanelData::Problem { message } => {
+                        format!("<p class=\"problem\">{}</p>", escape(message))
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "<section class=\"panel\" id=\"panel-{name}\" data-panel=\"{name}\" data-version=\"{version}\">\
+                     <div class=\"body\">{svg}{note}</div>\
+                     <a class=\"png\" href=\"{base}/{dash}/{name}.png?width=1600&amp;height=720\">PNG</a></section>",
+                    name = escape(&p.name),
+                    dash = escape(&dashboard.name),
+                    version = escape(version.as_deref().unwrap_or("")),
+                )
+            })
             .collect();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, jobs.len().max(1));
-        let per_thread = jobs.len().div_ceil(threads).max(1);
-        let panels: Vec<String> = std::thread::scope(|scope| {
-            let section = &section;
-            let handles: Vec<_> = jobs
-                .chunks(per_thread)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|(p, data, version)| section(p, data, version))
-                            .collect::<Vec<String>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        });
         page_html(
             dashboard.display_title(),
             &format!(
