@@ -1,8 +1,8 @@
 """Publishes JSON messages with paho-mqtt (the real Python MQTT client) to the freshet gateway and reports what
 the broker acknowledged, as JSON on stdout.
 
-usage: ingest_paho.py HOST PORT PROTOCOL(311|5) QOS COUNT CLIENT_ID TOPIC [tcp|websockets]
-Each message is {"seq": i, "client": CLIENT_ID}. Exits non-zero if a publish is not acknowledged in time."""
+usage: ingest_paho.py HOST PORT PROTOCOL(311|5) QOS COUNT CLIENT_ID TOPIC [tcp|websockets] [PAYLOADS_FILE]
+Each message is {"seq": i, "client": CLIENT_ID}, or the lines of PAYLOADS_FILE (COUNT of them) when one is given. Exits non-zero if a publish is not acknowledged in time."""
 import json
 import sys
 import time
@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 def main():
     host, port, proto, qos, count, client_id, topic = sys.argv[1:8]
     transport = sys.argv[8] if len(sys.argv) > 8 else "tcp"
+    lines = open(sys.argv[9]).read().splitlines() if len(sys.argv) > 9 else None
     port, qos, count = int(port), int(qos), int(count)
     protocol = mqtt.MQTTv5 if proto == "5" else mqtt.MQTTv311
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
@@ -28,7 +29,7 @@ def main():
         time.sleep(0.01)
     infos = []
     for i in range(count):
-        payload = json.dumps({"seq": i, "client": client_id})
+        payload = lines[i] if lines is not None else json.dumps({"seq": i, "client": client_id})
         infos.append(client.publish(topic, payload, qos=qos))
     for info in infos:
         info.wait_for_publish(timeout=max(0.1, deadline - time.time()))

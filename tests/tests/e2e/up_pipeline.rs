@@ -1,6 +1,6 @@
 //! End-to-end on the real binary: `freshet up` as a process, telemetry published over MQTT with the real
-//! `mosquitto_pub` at QoS 1, rows read back from the Delta table with Python `deltalake`; SIGTERM exits 0; a
-//! second start resumes with nothing lost and nothing twice.
+//! `mosquitto_pub` and paho-mqtt (Python) at QoS 1, rows read back from the Delta table with Python `deltalake`;
+//! SIGTERM exits 0; a second start resumes with nothing lost and nothing twice.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -9,11 +9,10 @@ use std::time::Duration;
 use freshet_tests::up::{UpProcess, free_port, mosquitto_pub_lines, post_sql};
 use freshet_tests::{poll_until, python_json};
 
-/// Publish `count` JSON messages for `device` at QoS 1 with mosquitto_pub (one connection per device).
-fn publish(mqtt: u16, device: &str, from: usize, count: usize) {
-    let lines: Vec<String> = (from..from + count)
+/// `count` telemetry payloads numbered from `from`, with event times on two different days (two partitions).
+fn payloads(from: usize, count: usize) -> Vec<String> {
+    (from..from + count)
         .map(|i| {
-            // Event times on two different days, to see two partitions.
             let ts = if i % 2 == 0 {
                 1_763_700_000_000i64
             } else {
@@ -21,13 +20,38 @@ fn publish(mqtt: u16, device: &str, from: usize, count: usize) {
             } + i as i64;
             format!(r#"{{"ts":{ts},"seq":{i},"temp":{}.5,"ok":true}}"#, 20 + i % 5)
         })
-        .collect();
+        .collect()
+}
+
+/// Publish `count` JSON messages for `device` at QoS 1 with mosquitto_pub (one connection per device).
+fn publish(mqtt: u16, device: &str, from: usize, count: usize) {
     mosquitto_pub_lines(
         mqtt,
         &format!("devices/{device}/telemetry"),
         &format!("pub-{device}-{from}"),
-        &lines,
+        &payloads(from, count),
     );
+}
+
+/// The same with paho-mqtt (Python), MQTT 5 at QoS 1; every publish acknowledged.
+fn publish_paho(mqtt: u16, device: &str, from: usize, count: usize) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), payloads(from, count).join("\n")).unwrap();
+    let out = python_json(
+        "ingest_paho.py",
+        &[
+            "127.0.0.1",
+            &mqtt.to_string(),
+            "5",
+            "1",
+            &count.to_string(),
+            &format!("pub-{device}-{from}"),
+            &format!("devices/{device}/telemetry"),
+            "tcp",
+            file.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out["published"], count, "{out}");
 }
 
 fn table_rows(table: &Path) -> Vec<serde_json::Value> {
@@ -101,9 +125,8 @@ fn up_delivers_mqtt_telemetry_into_delta_and_resumes_after_sigterm() {
 
     // Second start: publish more; the table gets exactly the new ones.
     let up = UpProcess::start(&data_dir, http, mqtt);
-    for device in ["dev-a", "dev-e"] {
-        publish(mqtt, device, 50, 50);
-    }
+    publish(mqtt, "dev-a", 50, 50);
+    publish_paho(mqtt, "dev-e", 50, 50);
     let rows = poll_until(Duration::from_secs(90), "300 rows in the Delta table", || {
         let rows = table_rows(&table);
         (rows.len() >= 300).then_some(rows)
