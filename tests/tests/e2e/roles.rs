@@ -1,6 +1,7 @@
 //! The roles of `freshet run` as separate processes, wired the way `compose.yaml` wires the containers: one shared
 //! `freshet.toml`, per-process environment overrides (`FRESHET_HTTP__ADDR`, `FRESHET_REMOTE__ENDPOINT`, …), the
-//! store role's Kinesis API between them and a shared warehouse directory. Telemetry goes in over real MQTT
+//! store role's Kinesis API between them; here the warehouse is a local directory they share (compose.yaml keeps it
+//! on S3: `roles_s3.rs` runs that variant and reuses [`start_roles`]). Telemetry goes in over real MQTT
 //! (`mosquitto_pub`, QoS 1); rows come back through the dashboard role's `POST /v1/sql`, and the report role's
 //! `telemetry_minutely` output lands in the warehouse. SIGTERM stops every role with exit 0.
 
@@ -95,12 +96,92 @@ fn report_counts(warehouse: &Path) -> Option<std::collections::BTreeMap<String, 
     Some(counts)
 }
 
+/// The HTTP ports of compose.yaml's five roles and the gateway's MQTT port.
+#[derive(Clone, Copy)]
+pub struct RolePorts {
+    pub store: u16,
+    pub gateway: u16,
+    pub delivery: u16,
+    pub reports: u16,
+    pub dashboard: u16,
+    pub mqtt: u16,
+}
+
+impl RolePorts {
+    pub fn free() -> Self {
+        RolePorts {
+            store: free_port(),
+            gateway: free_port(),
+            delivery: free_port(),
+            reports: free_port(),
+            dashboard: free_port(),
+            mqtt: free_port(),
+        }
+    }
+}
+
+/// Start the five roles as compose.yaml does, each with `role_env(<its HTTP port>)`, the clients of the store first
+/// (they wait for it, as containers started in any order do); returns once every role is healthy and the MQTT
+/// listener accepts, with the roles in compose's stop order (clients first, the store last).
+pub fn start_roles(
+    root: &Path,
+    ports: &RolePorts,
+    role_env: impl Fn(u16) -> Vec<(&'static str, String)>,
+) -> Vec<Proc> {
+    let mqtt_addr = format!("127.0.0.1:{}", ports.mqtt);
+    let mut roles = vec![
+        Proc::spawn(
+            "gateway",
+            &["run", "gateway", "--mqtt-addr", &mqtt_addr],
+            &role_env(ports.gateway),
+            root,
+        ),
+        Proc::spawn(
+            "delivery",
+            &["run", "delivery", "--buffer-interval", "1s"],
+            &role_env(ports.delivery),
+            root,
+        ),
+        Proc::spawn("reports", &["run", "reports"], &role_env(ports.reports), root),
+        Proc::spawn(
+            "dashboard",
+            &["run", "dashboard"],
+            &role_env(ports.dashboard),
+            root,
+        ),
+        Proc::spawn("store", &["run", "store"], &role_env(ports.store), root),
+    ];
+    let healthy = [
+        ports.gateway,
+        ports.delivery,
+        ports.reports,
+        ports.dashboard,
+        ports.store,
+    ];
+    for i in [4, 0, 1, 2, 3] {
+        roles[i].wait_healthy(healthy[i]);
+    }
+    poll_until(Duration::from_secs(30), "the MQTT listener", || {
+        TcpStream::connect(("127.0.0.1", ports.mqtt)).ok().map(|_| ())
+    });
+    roles
+}
+
+/// SIGTERM each role in order: every one exits 0.
+pub fn stop_roles(roles: Vec<Proc>) {
+    for p in roles {
+        let name = p.name.clone();
+        let status = p.terminate();
+        assert!(status.success(), "{name} exited with {status}");
+    }
+}
+
 #[test]
 fn roles_as_separate_processes_carry_mqtt_telemetry_to_sql_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let warehouse: PathBuf = root.join("warehouse");
-    // The compose file's shared configuration: the default pipeline, with the warehouse on a shared volume.
+    // A shared configuration: the default pipeline, with the warehouse in one local directory.
     std::fs::write(
         root.join("freshet.toml"),
         format!(
@@ -109,14 +190,14 @@ fn roles_as_separate_processes_carry_mqtt_telemetry_to_sql_and_reports() {
         ),
     )
     .unwrap();
-    let (store_http, gw_http, del_http, rep_http, dash_http, mqtt) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let ports = RolePorts::free();
+    let RolePorts {
+        store: store_http,
+        gateway: gw_http,
+        dashboard: dash_http,
+        mqtt,
+        ..
+    } = ports;
     let endpoint = format!("http://127.0.0.1:{store_http}");
     let role_env = |http: u16| {
         vec![
@@ -129,30 +210,7 @@ fn roles_as_separate_processes_carry_mqtt_telemetry_to_sql_and_reports() {
         ]
     };
 
-    // Start the clients of the store first: they wait for it, as containers started in any order do.
-    let mut gateway = Proc::spawn(
-        "gateway",
-        &["run", "gateway", "--mqtt-addr", &format!("127.0.0.1:{mqtt}")],
-        &role_env(gw_http),
-        root,
-    );
-    let mut store = Proc::spawn("store", &["run", "store"], &role_env(store_http), root);
-    let mut delivery = Proc::spawn(
-        "delivery",
-        &["run", "delivery", "--buffer-interval", "1s"],
-        &role_env(del_http),
-        root,
-    );
-    let mut reports = Proc::spawn("reports", &["run", "reports"], &role_env(rep_http), root);
-    let mut dashboard = Proc::spawn("dashboard", &["run", "dashboard"], &role_env(dash_http), root);
-    store.wait_healthy(store_http);
-    gateway.wait_healthy(gw_http);
-    delivery.wait_healthy(del_http);
-    reports.wait_healthy(rep_http);
-    dashboard.wait_healthy(dash_http);
-    poll_until(Duration::from_secs(30), "the MQTT listener", || {
-        TcpStream::connect(("127.0.0.1", mqtt)).ok().map(|_| ())
-    });
+    let roles = start_roles(root, &ports, role_env);
 
     for (device, n) in [("dev-r1", 30), ("dev-r2", 20)] {
         let lines: Vec<String> = (0..n)
@@ -211,10 +269,5 @@ fn roles_as_separate_processes_carry_mqtt_telemetry_to_sql_and_reports() {
     // Metrics on each role's own port.
     assert!(http_get(gw_http, "/metrics").is_some());
 
-    // Stop in the compose order (clients first, the store last): every role exits 0.
-    for p in [gateway, delivery, reports, dashboard, store] {
-        let name = p.name.clone();
-        let status = p.terminate();
-        assert!(status.success(), "{name} exited with {status}");
-    }
+    stop_roles(roles);
 }

@@ -8,14 +8,13 @@
 //! draws them, and no role keeps a warehouse on its local disk. SIGTERM stops every role with exit 0.
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::time::Duration;
 
 use freshet_tests::poll_until;
 use freshet_tests::s3::{bucket_report, counts_by_device, start_moto};
-use freshet_tests::up::{free_port, http_get, mosquitto_pub_lines, post_sql};
+use freshet_tests::up::{http_get, mosquitto_pub_lines, post_sql};
 
-use crate::roles::Proc;
+use crate::roles::{RolePorts, start_roles, stop_roles};
 
 #[test]
 fn s3_roles_as_separate_processes_keep_the_warehouse_in_the_bucket() {
@@ -23,14 +22,15 @@ fn s3_roles_as_separate_processes_keep_the_warehouse_in_the_bucket() {
     let (_moto, addr) = rt.block_on(start_moto());
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let (store_http, gw_http, del_http, rep_http, dash_http, mqtt) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let ports = RolePorts::free();
+    let RolePorts {
+        store: store_http,
+        gateway: gw_http,
+        delivery: del_http,
+        reports: rep_http,
+        dashboard: dash_http,
+        mqtt,
+    } = ports;
     let endpoint = format!("http://127.0.0.1:{store_http}");
     // compose.yaml's x-freshet environment, with the warehouse on the S3 server.
     let role_env = |http: u16| {
@@ -51,29 +51,7 @@ fn s3_roles_as_separate_processes_keep_the_warehouse_in_the_bucket() {
         ]
     };
 
-    let mut gateway = Proc::spawn(
-        "gateway",
-        &["run", "gateway", "--mqtt-addr", &format!("127.0.0.1:{mqtt}")],
-        &role_env(gw_http),
-        root,
-    );
-    let mut store = Proc::spawn("store", &["run", "store"], &role_env(store_http), root);
-    let mut delivery = Proc::spawn(
-        "delivery",
-        &["run", "delivery", "--buffer-interval", "1s"],
-        &role_env(del_http),
-        root,
-    );
-    let mut reports = Proc::spawn("reports", &["run", "reports"], &role_env(rep_http), root);
-    let mut dashboard = Proc::spawn("dashboard", &["run", "dashboard"], &role_env(dash_http), root);
-    store.wait_healthy(store_http);
-    gateway.wait_healthy(gw_http);
-    delivery.wait_healthy(del_http);
-    reports.wait_healthy(rep_http);
-    dashboard.wait_healthy(dash_http);
-    poll_until(Duration::from_secs(30), "the MQTT listener", || {
-        TcpStream::connect(("127.0.0.1", mqtt)).ok().map(|_| ())
-    });
+    let roles = start_roles(root, &ports, role_env);
 
     let expected = BTreeMap::from([("dev-q1".to_string(), 25), ("dev-q2".to_string(), 15)]);
     for (device, n) in &expected {
@@ -147,9 +125,5 @@ fn s3_roles_as_separate_processes_keep_the_warehouse_in_the_bucket() {
     }
     assert!(!root.join("freshet-data").exists());
 
-    for p in [gateway, delivery, reports, dashboard, store] {
-        let name = p.name.clone();
-        let status = p.terminate();
-        assert!(status.success(), "{name} exited with {status}");
-    }
+    stop_roles(roles);
 }
