@@ -189,6 +189,9 @@ pub struct Rule {
     pub stream: StreamName,
     pub partition_key: Template,
     pub error_stream: StreamName,
+    /// `SELECT *` without WHERE and with a partition key that does not read the payload: the record can be
+    /// the payload's own bytes plus the lineage fields (see [`verbatim_record`]).
+    verbatim: bool,
 }
 
 impl Rule {
@@ -209,12 +212,16 @@ impl Rule {
                 .map_err(|e| IngestError::Config(format!("rule {}: error_stream: {e}", config.name)))?,
             None => default_error_stream.clone(),
         };
+        let verbatim = statement.items == [SelectItem::Wildcard]
+            && statement.condition.is_none()
+            && partition_key.payload_free();
         Ok(Self {
             name: config.name.clone(),
             statement,
             stream,
             partition_key,
             error_stream,
+            verbatim,
         })
     }
 
@@ -326,6 +333,15 @@ impl RuleSet {
                 continue;
             }
             applied.matched += 1;
+            if rule.verbatim
+                && parsed.is_none()
+                && msg.payload.len() <= self.limits.payload_bytes_max
+                && let Some(data) = verbatim_record(msg.payload, &ctx)
+            {
+                let result = self.key_and_check(rule, &Value::Null, &ctx, data);
+                push_output(&mut applied, idx, rule, result, msg);
+                continue;
+            }
             let payload = parsed.get_or_insert_with(|| {
                 if msg.payload.len() > self.limits.payload_bytes_max {
                     Err((
@@ -345,21 +361,7 @@ impl RuleSet {
                 Ok(value) => self.apply_rule(rule, value, &ctx),
                 Err((kind, message)) => Err((*kind, message.clone())),
             };
-            match result {
-                Ok(Some((key, data))) => applied.outputs.push(Output {
-                    rule: idx,
-                    stream: rule.stream.clone(),
-                    record: PutRecord::new(key, data),
-                    failure: None,
-                }),
-                Ok(None) => applied.filtered += 1,
-                Err((kind, message)) => applied.outputs.push(Output {
-                    rule: idx,
-                    stream: rule.error_stream.clone(),
-                    record: error_record(Some(&rule.name), kind, &message, msg),
-                    failure: Some(kind),
-                }),
-            }
+            push_output(&mut applied, idx, rule, result, msg);
         }
         applied
     }
@@ -399,6 +401,19 @@ impl RuleSet {
         out.insert("_topic".into(), Value::String(ctx.topic.to_string()));
         out.insert("_client_id".into(), Value::String(ctx.client_id.to_string()));
         out.insert("_arrival_time".into(), Value::from(ctx.arrival_ms));
+        let data = serde_json::to_vec(&Value::Object(out))
+            .map_err(|e| (FailureKind::Evaluation, format!("cannot encode the output: {e}")))?;
+        self.key_and_check(rule, payload, ctx, data)
+    }
+
+    /// Render the partition key and check the key and the record against the limits.
+    fn key_and_check(
+        &self,
+        rule: &Rule,
+        payload: &Value,
+        ctx: &Context<'_>,
+        data: Vec<u8>,
+    ) -> std::result::Result<Option<(String, Bytes)>, (FailureKind, String)> {
         let key = if rule.partition_key.payload_free() {
             rule.partition_key.render(&Value::Null, ctx)
         } else {
@@ -412,8 +427,6 @@ impl RuleSet {
                 format!("partition key of {key_chars} characters is not within 1-{PARTITION_KEY_CHARS_MAX}"),
             ));
         }
-        let data = serde_json::to_vec(&Value::Object(out))
-            .map_err(|e| (FailureKind::Evaluation, format!("cannot encode the output: {e}")))?;
         if data.len() + key.len() > self.limits.record_bytes_max {
             return Err((
                 FailureKind::RecordTooLarge,
@@ -425,6 +438,148 @@ impl RuleSet {
             ));
         }
         Ok(Some((key, Bytes::from(data))))
+    }
+}
+
+/// Add one rule's result to the publish's outputs (a record, nothing when WHERE was false, or an error record).
+fn push_output(
+    applied: &mut Applied,
+    idx: usize,
+    rule: &Rule,
+    result: std::result::Result<Option<(String, Bytes)>, (FailureKind, String)>,
+    msg: &Message<'_>,
+) {
+    match result {
+        Ok(Some((key, data))) => applied.outputs.push(Output {
+            rule: idx,
+            stream: rule.stream.clone(),
+            record: PutRecord::new(key, data),
+            failure: None,
+        }),
+        Ok(None) => applied.filtered += 1,
+        Err((kind, message)) => applied.outputs.push(Output {
+            rule: idx,
+            stream: rule.error_stream.clone(),
+            record: error_record(Some(&rule.name), kind, &message, msg),
+            failure: Some(kind),
+        }),
+    }
+}
+
+/// The lineage fields every output record carries (reserved names).
+const LINEAGE_FIELDS: [&str; 3] = ["_topic", "_client_id", "_arrival_time"];
+
+/// The record of a verbatim rule (`SELECT *`, no WHERE) without building a `Value` tree: the payload's own
+/// bytes with the lineage fields appended before its closing brace. The payload is checked by one full parse
+/// that accepts exactly what parsing into a `Value` accepts (UTF-8, number ranges, nesting depth) but keeps
+/// nothing. `None` when the general path must decide: not a JSON object, not valid JSON (the general path
+/// writes the error record), a key written with escapes, a repeated key, or a reserved lineage name (the
+/// general path keeps the last value of a repeated key and overwrites lineage names). Nested values are kept
+/// exactly as written (number spelling, key order, a repeated key inside a nested object).
+fn verbatim_record(payload: &[u8], ctx: &Context<'_>) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let TopKeys(keys) = serde_json::from_str(text).ok()?;
+    let repeated = if keys.len() <= 32 {
+        keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k))
+    } else {
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.windows(2).any(|w| w[0] == w[1])
+    };
+    if repeated || keys.iter().any(|k| LINEAGE_FIELDS.contains(k)) {
+        return None;
+    }
+    let body = text.trim_end();
+    let open = body.strip_suffix('}')?;
+    let mut data = Vec::with_capacity(body.len() + ctx.topic.len() + ctx.client_id.len() + 64);
+    data.extend_from_slice(open.as_bytes());
+    if !keys.is_empty() {
+        data.push(b',');
+    }
+    data.extend_from_slice(b"\"_topic\":");
+    serde_json::to_writer(&mut data, ctx.topic).ok()?;
+    data.extend_from_slice(b",\"_client_id\":");
+    serde_json::to_writer(&mut data, ctx.client_id).ok()?;
+    data.extend_from_slice(b",\"_arrival_time\":");
+    serde_json::to_writer(&mut data, &ctx.arrival_ms).ok()?;
+    data.push(b'}');
+    Some(data)
+}
+
+/// The top-level keys of a JSON object (borrowed; an escaped key fails), every value checked and dropped.
+struct TopKeys<'a>(Vec<&'a str>);
+
+impl<'de> Deserialize<'de> for TopKeys<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = TopKeys<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut keys = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    keys.push(key);
+                    map.next_value::<Checked>()?;
+                }
+                Ok(TopKeys(keys))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
+}
+
+/// Any JSON value, parsed as fully as a `Value` would be (numbers converted, strings decoded) and dropped.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Checked, A::Error> {
+                while map.next_key::<Checked>()?.is_some() {
+                    map.next_value::<Checked>()?;
+                }
+                Ok(Checked)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

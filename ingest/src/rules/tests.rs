@@ -582,3 +582,94 @@ fn topic_filters() {
         assert_eq!(topic_matches(filter, topic), *expected, "{filter} vs {topic}");
     }
 }
+
+/// `SELECT *` without WHERE copies the payload's bytes (no `Value` tree); its records must mean exactly what the
+/// general path (`WHERE true` forces it) makes of the same publish, and it must fall back where they would differ.
+#[test]
+fn verbatim_select_star_matches_the_general_path() {
+    // (payload, whether the fast path may take it)
+    let payloads: &[(&str, bool)] = &[
+        (r#"{"b":1,"a":2.5,"s":"x"}"#, true),
+        ("{}", true),
+        ("  { \"t\" : 1 }  \n", true),
+        (
+            r#"{"n":{"x":[1,2,{"y":null}],"z":true},"u":"\u00e9\u2028","e":"q\"\\/"}"#,
+            true,
+        ),
+        (
+            r#"{"big":18446744073709551615,"neg":-9223372036854775808,"f":1e300,"g":-0.0}"#,
+            true,
+        ),
+        (r#"{"a\u0062":1}"#, false),
+        (r#"{"a":1,"a":2}"#, false),
+        (r#"{"_topic":"spoofed","t":1}"#, false),
+        (r#"{"_arrival_time":0}"#, false),
+        ("42", false),
+        (r#""text""#, false),
+        ("[1,2]", false),
+        ("null", false),
+        (r#"{"t":1e400}"#, false),
+        (r#"{"t":1"#, false),
+        (r#"{"t":1} x"#, false),
+        ("{\"t\":\"\u{fffd}\"}", true),
+        ("", false),
+    ];
+    let verbatim = rule_set("SELECT * FROM '#'", "${topic(2)}").unwrap();
+    let general = rule_set("SELECT * FROM '#' WHERE true", "${topic(2)}").unwrap();
+    assert!(verbatim.rules()[0].verbatim && !general.rules()[0].verbatim);
+    let mut cases: Vec<(Vec<u8>, bool)> = payloads
+        .iter()
+        .map(|(p, fast)| (p.as_bytes().to_vec(), *fast))
+        .collect();
+    cases.push((vec![b'{', b'"', b't', b'"', b':', b'"', 0xff, b'"', b'}'], false));
+    cases.push((format!("{{\"t\":\"{}\"}}", "y".repeat(300)).into_bytes(), false));
+    for (payload, fast) in &cases {
+        let msg = Message {
+            topic: TOPIC,
+            client_id: "client \"1\"",
+            arrival_ms: ARRIVAL_MS,
+            payload,
+        };
+        let (v, g) = (verbatim.apply(&msg), general.apply(&msg));
+        let shown = String::from_utf8_lossy(payload);
+        assert_eq!((v.matched, v.filtered, v.outputs.len()), (1, 0, 1), "{shown}");
+        assert_eq!(g.outputs.len(), 1, "{shown}");
+        let (vo, go) = (&v.outputs[0], &g.outputs[0]);
+        assert_eq!(vo.failure, go.failure, "{shown}");
+        assert_eq!(vo.stream, go.stream, "{shown}");
+        assert_eq!(vo.record.partition_key, go.record.partition_key, "{shown}");
+        let mut vj: Value = serde_json::from_slice(&vo.record.data).unwrap();
+        let mut gj: Value = serde_json::from_slice(&go.record.data).unwrap();
+        if vo.failure.is_some() {
+            // Error records name the rule's error; the reason texts come from the same parse.
+            vj["error"]["message"] = Value::Null;
+            gj["error"]["message"] = Value::Null;
+        }
+        assert_eq!(vj, gj, "{shown}");
+        if *fast {
+            let body = std::str::from_utf8(payload)
+                .unwrap()
+                .trim_end()
+                .strip_suffix('}')
+                .unwrap();
+            assert!(vo.record.data.starts_with(body.as_bytes()), "{shown}");
+        } else {
+            assert_eq!(
+                vo.record.data, go.record.data,
+                "{shown}: the general path decides"
+            );
+        }
+    }
+    // The fast path really ran: the payload's own bytes (key order, spelling) lead the record.
+    let msg = Message {
+        topic: TOPIC,
+        client_id: CLIENT,
+        arrival_ms: ARRIVAL_MS,
+        payload: br#"{"b":1,"a":2.50}"#,
+    };
+    let out = &verbatim.apply(&msg).outputs[0];
+    assert_eq!(
+        std::str::from_utf8(&out.record.data).unwrap(),
+        r#"{"b":1,"a":2.50,"_topic":"devices/dev-7/telemetry","_client_id":"client-1","_arrival_time":1700000000123}"#
+    );
+}
