@@ -165,19 +165,22 @@ impl Template {
 
     /// True when the template needs no payload (only topic/client functions and text).
     fn payload_free(&self) -> bool {
-        fn free(e: &Expr) -> bool {
-            match e {
-                Expr::Path(_) => false,
-                Expr::Literal(_) | Expr::Call(..) => true,
-                Expr::Neg(e) | Expr::Not(e) => free(e),
-                Expr::IsNull { expr, .. } => free(expr),
-                Expr::Binary(l, _, r) => free(l) && free(r),
-            }
-        }
         self.parts.iter().all(|p| match p {
             TemplatePart::Text(_) => true,
-            TemplatePart::Expr(e) => free(e),
+            TemplatePart::Expr(e) => expr_payload_free(e),
         })
+    }
+}
+
+/// True when an expression reads nothing of the payload (literals, functions of the topic, client and clock).
+fn expr_payload_free(e: &Expr) -> bool {
+    match e {
+        Expr::Path(_) => false,
+        Expr::Literal(_) => true,
+        Expr::Call(_, args) => args.iter().all(expr_payload_free),
+        Expr::Neg(e) | Expr::Not(e) => expr_payload_free(e),
+        Expr::IsNull { expr, .. } => expr_payload_free(expr),
+        Expr::Binary(l, _, r) => expr_payload_free(l) && expr_payload_free(r),
     }
 }
 
@@ -189,8 +192,8 @@ pub struct Rule {
     pub stream: StreamName,
     pub partition_key: Template,
     pub error_stream: StreamName,
-    /// `SELECT *` without WHERE and with a partition key that does not read the payload: the record can be
-    /// the payload's own bytes plus the lineage fields (see [`verbatim_record`]).
+    /// `SELECT *[, <payload-free expressions>]` without WHERE and with a partition key that does not read the
+    /// payload: the record can be the payload's own bytes plus the added fields (see [`verbatim_record`]).
     verbatim: bool,
 }
 
@@ -212,7 +215,7 @@ impl Rule {
                 .map_err(|e| IngestError::Config(format!("rule {}: error_stream: {e}", config.name)))?,
             None => default_error_stream.clone(),
         };
-        let verbatim = statement.items == [SelectItem::Wildcard]
+        let verbatim = verbatim_select(&statement.items)
             && statement.condition.is_none()
             && partition_key.payload_free();
         Ok(Self {
@@ -336,7 +339,7 @@ impl RuleSet {
             if rule.verbatim
                 && parsed.is_none()
                 && msg.payload.len() <= self.limits.payload_bytes_max
-                && let Some(data) = verbatim_record(msg.payload, &ctx)
+                && let Some(data) = verbatim_record(&rule.statement.items[1..], msg.payload, &ctx)
             {
                 let result = self.key_and_check(rule, &Value::Null, &ctx, data);
                 push_output(&mut applied, idx, rule, result, msg);
@@ -469,14 +472,39 @@ fn push_output(
 /// The lineage fields every output record carries (reserved names).
 const LINEAGE_FIELDS: [&str; 3] = ["_topic", "_client_id", "_arrival_time"];
 
-/// The record of a verbatim rule (`SELECT *`, no WHERE) without building a `Value` tree: the payload's own
-/// bytes with the lineage fields appended before its closing brace. The payload is checked by one full parse
-/// that accepts exactly what parsing into a `Value` accepts (UTF-8, number ranges, nesting depth) but keeps
-/// nothing. `None` when the general path must decide: not a JSON object, not valid JSON (the general path
-/// writes the error record), a key written with escapes, a repeated key, or a reserved lineage name (the
-/// general path keeps the last value of a repeated key and overwrites lineage names). Nested values are kept
-/// exactly as written (number spelling, key order, a repeated key inside a nested object).
-fn verbatim_record(payload: &[u8], ctx: &Context<'_>) -> Option<Vec<u8>> {
+/// Whether a select list can be answered from the payload's bytes: `*` first, then only expressions that read
+/// nothing of the payload, with distinct names that are not lineage names (so that no later item overrides an
+/// earlier one except a payload field, which [`verbatim_record`] checks per publish).
+fn verbatim_select(items: &[SelectItem]) -> bool {
+    let Some((SelectItem::Wildcard, rest)) = items.split_first() else {
+        return false;
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for item in rest {
+        let SelectItem::Expr { expr, name } = item else {
+            return false;
+        };
+        if !expr_payload_free(expr)
+            || names.contains(&name.as_str())
+            || LINEAGE_FIELDS.contains(&name.as_str())
+        {
+            return false;
+        }
+        names.push(name);
+    }
+    true
+}
+
+/// The record of a verbatim rule (`SELECT *[, payload-free expressions]`, no WHERE) without building a `Value`
+/// tree: the payload's own bytes with the expressions' fields (`extra`, the select items after `*`) and the
+/// lineage fields appended before its closing brace. The payload is checked by one full parse that accepts
+/// exactly what parsing into a `Value` accepts (UTF-8, number ranges, nesting depth) but keeps nothing. `None`
+/// when the general path must decide: not a JSON object, not valid JSON (the general path writes the error
+/// record), a key written with escapes, a repeated key, a key that an expression or a lineage field overrides,
+/// or an expression that fails (the general path keeps the last value of a repeated key, lets later items
+/// override earlier ones and reports the error). Nested values are kept exactly as written (number spelling,
+/// key order, a repeated key inside a nested object).
+fn verbatim_record(extra: &[SelectItem], payload: &[u8], ctx: &Context<'_>) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(payload).ok()?;
     let TopKeys(keys) = serde_json::from_str(text).ok()?;
     let repeated = if keys.len() <= 32 {
@@ -486,21 +514,42 @@ fn verbatim_record(payload: &[u8], ctx: &Context<'_>) -> Option<Vec<u8>> {
         sorted.sort_unstable();
         sorted.windows(2).any(|w| w[0] == w[1])
     };
-    if repeated || keys.iter().any(|k| LINEAGE_FIELDS.contains(k)) {
+    let overridden = |k: &&str| {
+        LINEAGE_FIELDS.contains(k)
+            || extra
+                .iter()
+                .any(|item| matches!(item, SelectItem::Expr { name, .. } if name == k))
+    };
+    if repeated || keys.iter().any(overridden) {
         return None;
     }
     let body = text.trim_end();
     let open = body.strip_suffix('}')?;
     let mut data = Vec::with_capacity(body.len() + ctx.topic.len() + ctx.client_id.len() + 64);
     data.extend_from_slice(open.as_bytes());
-    if !keys.is_empty() {
-        data.push(b',');
+    let mut first = keys.is_empty();
+    let mut field = |data: &mut Vec<u8>, name: &str| -> Option<()> {
+        if !std::mem::take(&mut first) {
+            data.push(b',');
+        }
+        serde_json::to_writer(&mut *data, name).ok()?;
+        data.push(b':');
+        Some(())
+    };
+    for item in extra {
+        let SelectItem::Expr { expr, name } = item else {
+            return None;
+        };
+        if let Some(value) = eval::eval(expr, &Value::Null, ctx).ok()? {
+            field(&mut data, name)?;
+            serde_json::to_writer(&mut data, &value).ok()?;
+        }
     }
-    data.extend_from_slice(b"\"_topic\":");
+    field(&mut data, "_topic")?;
     serde_json::to_writer(&mut data, ctx.topic).ok()?;
-    data.extend_from_slice(b",\"_client_id\":");
+    field(&mut data, "_client_id")?;
     serde_json::to_writer(&mut data, ctx.client_id).ok()?;
-    data.extend_from_slice(b",\"_arrival_time\":");
+    field(&mut data, "_arrival_time")?;
     serde_json::to_writer(&mut data, &ctx.arrival_ms).ok()?;
     data.push(b'}');
     Some(data)
