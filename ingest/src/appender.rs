@@ -26,7 +26,7 @@ use freshet_storage::{PUT_RECORDS_MAX, PutRecord, PutResult, StoreError, StreamN
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::Counters;
+use crate::metrics::{AppendedMetrics, Counters};
 
 /// Bounds of the appender (`[gateway.append]` in the configuration).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,11 @@ pub type Ticket = oneshot::Receiver<Result<PutResult, AppendError>>;
 
 struct Item {
     stream: StreamName,
+    entry: Entry,
+}
+
+/// One queued record of a known stream.
+struct Entry {
     record: PutRecord,
     done: Option<oneshot::Sender<Result<PutResult, AppendError>>>,
     enqueued: Instant,
@@ -124,9 +129,11 @@ impl Appender {
         };
         let item = Item {
             stream,
-            record,
-            done,
-            enqueued: Instant::now(),
+            entry: Entry {
+                record,
+                done,
+                enqueued: Instant::now(),
+            },
         };
         self.tx.send(item).await.map_err(|_| AppendError::Stopped)?;
         self.counters
@@ -156,7 +163,7 @@ fn lane_of(partition_key: &str, lanes: u16) -> u16 {
 
 #[derive(Default)]
 struct Batch {
-    items: Vec<Item>,
+    items: Vec<Entry>,
     bytes: usize,
     first: Option<Instant>,
 }
@@ -170,7 +177,7 @@ async fn batcher(
     let linger = Duration::from_millis(config.linger_ms);
     let count_max = config.batch_records_max.clamp(1, PUT_RECORDS_MAX);
     let mut batches: HashMap<Lane, Batch> = HashMap::new();
-    let mut writers: HashMap<Lane, mpsc::Sender<Vec<Item>>> = HashMap::new();
+    let mut writers: HashMap<Lane, mpsc::Sender<Vec<Entry>>> = HashMap::new();
     let mut writer_tasks = Vec::new();
     loop {
         let deadline = batches.values().filter_map(|b| b.first).min().map(|t| t + linger);
@@ -191,13 +198,16 @@ async fn batcher(
         };
         let Some(item) = item else { break };
         counters.queue_depth(rx.len() as u64);
-        let size = item.record.data.len() + item.record.partition_key.len();
-        let stream: Lane = (
-            item.stream.clone(),
-            lane_of(&item.record.partition_key, config.writers_per_stream),
+        let Item { stream, entry } = item;
+        let size = entry.record.data.len() + entry.record.partition_key.len();
+        let lane: Lane = (
+            stream,
+            lane_of(&entry.record.partition_key, config.writers_per_stream),
         );
-        let batch = batches.entry(stream.clone()).or_default();
-        if !batch.items.is_empty() && batch.bytes + size > config.batch_bytes_max {
+        if batches
+            .get(&lane)
+            .is_some_and(|b| !b.items.is_empty() && b.bytes + size > config.batch_bytes_max)
+        {
             flush(
                 &store,
                 &config,
@@ -205,14 +215,18 @@ async fn batcher(
                 &mut batches,
                 &mut writers,
                 &mut writer_tasks,
-                &stream,
+                &lane,
             )
             .await;
         }
-        let batch = batches.entry(stream.clone()).or_default();
+        // The lane's batch stays in the map between flushes, so the key is cloned once per lane, not per record.
+        let batch = match batches.get_mut(&lane) {
+            Some(b) => b,
+            None => batches.entry(lane.clone()).or_default(),
+        };
         batch.first.get_or_insert_with(Instant::now);
         batch.bytes += size;
-        batch.items.push(item);
+        batch.items.push(entry);
         if batch.items.len() >= count_max || batch.bytes >= config.batch_bytes_max {
             flush(
                 &store,
@@ -221,7 +235,7 @@ async fn batcher(
                 &mut batches,
                 &mut writers,
                 &mut writer_tasks,
-                &stream,
+                &lane,
             )
             .await;
         }
@@ -257,12 +271,12 @@ async fn flush(
     config: &AppendConfig,
     counters: &Arc<Counters>,
     batches: &mut HashMap<Lane, Batch>,
-    writers: &mut HashMap<Lane, mpsc::Sender<Vec<Item>>>,
+    writers: &mut HashMap<Lane, mpsc::Sender<Vec<Entry>>>,
     writer_tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     lane: &Lane,
 ) {
     let stream = &lane.0;
-    let Some(batch) = batches.remove(lane) else {
+    let Some(batch) = batches.get_mut(lane).map(std::mem::take) else {
         return;
     };
     if batch.items.is_empty() {
@@ -282,8 +296,9 @@ async fn flush(
     if let Err(mpsc::error::SendError(items)) = writer.send(batch.items).await {
         // The writer task is gone (it panicked): fail the records rather than lose them silently.
         tracing::error!(stream = %stream, records = items.len(), "append writer stopped; failing records");
-        for item in items {
-            finish(counters, item, Err(AppendError::Stopped));
+        let handles = counters.appended_metrics(stream.as_str());
+        for entry in items {
+            finish(counters, &handles, entry, Err(AppendError::Stopped));
         }
     }
 }
@@ -293,14 +308,15 @@ async fn writer(
     store: Arc<dyn StreamStore>,
     stream: StreamName,
     retry_max: Duration,
-    mut rx: mpsc::Receiver<Vec<Item>>,
+    mut rx: mpsc::Receiver<Vec<Entry>>,
     counters: Arc<Counters>,
 ) {
+    let handles = counters.appended_metrics(stream.as_str());
     while let Some(mut pending) = rx.recv().await {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(1);
         while !pending.is_empty() {
-            let records: Vec<PutRecord> = pending.iter().map(|i| i.record.clone()).collect();
+            let records: Vec<PutRecord> = pending.iter().map(|e| e.record.clone()).collect();
             let results = match store.put_records(&stream, records).await {
                 Ok(results) if results.len() == pending.len() => results,
                 Ok(results) => {
@@ -318,14 +334,14 @@ async fn writer(
             let give_up = started.elapsed() >= retry_max;
             for (item, result) in pending.drain(..).zip(results) {
                 match result {
-                    Ok(put) => finish(&counters, item, Ok(put)),
+                    Ok(put) => finish(&counters, &handles, item, Ok(put)),
                     Err(e) if e.is_retryable() && !give_up => {
                         last_error = Some(e);
                         retry.push(item);
                     }
                     Err(e) => {
                         tracing::error!(stream = %stream, error = %e, "append failed for good");
-                        finish(&counters, item, Err(AppendError::Store(e)));
+                        finish(&counters, &handles, item, Err(AppendError::Store(e)));
                     }
                 }
             }
@@ -346,12 +362,17 @@ async fn writer(
     }
 }
 
-fn finish(counters: &Counters, item: Item, result: Result<PutResult, AppendError>) {
+fn finish(
+    counters: &Counters,
+    handles: &AppendedMetrics,
+    entry: Entry,
+    result: Result<PutResult, AppendError>,
+) {
     match &result {
-        Ok(_) => counters.appended(item.stream.as_str(), item.enqueued.elapsed()),
+        Ok(_) => counters.appended(handles, entry.enqueued.elapsed()),
         Err(_) => counters.append_failed(),
     }
-    if let Some(done) = item.done {
+    if let Some(done) = entry.done {
         // The waiter may have gone (its connection closed); the record's fate is counted either way.
         let _ = done.send(result);
     }

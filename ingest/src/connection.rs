@@ -202,6 +202,7 @@ where
         sub_splices: HashMap::new(),
         aliases: HashMap::new(),
         out: BytesMut::with_capacity(8 * 1024),
+        router_unwoken: false,
     };
     let result = match write_packet(&mut wr, &conn.codec, ack).await {
         Ok(()) => {
@@ -322,6 +323,8 @@ struct Conn {
     /// MQTT 5 topic aliases set by the client.
     aliases: HashMap<u16, Bytes>,
     out: BytesMut,
+    /// Publishes put in the router link's buffer without waking the router yet (see [`Conn::wake_router`]).
+    router_unwoken: bool,
 }
 
 impl Conn {
@@ -438,8 +441,14 @@ impl Conn {
         r
     }
 
-    /// Handle every whole packet in `buf` (up to the inflight bound).
+    /// Handle every whole packet in `buf` (up to the inflight bound); the router is woken once for all the
+    /// publishes it forwards.
     async fn parse(&mut self, buf: &mut BytesMut, inflight_max: usize) -> Result<(), Close> {
+        let parsed = self.parse_packets(buf, inflight_max).await;
+        self.wake_router().await.and(parsed)
+    }
+
+    async fn parse_packets(&mut self, buf: &mut BytesMut, inflight_max: usize) -> Result<(), Close> {
         while self.pending.len() < inflight_max && !buf.is_empty() {
             let ids = codec::peek_publish(buf);
             match self.codec.read(buf, self.shared.config.max_packet_bytes) {
@@ -489,6 +498,28 @@ impl Conn {
                     "unexpected packet from a client: {other:?}"
                 )))
             }
+        }
+    }
+
+    /// Queue a publish for MQTT subscribers in the router link's buffer. The router drains the whole buffer
+    /// on each wake-up, so one wake-up per read (not one per publish, each a channel send and often a thread
+    /// wake-up) is enough; [`Conn::parse`] calls [`Conn::wake_router`] when it is done.
+    fn stage_router(&mut self, packet: Packet) {
+        self.link_tx.buffer().push_back(packet);
+        self.router_unwoken = true;
+    }
+
+    /// Wake the router for the staged publishes: rumqttd wakes it only together with a packet, so the last
+    /// staged one is taken back and sent. If the router already drained them (another packet woke it), there is
+    /// nothing left to wake it for.
+    async fn wake_router(&mut self) -> Result<(), Close> {
+        if !std::mem::take(&mut self.router_unwoken) {
+            return Ok(());
+        }
+        let last = self.link_tx.buffer().pop_back();
+        match last {
+            Some(packet) => self.send_router(packet).await,
+            None => Ok(()),
         }
     }
 
@@ -561,7 +592,7 @@ impl Conn {
         // MQTT subscribers get the publish through rumqttd's router (as QoS 0 from the router's point of view;
         // subscribers receive it at their subscription's QoS).
         let forward = Publish::new(topic.clone(), publish.payload.clone(), publish.retain);
-        self.send_router(Packet::Publish(forward, props)).await?;
+        self.stage_router(Packet::Publish(forward, props));
         if qos > 0 {
             self.pending.push_back(Pending {
                 pkid,

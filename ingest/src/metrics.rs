@@ -75,11 +75,18 @@ impl Counters {
         metrics::counter!("freshet_ingest_publishes_denied_total").increment(1);
     }
 
-    pub fn appended(&self, stream: &str, latency: Duration) {
+    /// The handles a stream's writer records its appends with, resolved once rather than per record.
+    pub fn appended_metrics(&self, stream: &str) -> AppendedMetrics {
+        AppendedMetrics {
+            total: metrics::counter!("freshet_ingest_records_appended_total", "stream" => stream.to_string()),
+            latency: metrics::histogram!("freshet_ingest_append_latency_seconds"),
+        }
+    }
+
+    pub fn appended(&self, handles: &AppendedMetrics, latency: Duration) {
         self.appended.fetch_add(1, Relaxed);
-        metrics::counter!("freshet_ingest_records_appended_total", "stream" => stream.to_string())
-            .increment(1);
-        metrics::histogram!("freshet_ingest_append_latency_seconds").record(latency.as_secs_f64());
+        handles.total.increment(1);
+        handles.latency.record(latency.as_secs_f64());
     }
 
     pub fn append_failed(&self) {
@@ -125,4 +132,11 @@ impl Counters {
             refused: self.refused.load(Relaxed),
         }
     }
+}
+
+/// Metric handles of one stream's appends (see [`Counters::appended_metrics`]).
+#[derive(Clone)]
+pub struct AppendedMetrics {
+    total: metrics::Counter,
+    latency: metrics::Histogram,
 }
