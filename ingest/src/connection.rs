@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use freshet_storage::PutResult;
+use futures::FutureExt;
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
@@ -243,6 +244,9 @@ where
 
 const TOPIC_ALIASES_MAX: u16 = 64;
 
+/// Forwarded publishes are gathered for one write up to about this many bytes.
+const ROUTER_WRITE_BYTES: usize = 64 * 1024;
+
 enum ConnectFailure {
     Close(String),
     Answer(Codec, ConnectReturnCode),
@@ -403,10 +407,16 @@ impl Conn {
                 }
                 notification = self.link_rx.next() => {
                     match notification {
-                        Ok(Some(n)) => if let Err(close) = self.handle_router(n).await {
-                            let _ = self.flush(wr).await;
-                            return close;
-                        },
+                        Ok(Some(n)) => {
+                            let handled = match self.handle_router(n).await {
+                                Ok(()) => self.drain_router().await,
+                                Err(close) => Err(close),
+                            };
+                            if let Err(close) = handled {
+                                let _ = self.flush(wr).await;
+                                return close;
+                            }
+                        }
                         Ok(None) => {}
                         Err(e) => return Close::Abrupt(format!("router link: {e}")),
                     }
@@ -736,6 +746,19 @@ impl Conn {
             props,
         ))
         .await
+    }
+
+    /// Handle what the router has already handed over without waiting, so that a subscriber gets a run of
+    /// forwarded publishes in one write rather than one write (and one loop turn) each.
+    async fn drain_router(&mut self) -> Result<(), Close> {
+        while self.out.len() < ROUTER_WRITE_BYTES {
+            match self.link_rx.next().now_or_never() {
+                Some(Ok(Some(n))) => self.handle_router(n).await?,
+                Some(Ok(None)) | None => break,
+                Some(Err(e)) => return Err(Close::Abrupt(format!("router link: {e}"))),
+            }
+        }
+        Ok(())
     }
 
     async fn handle_router(&mut self, n: Notification) -> Result<(), Close> {
