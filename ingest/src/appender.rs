@@ -10,8 +10,10 @@
 //!   batches; a batch at most [`PUT_RECORDS_MAX`] records and `batch_bytes_max` bytes. When they are full,
 //!   [`Appender::append`] waits: the caller (a connection) stops reading its socket, which is the backpressure
 //!   a publisher feels. Nothing is buffered without bound.
-//! - A batch is flushed when it reaches the count or byte bound, or when its first record has waited
-//!   `linger_ms` (a few milliseconds), whichever comes first.
+//! - A lane's records go to its writer at once when the writer is idle; while a put is in flight the next batch
+//!   gathers and goes when the put finishes, when it reaches the count or byte bound, or when its first record
+//!   has waited `linger_ms`, whichever comes first. Batches so grow with the load, and a lone record never
+//!   waits for a timer.
 //! - Records of one partition key are written in the order they were appended: each stream has
 //!   `writers_per_stream` writer lanes (one put in flight each), and a key always maps to the same lane.
 //! - Failures are retried with exponential backoff (1 ms doubling to 1 s) for as long as the error is retryable
@@ -161,11 +163,13 @@ fn lane_of(partition_key: &str, lanes: u16) -> u16 {
     (h.finish() % u64::from(lanes)) as u16
 }
 
+/// A lane's records not yet handed to its writer, and how many of its batches the writer has not finished.
 #[derive(Default)]
 struct Batch {
     items: Vec<Entry>,
     bytes: usize,
     first: Option<Instant>,
+    in_flight: usize,
 }
 
 async fn batcher(
@@ -179,10 +183,29 @@ async fn batcher(
     let mut batches: HashMap<Lane, Batch> = HashMap::new();
     let mut writers: HashMap<Lane, mpsc::Sender<Vec<Entry>>> = HashMap::new();
     let mut writer_tasks = Vec::new();
+    // Writers say here when they have finished a batch, so that what gathered meanwhile goes at once.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Lane>();
+    let mut w = Writers {
+        store: &store,
+        config: &config,
+        counters: &counters,
+        writers: &mut writers,
+        tasks: &mut writer_tasks,
+        done: &done_tx,
+    };
     loop {
         let deadline = batches.values().filter_map(|b| b.first).min().map(|t| t + linger);
         let item = tokio::select! {
             item = rx.recv() => item,
+            Some(lane) = done_rx.recv() => {
+                if let Some(batch) = batches.get_mut(&lane) {
+                    batch.in_flight = batch.in_flight.saturating_sub(1);
+                    if batch.in_flight == 0 {
+                        w.flush(&mut batches, &lane).await;
+                    }
+                }
+                continue;
+            }
             _ = sleep_until_opt(deadline), if deadline.is_some() => {
                 let now = Instant::now();
                 let due: Vec<Lane> = batches
@@ -190,8 +213,8 @@ async fn batcher(
                     .filter(|(_, b)| b.first.is_some_and(|t| t + linger <= now))
                     .map(|(s, _)| s.clone())
                     .collect();
-                for stream in due {
-                    flush(&store, &config, &counters, &mut batches, &mut writers, &mut writer_tasks, &stream).await;
+                for lane in due {
+                    w.flush(&mut batches, &lane).await;
                 }
                 continue;
             }
@@ -208,16 +231,7 @@ async fn batcher(
             .get(&lane)
             .is_some_and(|b| !b.items.is_empty() && b.bytes + size > config.batch_bytes_max)
         {
-            flush(
-                &store,
-                &config,
-                &counters,
-                &mut batches,
-                &mut writers,
-                &mut writer_tasks,
-                &lane,
-            )
-            .await;
+            w.flush(&mut batches, &lane).await;
         }
         // The lane's batch stays in the map between flushes, so the key is cloned once per lane, not per record.
         let batch = match batches.get_mut(&lane) {
@@ -227,31 +241,15 @@ async fn batcher(
         batch.first.get_or_insert_with(Instant::now);
         batch.bytes += size;
         batch.items.push(entry);
-        if batch.items.len() >= count_max || batch.bytes >= config.batch_bytes_max {
-            flush(
-                &store,
-                &config,
-                &counters,
-                &mut batches,
-                &mut writers,
-                &mut writer_tasks,
-                &lane,
-            )
-            .await;
+        // An idle writer takes the batch at once (no linger): while its put is in flight the next batch gathers,
+        // so batches grow with the load instead of with a timer.
+        if batch.in_flight == 0 || batch.items.len() >= count_max || batch.bytes >= config.batch_bytes_max {
+            w.flush(&mut batches, &lane).await;
         }
     }
-    let streams: Vec<Lane> = batches.keys().cloned().collect();
-    for stream in streams {
-        flush(
-            &store,
-            &config,
-            &counters,
-            &mut batches,
-            &mut writers,
-            &mut writer_tasks,
-            &stream,
-        )
-        .await;
+    let lanes: Vec<Lane> = batches.keys().cloned().collect();
+    for lane in lanes {
+        w.flush(&mut batches, &lane).await;
     }
     drop(writers);
     for task in writer_tasks {
@@ -265,40 +263,50 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn flush(
-    store: &Arc<dyn StreamStore>,
-    config: &AppendConfig,
-    counters: &Arc<Counters>,
-    batches: &mut HashMap<Lane, Batch>,
-    writers: &mut HashMap<Lane, mpsc::Sender<Vec<Entry>>>,
-    writer_tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    lane: &Lane,
-) {
-    let stream = &lane.0;
-    let Some(batch) = batches.get_mut(lane).map(std::mem::take) else {
-        return;
-    };
-    if batch.items.is_empty() {
-        return;
-    }
-    let writer = writers.entry(lane.clone()).or_insert_with(|| {
-        let (tx, rx) = mpsc::channel(2);
-        writer_tasks.push(tokio::spawn(writer(
-            store.clone(),
-            stream.clone(),
-            Duration::from_millis(config.retry_ms_max),
-            rx,
-            counters.clone(),
-        )));
-        tx
-    });
-    if let Err(mpsc::error::SendError(items)) = writer.send(batch.items).await {
-        // The writer task is gone (it panicked): fail the records rather than lose them silently.
-        tracing::error!(stream = %stream, records = items.len(), "append writer stopped; failing records");
-        let handles = counters.appended_metrics(stream.as_str());
-        for entry in items {
-            finish(counters, &handles, entry, Err(AppendError::Stopped));
+/// The writer lanes, started on first use.
+struct Writers<'a> {
+    store: &'a Arc<dyn StreamStore>,
+    config: &'a AppendConfig,
+    counters: &'a Arc<Counters>,
+    writers: &'a mut HashMap<Lane, mpsc::Sender<Vec<Entry>>>,
+    tasks: &'a mut Vec<tokio::task::JoinHandle<()>>,
+    done: &'a mpsc::UnboundedSender<Lane>,
+}
+
+impl Writers<'_> {
+    /// Hand a lane's gathered records to its writer (waits while the writer's queue is full).
+    async fn flush(&mut self, batches: &mut HashMap<Lane, Batch>, lane: &Lane) {
+        let stream = &lane.0;
+        let Some(batch) = batches.get_mut(lane) else {
+            return;
+        };
+        if batch.items.is_empty() {
+            return;
+        }
+        let items = std::mem::take(&mut batch.items);
+        batch.bytes = 0;
+        batch.first = None;
+        batch.in_flight += 1;
+        let writer = self.writers.entry(lane.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(2);
+            self.tasks.push(tokio::spawn(writer(
+                self.store.clone(),
+                lane.clone(),
+                Duration::from_millis(self.config.retry_ms_max),
+                rx,
+                self.counters.clone(),
+                self.done.clone(),
+            )));
+            tx
+        });
+        if let Err(mpsc::error::SendError(items)) = writer.send(items).await {
+            // The writer task is gone (it panicked): fail the records rather than lose them silently.
+            tracing::error!(stream = %stream, records = items.len(), "append writer stopped; failing records");
+            batch.in_flight -= 1;
+            let handles = self.counters.appended_metrics(stream.as_str());
+            for entry in items {
+                finish(self.counters, &handles, entry, Err(AppendError::Stopped));
+            }
         }
     }
 }
@@ -306,18 +314,20 @@ async fn flush(
 /// Writes batches of one stream, one put at a time, retrying what may succeed later.
 async fn writer(
     store: Arc<dyn StreamStore>,
-    stream: StreamName,
+    lane: Lane,
     retry_max: Duration,
     mut rx: mpsc::Receiver<Vec<Entry>>,
     counters: Arc<Counters>,
+    done: mpsc::UnboundedSender<Lane>,
 ) {
+    let stream = &lane.0;
     let handles = counters.appended_metrics(stream.as_str());
     while let Some(mut pending) = rx.recv().await {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(1);
         while !pending.is_empty() {
             let records: Vec<PutRecord> = pending.iter().map(|e| e.record.clone()).collect();
-            let results = match store.put_records(&stream, records).await {
+            let results = match store.put_records(stream, records).await {
                 Ok(results) if results.len() == pending.len() => results,
                 Ok(results) => {
                     let e = StoreError::Internal(format!(
@@ -359,6 +369,8 @@ async fn writer(
             }
             pending = retry;
         }
+        // The batcher may be gone already (shutting down); then nobody waits for this.
+        let _ = done.send(lane.clone());
     }
 }
 
@@ -595,5 +607,53 @@ mod tests {
             Err(AppendError::Store(StoreError::StreamNotFound(_)))
         ));
         assert_eq!(counters.snapshot().append_failed, 1);
+    }
+
+    /// A record reaching an idle writer is written at once, not after `linger_ms`; records that arrive while a
+    /// put is in flight still go out, in order, once it finishes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_writer_does_not_wait_for_the_linger() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StreamStore> =
+            Arc::new(Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap());
+        let stream = StreamName::new("s").unwrap();
+        store.create_stream(&stream, 1).await.unwrap();
+        let config = AppendConfig {
+            linger_ms: 600_000,
+            writers_per_stream: 1,
+            ..AppendConfig::default()
+        };
+        let (appender, task) = Appender::spawn(store.clone(), config, Arc::new(Counters::default()));
+        let deadline = Duration::from_secs(20);
+        let lone = appender
+            .append(stream.clone(), PutRecord::new("k", "lone"), true)
+            .await
+            .unwrap()
+            .unwrap();
+        let put = tokio::time::timeout(deadline, lone)
+            .await
+            .expect("a lone record waited for the linger")
+            .unwrap()
+            .unwrap();
+        let mut tickets = Vec::new();
+        for i in 0..200 {
+            let t = appender
+                .append(stream.clone(), PutRecord::new("k", format!("{i}")), true)
+                .await
+                .unwrap();
+            tickets.extend(t);
+        }
+        let mut last = put.sequence_number;
+        for t in tickets {
+            let put = tokio::time::timeout(deadline, t)
+                .await
+                .expect("a record waited for the linger")
+                .unwrap()
+                .unwrap();
+            assert!(put.sequence_number > last);
+            last = put.sequence_number;
+        }
+        drop(appender);
+        task.await.unwrap();
     }
 }
