@@ -193,8 +193,19 @@ async fn batcher(
         tasks: &mut writer_tasks,
         done: &done_tx,
     };
+    // One timer for the earliest linger deadline, moved only when that deadline changes (a new timer per
+    // received record was a visible cost at 100k+ records/s).
+    let linger_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(linger_timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = batches.values().filter_map(|b| b.first).min().map(|t| t + linger);
+        if let Some(d) = deadline
+            && armed != Some(d)
+        {
+            linger_timer.as_mut().reset(tokio::time::Instant::from_std(d));
+            armed = Some(d);
+        }
         let item = tokio::select! {
             item = rx.recv() => item,
             Some(lane) = done_rx.recv() => {
@@ -206,7 +217,8 @@ async fn batcher(
                 }
                 continue;
             }
-            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+            _ = &mut linger_timer, if deadline.is_some() => {
+                armed = None;
                 let now = Instant::now();
                 let due: Vec<Lane> = batches
                     .iter()
@@ -254,12 +266,6 @@ async fn batcher(
     drop(writers);
     for task in writer_tasks {
         let _ = task.await;
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    if let Some(d) = deadline {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
     }
 }
 
