@@ -15,6 +15,9 @@ mod up;
 
 use clap::Parser;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse_from(lambda::bootstrap_args(std::env::args_os().collect()));
     tracing_subscriber::fmt()
