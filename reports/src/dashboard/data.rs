@@ -10,6 +10,7 @@
 //! - a report without a completed run, or with zero rows, is [`PanelData::Empty`] ("no data yet"); a missing result
 //!   file, a missing column or a non-numeric y is [`PanelData::Problem`] with a message, never an error page.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -291,6 +292,38 @@ fn label(v: &Value) -> String {
     }
 }
 
+/// A chart series: (index of its y column, its value of the series column).
+type SeriesKey = (usize, String);
+
+/// How rows are ordered along x: numerically for time and number columns (rows without a value first), as text
+/// otherwise.
+#[derive(Clone, Debug, PartialEq)]
+enum SortKey {
+    Number(Option<f64>),
+    Text(String),
+}
+
+impl Eq for SortKey {}
+
+impl PartialOrd for SortKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SortKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            (SortKey::Number(a), SortKey::Number(b)) => a
+                .unwrap_or(f64::NEG_INFINITY)
+                .total_cmp(&b.unwrap_or(f64::NEG_INFINITY)),
+            (SortKey::Text(a), SortKey::Text(b)) => a.cmp(b),
+            (SortKey::Number(_), SortKey::Text(_)) => std::cmp::Ordering::Less,
+            (SortKey::Text(_), SortKey::Number(_)) => std::cmp::Ordering::Greater,
+        }
+    }
+}
+
 /// The data a panel draws from a report's output.
 pub fn panel_data(panel: &PanelConfig, latest: &Latest) -> PanelData {
     let output = match latest {
@@ -360,19 +393,30 @@ pub fn panel_data(panel: &PanelConfig, latest: &Latest) -> PanelData {
     } else {
         XKind::Category
     };
-    // Sort key of x for every chart kind (times and numbers numerically, others as text).
-    let sort_key = |row: &serde_json::Map<String, Value>| -> (f64, String) {
+    // Sort key of x for every chart kind (times and numbers numerically, others as text), read once per row;
+    // the numeric key is also the point's x on time and number axes.
+    let numeric_x = is_time_type(x_type) || is_number_type(x_type);
+    let x_value = |row: &Row| -> Option<f64> {
         let v = row.get(&panel.x).unwrap_or(&Value::Null);
         if is_time_type(x_type) {
-            (time_ms(v).unwrap_or(f64::NEG_INFINITY), String::new())
-        } else if is_number_type(x_type) {
-            (number(v).unwrap_or(f64::NEG_INFINITY), String::new())
+            time_ms(v)
         } else {
-            (0.0, label(v))
+            number(v)
         }
     };
-    let mut rows: Vec<(&Row, (f64, String))> = output.rows.iter().map(|r| (r, sort_key(r))).collect();
-    rows.sort_by(|a, b| a.1.0.total_cmp(&b.1.0).then_with(|| a.1.1.cmp(&b.1.1)));
+    let mut rows: Vec<(&Row, SortKey)> = output
+        .rows
+        .iter()
+        .map(|r| {
+            let key = if numeric_x {
+                SortKey::Number(x_value(r))
+            } else {
+                SortKey::Text(label(r.get(&panel.x).unwrap_or(&Value::Null)))
+            };
+            (r, key)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.1.cmp(&b.1));
 
     match panel.chart {
         ChartKind::Table => {
@@ -421,29 +465,26 @@ pub fn panel_data(panel: &PanelConfig, latest: &Latest) -> PanelData {
             }
         }
         ChartKind::Line | ChartKind::Area | ChartKind::Bar => {
-            // Series keyed by (y index, series value): ordered by y column, then series value.
-            let mut series: BTreeMap<(usize, String), Vec<(X, f64)>> = BTreeMap::new();
+            // Series keyed by (y index, series value): ordered by y column, then series value. Rows are grouped
+            // through a hash index on borrowed series values; the order is made once at the end.
+            let mut index: HashMap<(usize, Cow<'_, str>), usize> = HashMap::new();
+            let mut grouped: Vec<(SeriesKey, Vec<(X, f64)>)> = Vec::new();
             let mut categories: Vec<String> = Vec::new();
             let mut seen_categories: HashSet<String> = HashSet::new();
             // Bar charts: where (y index, series value, category) sits in its series, to sum in O(1).
             let mut bar_at: HashMap<(usize, String, String), usize> = HashMap::new();
-            for (row, _) in &rows {
-                let split = panel
-                    .series
-                    .as_ref()
-                    .map(|s| label(row.get(s).unwrap_or(&Value::Null)))
-                    .unwrap_or_default();
-                let xv = row.get(&panel.x).unwrap_or(&Value::Null);
-                let x = match x_kind {
-                    XKind::Time => match time_ms(xv) {
-                        Some(ms) => X::Number(ms),
-                        None => continue,
+            for (row, key) in &rows {
+                let split: Cow<'_, str> = match &panel.series {
+                    Some(s) => match row.get(s) {
+                        Some(Value::String(v)) => Cow::Borrowed(v.as_str()),
+                        other => Cow::Owned(label(other.unwrap_or(&Value::Null))),
                     },
-                    XKind::Number => match number(xv) {
-                        Some(n) => X::Number(n),
-                        None => continue,
-                    },
-                    XKind::Category => X::Category(label(xv)),
+                    None => Cow::Borrowed(""),
+                };
+                let x = match (x_kind, key) {
+                    (XKind::Time | XKind::Number, SortKey::Number(Some(n))) => X::Number(*n),
+                    (XKind::Time | XKind::Number, _) => continue,
+                    (XKind::Category, _) => X::Category(label(row.get(&panel.x).unwrap_or(&Value::Null))),
                 };
                 if let X::Category(c) = &x
                     && seen_categories.insert(c.clone())
@@ -454,11 +495,15 @@ pub fn panel_data(panel: &PanelConfig, latest: &Latest) -> PanelData {
                     let Some(v) = row.get(y).and_then(number) else {
                         continue;
                     };
-                    let points = series.entry((i, split.clone())).or_default();
+                    let at = *index.entry((i, split.clone())).or_insert_with(|| {
+                        grouped.push(((i, split.to_string()), Vec::new()));
+                        grouped.len() - 1
+                    });
+                    let points = &mut grouped[at].1;
                     if panel.chart == ChartKind::Bar
                         && let X::Category(c) = &x
                     {
-                        match bar_at.entry((i, split.clone(), c.clone())) {
+                        match bar_at.entry((i, split.to_string(), c.clone())) {
                             std::collections::hash_map::Entry::Occupied(at) => points[*at.get()].1 += v,
                             std::collections::hash_map::Entry::Vacant(slot) => {
                                 slot.insert(points.len());
@@ -470,6 +515,8 @@ pub fn panel_data(panel: &PanelConfig, latest: &Latest) -> PanelData {
                     points.push((x.clone(), v));
                 }
             }
+            grouped.sort_by(|a, b| a.0.cmp(&b.0));
+            let series = grouped;
             let total = series.len();
             let series: Vec<Series> = series
                 .into_iter()
