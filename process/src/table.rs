@@ -214,28 +214,59 @@ impl DeltaSink {
 
     /// Write `batch` (in `schema`, which may be wider than the table's) as Parquet files, split by partition,
     /// and make them durable. Returns their Add actions; nothing is committed.
+    ///
+    /// A large batch whose rows all fall in one partition (the common case: one flush of recent records) is
+    /// cut into [`write_parts`] row ranges written as separate files on separate tasks, so its Parquet encoding
+    /// and compression use every core instead of one; each file still holds at least [`MIN_ROWS_PER_FILE`]
+    /// rows, so this never makes small files. Anything else is written by one writer.
     pub async fn write_files(&self, schema: &TableSchema, batch: RecordBatch) -> Result<Vec<Add>> {
-        let mut writer = RecordBatchWriter::try_new(
-            self.url.as_str(),
-            schema.arrow(),
-            Some(self.partition_columns.clone()),
-            Some(self.storage_options.clone()),
-        )
-        .map_err(|e| ProcessError::delta(&self.name, e))?
-        .with_writer_properties(writer_properties(schema));
-        writer
-            .write(batch)
-            .await
-            .map_err(|e| ProcessError::delta(&self.name, e))?;
-        let adds = writer
-            .flush()
-            .await
-            .map_err(|e| ProcessError::delta(&self.name, e))?;
+        let parts = if single_partition(&batch, &self.partition_columns) {
+            write_parts(batch.num_rows(), parallelism())
+        } else {
+            1
+        };
+        let adds = if parts <= 1 {
+            self.write_one(schema, batch).await?
+        } else {
+            let per = batch.num_rows().div_ceil(parts);
+            let tasks: Vec<_> = (0..parts)
+                .map(|i| {
+                    let start = i * per;
+                    let slice = batch.slice(start, per.min(batch.num_rows() - start));
+                    let (name, url, options) =
+                        (self.name.clone(), self.url.clone(), self.storage_options.clone());
+                    let (schema, partitions) = (schema.clone(), self.partition_columns.clone());
+                    tokio::spawn(async move {
+                        write_batch(&name, &url, &options, &schema, partitions, slice).await
+                    })
+                })
+                .collect();
+            let mut adds = Vec::new();
+            for t in tasks {
+                let part = t
+                    .await
+                    .map_err(|e| ProcessError::Internal(format!("parquet writer task: {e}")))??;
+                adds.extend(part);
+            }
+            adds
+        };
         if let Some(dir) = &self.local_dir {
             let files: Vec<PathBuf> = adds.iter().map(|a| dir.join(percent_decode(&a.path))).collect();
             sync_files(dir.clone(), files).await?;
         }
         Ok(adds)
+    }
+
+    async fn write_one(&self, schema: &TableSchema, batch: RecordBatch) -> Result<Vec<Add>> {
+        write_batch(
+            &self.name,
+            &self.url,
+            &self.storage_options,
+            schema,
+            self.partition_columns.clone(),
+            batch,
+        )
+        .await
     }
 
     /// Commit `adds`, an optional new schema, and `txns` as one Delta commit; returns the new version.
@@ -293,6 +324,63 @@ impl DeltaSink {
         }
         Ok(version)
     }
+}
+
+/// Fewest rows in a file that [`DeltaSink::write_files`] cuts out of a larger batch to write it in parallel.
+pub const MIN_ROWS_PER_FILE: usize = 131_072;
+
+/// Into how many files (each of at least [`MIN_ROWS_PER_FILE`] rows, at most `cores`) a one-partition batch of
+/// `rows` rows is cut.
+pub fn write_parts(rows: usize, cores: usize) -> usize {
+    (rows / MIN_ROWS_PER_FILE).clamp(1, cores.max(1))
+}
+
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Whether every row of `batch` has the same value in each of `partition_columns` (so it makes one file per
+/// writer). Conservative: a null or a column missing from the batch answers no.
+fn single_partition(batch: &RecordBatch, partition_columns: &[String]) -> bool {
+    use deltalake::arrow::array::{Array, Scalar};
+    use deltalake::arrow::compute::kernels::cmp::eq;
+    if batch.num_rows() == 0 {
+        return false;
+    }
+    partition_columns.iter().all(|name| {
+        let Some(col) = batch.column_by_name(name) else {
+            return false;
+        };
+        if col.null_count() > 0 {
+            return false;
+        }
+        let first = Scalar::new(col.slice(0, 1));
+        eq(col, &first).is_ok_and(|same| same.true_count() == batch.num_rows())
+    })
+}
+
+/// Write `batch` with one delta-rs writer (one file per partition it touches); returns the Add actions.
+async fn write_batch(
+    name: &str,
+    url: &Url,
+    storage_options: &HashMap<String, String>,
+    schema: &TableSchema,
+    partition_columns: Vec<String>,
+    batch: RecordBatch,
+) -> Result<Vec<Add>> {
+    let mut writer = RecordBatchWriter::try_new(
+        url.as_str(),
+        schema.arrow(),
+        Some(partition_columns),
+        Some(storage_options.clone()),
+    )
+    .map_err(|e| ProcessError::delta(name, e))?
+    .with_writer_properties(writer_properties(schema));
+    writer
+        .write(batch)
+        .await
+        .map_err(|e| ProcessError::delta(name, e))?;
+    writer.flush().await.map_err(|e| ProcessError::delta(name, e))
 }
 
 /// Parquet settings of the data files, chosen by measuring `freshet bench delivery` (see BENCHMARKS.md):
@@ -418,7 +506,141 @@ async fn create_dir_synced(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::*;
+    use crate::convert::Column;
+    use deltalake::arrow::array::{Int64Array, StringArray};
+    use std::sync::Arc;
+
+    fn schema() -> TableSchema {
+        TableSchema {
+            columns: vec![
+                Column {
+                    name: "n".to_string(),
+                    ty: ColumnType::Long,
+                },
+                Column {
+                    name: "day".to_string(),
+                    ty: ColumnType::String,
+                },
+            ],
+        }
+    }
+
+    fn batch(schema: &TableSchema, rows: usize, day: impl Fn(usize) -> &'static str) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.arrow(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+                Arc::new(StringArray::from_iter_values((0..rows).map(day))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parts_keep_files_large() {
+        assert_eq!(write_parts(0, 2), 1);
+        assert_eq!(write_parts(MIN_ROWS_PER_FILE * 2 - 1, 2), 1);
+        assert_eq!(write_parts(MIN_ROWS_PER_FILE * 2, 2), 2);
+        assert_eq!(write_parts(MIN_ROWS_PER_FILE * 10, 4), 4);
+        assert_eq!(write_parts(MIN_ROWS_PER_FILE * 10, 0), 1);
+    }
+
+    #[test]
+    fn detects_one_partition() {
+        let s = schema();
+        let days = ["day".to_string()];
+        assert!(single_partition(&batch(&s, 10, |_| "2026-01-01"), &days));
+        assert!(!single_partition(
+            &batch(&s, 10, |i| if i == 9 { "2026-01-02" } else { "2026-01-01" }),
+            &days
+        ));
+        assert!(!single_partition(&batch(&s, 0, |_| "x"), &days));
+        assert!(!single_partition(
+            &batch(&s, 3, |_| "x"),
+            &["missing".to_string()]
+        ));
+        assert!(single_partition(&batch(&s, 3, |_| "x"), &[]));
+    }
+
+    /// A large one-partition batch is written as several files (in parallel) holding every row exactly once,
+    /// in order; a batch spanning partitions is written by one writer (one file per partition).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_write_keeps_every_row_once() {
+        use deltalake::arrow::array::AsArray;
+        use deltalake::arrow::datatypes::Int64Type;
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path().join("t")).unwrap();
+        let s = schema();
+        let mut sink = DeltaSink::open_or_create(
+            "t",
+            url.clone(),
+            HashMap::new(),
+            &s,
+            &["day".to_string()],
+            HashMap::new(),
+        )
+        .await
+        .unwrap();
+        let rows = MIN_ROWS_PER_FILE * 2 + 7;
+        let adds = sink
+            .write_files(&s, batch(&s, rows, |_| "2026-01-01"))
+            .await
+            .unwrap();
+        assert_eq!(adds.len(), write_parts(rows, parallelism()));
+        let mixed = batch(&s, 1000, |i| if i % 2 == 0 { "2026-01-02" } else { "2026-01-03" });
+        let more = sink.write_files(&s, mixed).await.unwrap();
+        assert_eq!(more.len(), 2);
+        let version = sink
+            .commit(
+                adds.into_iter().chain(more).collect(),
+                None,
+                Vec::new(),
+                HashMap::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(version, 1);
+
+        let table = deltalake::open_table(url).await.unwrap();
+        let ctx = deltalake::datafusion::prelude::SessionContext::new();
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        let out = ctx
+            .sql("SELECT day, count(*), count(DISTINCT n), min(n), max(n) FROM t GROUP BY day ORDER BY day")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let got: Vec<(String, i64, i64, i64, i64)> = out
+            .iter()
+            .flat_map(|b| {
+                let day = deltalake::arrow::compute::cast(
+                    b.column(0),
+                    &deltalake::arrow::datatypes::DataType::Utf8,
+                )
+                .unwrap();
+                let day = day.as_string::<i32>().clone();
+                (0..b.num_rows())
+                    .map(|i| {
+                        let int = |c: usize| b.column(c).as_primitive::<Int64Type>().value(i);
+                        (day.value(i).to_string(), int(1), int(2), int(3), int(4))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let r = rows as i64;
+        assert_eq!(
+            got,
+            vec![
+                ("2026-01-01".to_string(), r, r, 0, r - 1),
+                ("2026-01-02".to_string(), 500, 500, 0, 998),
+                ("2026-01-03".to_string(), 500, 500, 1, 999),
+            ]
+        );
+    }
 
     #[test]
     fn decodes_escapes() {
