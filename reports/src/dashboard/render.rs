@@ -454,7 +454,9 @@ fn draw_chart<DB: DrawingBackend>(
         .x_desc(x_desc)
         .axis_desc_style((FAMILY, 12))
         .draw()?;
-    let buckets = (w as usize).max(100);
+    // Lines are decimated to the plotting area's pixels (first, lowest, highest and last point of every two pixel
+    // columns): a 2 px stroke looks the same, and the SVG writes no points that would land on the same pixels.
+    let buckets = (chart.plotting_area().dim_in_pixel().0 as usize / 2).max(50);
     let n = series.len().max(1);
     for (i, s) in series.iter().enumerate() {
         let c = colour(i);

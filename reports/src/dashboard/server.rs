@@ -13,8 +13,8 @@
 //! directory or an object store) before drawing; drawing runs on the blocking pool, at most [`RENDERS_MAX`] at once;
 //! a report whose output is missing or of the wrong shape makes that panel say so.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{OriginalUri, Path, Query, State};
@@ -45,8 +45,25 @@ struct Inner {
     outputs: OutputStore,
     dashboards: Vec<DashboardConfig>,
     cache: OutputCache,
+    /// The last drawing of each (dashboard, panel), with the report run it shows. A run's output never changes,
+    /// so a request for the same run is answered with this drawing instead of drawing again.
+    drawn: Mutex<HashMap<(String, String), Drawn>>,
     renders: Semaphore,
     ops: Option<OpsSampler>,
+}
+
+/// One panel drawn: its SVG, the problem note shown under it (if any), and the run it shows.
+#[derive(Debug, Clone)]
+struct Drawn {
+    version: Option<String>,
+    svg: Arc<str>,
+    note: Option<Arc<str>>,
+}
+
+/// What a panel shows now: a drawing of its current run already made, or the data to draw.
+enum PanelNow {
+    Drawn(Drawn),
+    Data(PanelData, Option<String>),
 }
 
 impl std::fmt::Debug for Dashboards {
@@ -80,6 +97,7 @@ impl Dashboards {
                 outputs,
                 dashboards,
                 cache: OutputCache::default(),
+                drawn: Mutex::new(HashMap::new()),
                 renders: Semaphore::new(RENDERS_MAX),
                 ops,
             }),
@@ -153,15 +171,68 @@ impl Dashboards {
         futures::executor::block_on(self.load_panel_data(dashboard, panel))
     }
 
-    /// The data of every panel of `dashboard`, read concurrently.
-    async fn load_all(&self, dashboard: &DashboardConfig) -> Vec<(PanelData, Option<String>)> {
-        futures::future::join_all(
-            dashboard
-                .panels
-                .iter()
-                .map(|p| self.load_panel_data(dashboard, p)),
-        )
-        .await
+    /// What `panel` shows now: the drawing of its report's current run if one was made, else the data to draw.
+    /// Only the `latest` pointer is read when the drawing is there (and the output is parsed once per run).
+    async fn load_panel(&self, dashboard: &DashboardConfig, panel: &PanelConfig) -> PanelNow {
+        if dashboard.name == OPS_NAME {
+            let (data, version) = self.load_panel_data(dashboard, panel).await;
+            return PanelNow::Data(data, version);
+        }
+        let latest = self.inner.cache.latest(&self.inner.outputs, &panel.report).await;
+        let version = match &latest {
+            Latest::Output(o) => Some(o.run_id.clone()),
+            _ => None,
+        };
+        if let Some(v) = &version
+            && let Some(hit) = self
+                .inner
+                .drawn
+                .lock()
+                .unwrap()
+                .get(&(dashboard.name.clone(), panel.name.clone()))
+            && hit.version.as_ref() == Some(v)
+        {
+            return PanelNow::Drawn(hit.clone());
+        }
+        PanelNow::Data(panel_data(panel, &latest), version)
+    }
+
+    /// What every panel of `dashboard` shows now, read concurrently.
+    async fn load_all(&self, dashboard: &DashboardConfig) -> Vec<PanelNow> {
+        futures::future::join_all(dashboard.panels.iter().map(|p| self.load_panel(dashboard, p))).await
+    }
+
+    /// The panel drawn (CPU work: call it on a blocking thread). A drawing of a report run is kept for the next
+    /// request of the same run; the ops dashboard and panels without a run are drawn every time.
+    fn draw(&self, dashboard: &DashboardConfig, panel: &PanelConfig, now: PanelNow) -> Drawn {
+        let (data, version) = match now {
+            PanelNow::Drawn(d) => return d,
+            PanelNow::Data(data, version) => (data, version),
+        };
+        let drawn = Drawn {
+            svg: render::svg(panel, &data, version.as_deref()).into(),
+            note: match &data {
+                PanelData::Problem { message } => {
+                    Some(format!("<p class=\"problem\">{}</p>", escape(message)).into())
+                }
+                _ => None,
+            },
+            version,
+        };
+        if dashboard.name != OPS_NAME && drawn.version.is_some() {
+            self.inner
+                .drawn
+                .lock()
+                .unwrap()
+                .insert((dashboard.name.clone(), panel.name.clone()), drawn.clone());
+        }
+        drawn
+    }
+
+    /// Forget every drawing kept, so that the next request draws its panels again (benchmarks: the cost of
+    /// drawing a page, as after a new run of every report).
+    pub fn forget_drawings(&self) {
+        self.inner.drawn.lock().unwrap().clear();
     }
 
     /// The whole dashboard page (HTML with one inline SVG per panel); `base` is the path the router is served at.
@@ -171,45 +242,45 @@ impl Dashboards {
         self.page_from(dashboard, base, data)
     }
 
-    /// The page from the panels' data (in panel order): drawing only, no IO.
-    fn page_from(
-        &self,
-        dashboard: &DashboardConfig,
-        base: &str,
-        data: Vec<(PanelData, Option<String>)>,
-    ) -> String {
-        let panels: Vec<String> = dashboard
+    /// The page from what the panels show (in panel order): drawing only, no IO. The panels are written once into
+    /// one buffer sized for them.
+    fn page_from(&self, dashboard: &DashboardConfig, base: &str, now: Vec<PanelNow>) -> String {
+        use std::fmt::Write as _;
+        let drawn: Vec<Drawn> = dashboard
             .panels
             .iter()
-            .zip(data)
-            .map(|(p, (data, version))| {
-                let svg = render::svg(p, &data, version.as_deref());
-                let note = match &data {
-                    PanelData::Problem { message } => {
-                        format!("<p class=\"problem\">{}</p>", escape(message))
-                    }
-                    _ => String::new(),
-                };
-                format!(
-                    "<section class=\"panel\" id=\"panel-{name}\" data-panel=\"{name}\" data-version=\"{version}\">\
-                     <div class=\"body\">{svg}{note}</div>\
-                     <a class=\"png\" href=\"{base}/{dash}/{name}.png?width=1600&amp;height=720\">PNG</a></section>",
-                    name = escape(&p.name),
-                    dash = escape(&dashboard.name),
-                    version = escape(version.as_deref().unwrap_or("")),
-                )
-            })
+            .zip(now)
+            .map(|(p, now)| self.draw(dashboard, p, now))
             .collect();
+        let size: usize = drawn
+            .iter()
+            .map(|d| d.svg.len() + d.note.as_ref().map_or(0, |n| n.len()) + 512)
+            .sum();
+        let mut panels = String::with_capacity(size);
+        let dash = escape(&dashboard.name);
+        for (p, d) in dashboard.panels.iter().zip(&drawn) {
+            let name = escape(&p.name);
+            let _ = write!(
+                panels,
+                "<section class=\"panel\" id=\"panel-{name}\" data-panel=\"{name}\" data-version=\"{version}\">\
+                 <div class=\"body\">",
+                version = escape(d.version.as_deref().unwrap_or("")),
+            );
+            panels.push_str(&d.svg);
+            panels.push_str(d.note.as_deref().unwrap_or(""));
+            let _ = write!(
+                panels,
+                "</div><a class=\"png\" href=\"{base}/{dash}/{name}.png?width=1600&amp;height=720\">PNG</a></section>"
+            );
+        }
         page_html(
             dashboard.display_title(),
             &format!(
                 "<header><a href=\"{base}\">dashboards</a> / <h1>{title}</h1>\
                  <span id=\"status\" aria-live=\"polite\"></span></header>\
-                 <main class=\"grid\" data-dashboard=\"{name}\">{panels}</main>\
+                 <main class=\"grid\" data-dashboard=\"{dash}\">{panels}</main>\
                  <script>{script}</script>",
                 title = escape(dashboard.display_title()),
-                name = escape(&dashboard.name),
-                panels = panels.join(""),
                 script = SCRIPT.replace("POLL_MS", &POLL_INTERVAL_MS.to_string()),
             ),
         )
@@ -365,12 +436,9 @@ async fn panel_file(
     };
     match ext {
         "svg" => {
-            let (data, version) = d.load_panel_data(&dashboard, &panel).await;
-            match d
-                .render(move |_| (render::svg(&panel, &data, version.as_deref()), version))
-                .await
-            {
-                Ok((svg, version)) => (
+            let now = d.load_panel(&dashboard, &panel).await;
+            match d.render(move |d| d.draw(&dashboard, &panel, now)).await {
+                Ok(Drawn { svg, version, .. }) => (
                     [
                         (header::CONTENT_TYPE, "image/svg+xml".to_string()),
                         (header::CACHE_CONTROL, "no-store".to_string()),
@@ -379,7 +447,7 @@ async fn panel_file(
                             version.unwrap_or_default(),
                         ),
                     ],
-                    svg,
+                    svg.to_string(),
                 )
                     .into_response(),
                 Err(r) => r,
@@ -466,3 +534,66 @@ const SCRIPT: &str = r#"
   setTimeout(poll, POLL_MS);
 })();
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dashboard::ChartKind;
+
+    fn write_run(warehouse: &std::path::Path, run: &str, temps: &[f64]) {
+        let dir = crate::run::report_dir(warehouse, "temps");
+        std::fs::create_dir_all(dir.join(format!("runs/{run}"))).unwrap();
+        let rows: Vec<serde_json::Value> = temps
+            .iter()
+            .enumerate()
+            .map(|(i, t)| serde_json::json!({"minute": 1_795_000_000_000i64 + i as i64 * 60_000, "avg_temp": t}))
+            .collect();
+        let doc = serde_json::json!({
+            "columns": [{"name": "minute", "type": "Timestamp(µs, \"UTC\")"}, {"name": "avg_temp", "type": "Float64"}],
+            "rows": rows,
+        });
+        std::fs::write(
+            dir.join(format!("runs/{run}/result.json")),
+            serde_json::to_vec(&doc).unwrap(),
+        )
+        .unwrap();
+        let latest = serde_json::json!({
+            "run_id": run, "versions": {"temps": 1}, "finished_at_ms": 0,
+            "outputs": [format!("runs/{run}/result.json")],
+        });
+        std::fs::write(dir.join("latest"), serde_json::to_vec(&latest).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_panel_is_drawn_again_only_for_a_new_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let dashboard = DashboardConfig {
+            name: "d".into(),
+            title: "D".into(),
+            panels: vec![PanelConfig {
+                name: "t".into(),
+                title: "Temperature".into(),
+                report: "temps".into(),
+                chart: ChartKind::Line,
+                x: "minute".into(),
+                y: vec!["avg_temp".into()],
+                series: None,
+                unit: None,
+            }],
+        };
+        let d = Dashboards::new(dir.path(), vec![dashboard.clone()]);
+        write_run(dir.path(), "r1", &[1.0, 2.0, 3.0]);
+        let first = d.page(&dashboard, "/dashboards");
+        assert!(first.contains("data-version=\"r1\""), "{first}");
+        assert!(first.contains("data-points=\"3\""), "{first}");
+        assert_eq!(d.page(&dashboard, "/dashboards"), first, "same run, same page");
+        d.forget_drawings();
+        assert_eq!(d.page(&dashboard, "/dashboards"), first, "drawn again, same page");
+
+        write_run(dir.path(), "r2", &[1.0, 2.0, 3.0, 4.0, 5.0]);
+        let second = d.page(&dashboard, "/dashboards");
+        assert!(second.contains("data-version=\"r2\""), "{second}");
+        assert!(second.contains("data-points=\"5\""), "{second}");
+        assert!(!second.contains("data-version=\"r1\""), "{second}");
+    }
+}
