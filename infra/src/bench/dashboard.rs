@@ -123,6 +123,7 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
         let mut html_warm = histogram();
         let mut html_cached = histogram();
         let mut html_cold = histogram();
+        let mut data_only = histogram();
         let mut png_warm = histogram();
         let mut png_bytes = 0;
         for _ in 0..args.iterations {
@@ -135,6 +136,13 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
             let cached = std::hint::black_box(warm.page(&dashboard, "/dashboards"));
             record_latency(&mut html_cached, t.elapsed());
             anyhow::ensure!(cached == html, "a cached page is the page drawn");
+
+            // The data-preparation share of "render": every panel's data from the parsed outputs, nothing drawn.
+            let t = Instant::now();
+            for p in &dashboard.panels {
+                std::hint::black_box(warm.panel_data(&dashboard, p));
+            }
+            record_latency(&mut data_only, t.elapsed());
 
             let cold = Dashboards::new(&warehouse, vec![dashboard.clone()]);
             let t = Instant::now();
@@ -160,6 +168,7 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
              | render | p50 ms | p99 ms | size |\n|---|---|---|---|\n\
              | HTML page with SVG, outputs parsed, panels drawn (render) | {hw50:.1} | {hw99:.1} | {html_bytes} B |\n\
              | HTML page, same runs again (cached drawings) | {hx50:.1} | {hx99:.1} | |\n\
+             | panel data of every panel, no drawing (part of render) | {hd50:.1} | {hd99:.1} | |\n\
              | HTML page with SVG, outputs re-read (cold) | {hc50:.1} | {hc99:.1} | |\n\
              | one panel PNG {png_w}x{png_h} (warm) | {pw50:.1} | {pw99:.1} | {png_bytes} B |\n",
             machine = super::machine(),
@@ -171,6 +180,8 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<()> {
             hw99 = ms(&html_warm, 0.99),
             hx50 = ms(&html_cached, 0.5),
             hx99 = ms(&html_cached, 0.99),
+            hd50 = ms(&data_only, 0.5),
+            hd99 = ms(&data_only, 0.99),
             hc50 = ms(&html_cold, 0.5),
             hc99 = ms(&html_cold, 0.99),
             pw50 = ms(&png_warm, 0.5),
