@@ -295,6 +295,9 @@ fn label(v: &Value) -> String {
 /// A chart series: (index of its y column, its value of the series column).
 type SeriesKey = (usize, String);
 
+/// Up to this many series, a row's series is found by comparing with each rather than through a hash index.
+const LINEAR_SERIES_MAX: usize = 16;
+
 /// How rows are ordered along x: numerically for time and number columns (rows without a value first), as text
 /// otherwise.
 #[derive(Clone, Debug, PartialEq)]
@@ -495,10 +498,23 @@ pub fn panel_data(panel: &PanelConfig, latest: &Latest) -> PanelData {
                     let Some(v) = row.get(y).and_then(number) else {
                         continue;
                     };
-                    let at = *index.entry((i, split.clone())).or_insert_with(|| {
-                        grouped.push(((i, split.to_string()), Vec::new()));
-                        grouped.len() - 1
-                    });
+                    // A few series (the usual case) are found by comparing with each, which is cheaper than
+                    // hashing the series value of every row; the index answers when there are many.
+                    let found = if grouped.len() <= LINEAR_SERIES_MAX {
+                        grouped
+                            .iter()
+                            .position(|((gi, gs), _)| *gi == i && gs.as_str() == split.as_ref())
+                    } else {
+                        index.get(&(i, split.clone())).copied()
+                    };
+                    let at = match found {
+                        Some(at) => at,
+                        None => {
+                            grouped.push(((i, split.to_string()), Vec::new()));
+                            index.insert((i, split.clone()), grouped.len() - 1);
+                            grouped.len() - 1
+                        }
+                    };
                     let points = &mut grouped[at].1;
                     if panel.chart == ChartKind::Bar
                         && let X::Category(c) = &x
