@@ -107,14 +107,17 @@ impl QueryEngine {
     }
 
     /// A session for one query: its own memory pool, no disk spilling, information_schema, the warehouse as
-    /// `datafusion.public`.
+    /// `datafusion.public`, DataFusion's settings from its `DATAFUSION_*` environment variables.
     async fn session(&self) -> Result<SessionContext> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes_max, 1.0)
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
             .map_err(|e| QueryError::Internal(format!("building a query runtime: {e}")))?;
-        let config = SessionConfig::new()
+        // DataFusion's own `DATAFUSION_*` environment variables (e.g. `DATAFUSION_EXECUTION_TARGET_PARTITIONS`)
+        // tune the engine; a bad value is an error of every query, named by DataFusion.
+        let config = SessionConfig::from_env()
+            .map_err(|e| QueryError::Internal(format!("DATAFUSION_* environment: {e}")))?
             .with_information_schema(true)
             .with_default_catalog_and_schema("datafusion", "public");
         let ctx = SessionContext::new_with_config_rt(config, runtime);

@@ -262,3 +262,49 @@ async fn query_cli_reads_the_warehouse_and_a_server() {
         assert!(stderr.contains("forbidden"), "{stderr}");
     }
 }
+
+/// DataFusion's own `DATAFUSION_*` variables tune the engine of `freshet query` (and of `/v1/sql`); a bad value is
+/// a clear error, not a silently ignored setting.
+#[test]
+fn query_engine_takes_datafusion_settings_from_the_environment() {
+    let warehouse = fixture_warehouse();
+    let dir = warehouse.path().to_str().unwrap();
+    let setting = "SELECT value FROM information_schema.df_settings \
+                   WHERE name = 'datafusion.execution.target_partitions'";
+    let run = |value: Option<&str>| {
+        let mut cmd = std::process::Command::new(freshet_bin());
+        cmd.args([
+            "query",
+            "--log",
+            "warn",
+            "--warehouse",
+            dir,
+            "--format",
+            "csv",
+            setting,
+        ]);
+        cmd.env_remove("DATAFUSION_EXECUTION_TARGET_PARTITIONS");
+        if let Some(v) = value {
+            cmd.env("DATAFUSION_EXECUTION_TARGET_PARTITIONS", v);
+        }
+        cmd.output().unwrap()
+    };
+    let tuned = run(Some("7"));
+    assert!(
+        tuned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tuned.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&tuned.stdout), "value\n7\n");
+    let default = run(None);
+    assert!(
+        default.status.success(),
+        "{}",
+        String::from_utf8_lossy(&default.stderr)
+    );
+    assert_ne!(String::from_utf8_lossy(&default.stdout), "value\n7\n");
+    let bad = run(Some("many"));
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("DATAFUSION_* environment"), "{stderr}");
+}
