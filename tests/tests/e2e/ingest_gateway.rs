@@ -193,7 +193,16 @@ async fn ingest_mosquitto_v311_and_v5_land_in_the_right_shard_with_lineage() {
         let arrival = data["_arrival_time"].as_i64().unwrap();
         assert!((arrival - now_ms()).abs() < 60_000, "arrival {arrival}");
     }
-    let stats = gw.handle().stats();
+    // A record is readable once durable; its writer counts it as appended a moment later (QoS 0 has no PUBACK to
+    // wait for), so the counter is polled.
+    let start = Instant::now();
+    let stats = loop {
+        let stats = gw.handle().stats();
+        if stats.appended >= 4 || start.elapsed() >= DEADLINE {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(
         (stats.received, stats.matched, stats.appended),
         (4, 4, 4),
