@@ -328,7 +328,19 @@ impl Converter {
     }
 }
 
-fn empty(schema: &TableSchema) -> Converted {
+/// Convert `reads` (runs of records, in order) against `schema`, whose first `committed` columns are the table's
+/// (the others were added by earlier records of the same flush and may still widen). One thread.
+pub(crate) fn convert_reads(
+    config: &DeliveryConfig,
+    schema: &TableSchema,
+    committed: usize,
+    reads: &[&[SourceRecord]],
+) -> Result<Converted> {
+    let rows = reads.iter().map(|r| r.len()).sum();
+    ChunkConverter::new(config, schema, committed, rows).run_reads(reads)
+}
+
+pub(crate) fn empty(schema: &TableSchema) -> Converted {
     Converted {
         batch: None,
         schema: schema.clone(),
@@ -340,7 +352,7 @@ fn empty(schema: &TableSchema) -> Converted {
 
 /// Join chunk results (in record order) into one, every batch widened to the final `schema`: later chunks may
 /// have added columns (null in earlier rows) or widened a new `long` column to `double`.
-fn merge(schema: TableSchema, parts: Vec<Converted>) -> Result<Converted> {
+pub(crate) fn merge(schema: TableSchema, parts: Vec<Converted>) -> Result<Converted> {
     let target = schema.arrow();
     let mut batches = Vec::with_capacity(parts.len());
     let mut out = empty(&schema);
@@ -812,10 +824,16 @@ impl<'c> ChunkConverter<'c> {
         }
     }
 
-    fn run(mut self, records: &[SourceRecord]) -> Result<Converted> {
+    fn run(self, records: &[SourceRecord]) -> Result<Converted> {
+        self.run_reads(&[records])
+    }
+
+    /// Convert runs of records one after another, as if they were one.
+    fn run_reads(mut self, reads: &[&[SourceRecord]]) -> Result<Converted> {
+        let records = || reads.iter().flat_map(|r| r.iter());
         // `_shard_id` text, once per shard.
         let mut shard_names: Vec<(ShardId, String)> = Vec::new();
-        for src in records {
+        for src in records() {
             if !shard_names.iter().any(|(s, _)| *s == src.shard_id) {
                 shard_names.push((src.shard_id, src.shard_id.to_string()));
             }
@@ -825,7 +843,7 @@ impl<'c> ChunkConverter<'c> {
             row: Vec::new(),
             slots: Vec::new(),
         };
-        for src in records {
+        for src in records() {
             let shard_name = shard_names
                 .iter()
                 .find(|(s, _)| *s == src.shard_id)

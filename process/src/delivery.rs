@@ -41,6 +41,7 @@ use crate::error::{ProcessError, Result};
 use crate::events::{CommitEvent, ensure_events_stream, publish};
 use crate::http_transform::HttpTransform;
 use crate::maintenance::Maintainer;
+use crate::staging::Staging;
 use crate::table::{DeltaSink, TxnState};
 use crate::transform::SqlTransform;
 
@@ -226,7 +227,8 @@ struct Delivery {
     /// Per shard: the position including what is buffered.
     read: BTreeMap<ShardId, SequenceNumber>,
     iterators: BTreeMap<ShardId, ShardIterator>,
-    buffer: Vec<SourceRecord>,
+    /// Records read and not committed yet, converted while reading goes on.
+    staging: Staging,
     buffer_bytes: u64,
     buffer_since: Option<Instant>,
     maintainer: Maintainer,
@@ -327,7 +329,7 @@ impl Delivery {
             committed,
             errors_committed,
             iterators: BTreeMap::new(),
-            buffer: Vec::new(),
+            staging: Staging::new(config_for_transform.clone(), http_transform.is_none()),
             buffer_bytes: 0,
             buffer_since: None,
             maintainer,
@@ -479,10 +481,12 @@ impl Delivery {
             self.counters
                 .records_read
                 .fetch_add(out.records.len() as u64, Ordering::Relaxed);
+            let mut read = Vec::with_capacity(out.records.len());
             for record in out.records {
                 self.buffer_bytes += record.data.len() as u64 + record.partition_key.len() as u64;
-                self.buffer.push(SourceRecord { shard_id, record });
+                read.push(SourceRecord { shard_id, record });
             }
+            self.staging.push(read, &self.schema);
             match out.next_iterator {
                 Some(next) => {
                     self.iterators.insert(shard_id, next);
@@ -539,7 +543,7 @@ impl Delivery {
         }
         self.read = self.committed.clone();
         self.iterators.clear();
-        self.buffer.clear();
+        self.staging.clear();
         self.buffer_bytes = 0;
         self.buffer_since = None;
         Ok(())
@@ -548,20 +552,25 @@ impl Delivery {
     /// Convert and commit what is buffered: error rows first (error table), then data rows and every shard's
     /// new position in one commit of the data table.
     async fn flush_inner(&mut self) -> Result<FlushReport> {
-        if self.buffer.is_empty() && !self.dirty() {
+        if self.staging.is_empty() && !self.dirty() {
             self.buffer_since = None;
             return Ok(FlushReport::default());
         }
         // The HTTP transform first: its Ok records go on, Dropped ones are counted, failures become error rows.
-        let (records, http_errors, dropped) = match &self.http_transform {
+        let (http_records, http_errors, dropped) = match &self.http_transform {
             Some(h) => {
-                let out = h.apply(&self.buffer, &self.shutdown).await?;
-                (std::borrow::Cow::Owned(out.records), out.errors, out.dropped)
+                let all: Vec<SourceRecord> = self.staging.records().cloned().collect();
+                let out = h.apply(&all, &self.shutdown).await?;
+                (Some(out.records), out.errors, out.dropped)
             }
-            None => (std::borrow::Cow::Borrowed(&self.buffer[..]), Vec::new(), 0),
+            None => (None, Vec::new(), 0),
         };
+        let buffered_ms = self.buffer_since.map_or(0, |t| t.elapsed().as_millis() as u64);
         let convert_started = Instant::now();
-        let mut converted = self.converter.convert(&self.schema, &records)?;
+        let mut converted = match &http_records {
+            Some(records) => self.converter.convert(&self.schema, records)?,
+            None => self.staging.finish(&self.schema).await?,
+        };
         let convert_ms = convert_started.elapsed().as_millis() as u64;
         converted.errors.extend(http_errors);
         if let Some(t) = &self.transform
@@ -579,10 +588,11 @@ impl Delivery {
                         .iter()
                         .map(|e| (e.shard_id, e.sequence_number.into()))
                         .collect();
-                    for src in records
-                        .iter()
-                        .filter(|r| !failed.contains(&(r.shard_id, r.record.sequence_number)))
-                    {
+                    let records: Box<dyn Iterator<Item = &SourceRecord>> = match &http_records {
+                        Some(records) => Box::new(records.iter()),
+                        None => Box::new(self.staging.records()),
+                    };
+                    for src in records.filter(|r| !failed.contains(&(r.shard_id, r.record.sequence_number))) {
                         converted.errors.push(crate::convert::ErrorRow {
                             shard_id: src.shard_id,
                             sequence_number: src.record.sequence_number.to_u64()?,
@@ -682,7 +692,7 @@ impl Delivery {
         for (s, q) in &moved {
             self.committed.insert(*s, *q);
         }
-        self.buffer.clear();
+        self.staging.clear();
         self.buffer_bytes = 0;
         self.buffer_since = None;
         report.rows = rows;
@@ -705,7 +715,7 @@ impl Delivery {
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("freshet_delivery_commits_total", "delivery" => self.config.name.clone())
                 .increment(1);
-            tracing::debug!(delivery = %self.config.name, version, rows, errors = report.error_rows, convert_ms,
+            tracing::debug!(delivery = %self.config.name, version, rows, errors = report.error_rows, buffered_ms, convert_ms,
                 write_commit_ms, "committed");
             let fmt = |ms: Option<i64>| {
                 ms.and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)

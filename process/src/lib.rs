@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod http_transform;
 pub mod maintenance;
+pub mod staging;
 pub mod table;
 pub mod transform;
 

@@ -36,8 +36,10 @@ use crate::types::{PutRecord, ReadLimits, Record, SequenceNumber, ShardId};
 
 /// Most bytes of record data one group commit takes.
 pub const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// A read starts with chunks this large and doubles them up to the max, so a read of a few records at the tip costs
-/// a small buffer and a long catch-up read few syscalls.
+/// A read starts with a chunk this large; later chunks are sized from the frames read so far to what the read's
+/// limits still allow (up to the max), so a read of a few records at the tip costs a small buffer, a long catch-up
+/// read few syscalls, and neither reads far past what it returns (every byte read is kept alive by the records
+/// sliced from it until they are dropped).
 const READ_CHUNK_MIN_BYTES: usize = 64 * 1024;
 const READ_CHUNK_MAX_BYTES: usize = 8 * 1024 * 1024;
 
@@ -370,6 +372,8 @@ impl ShardCore {
         let tip_last = self.tip().last_seq;
         let mut limited = false;
         let mut chunk_bytes = READ_CHUNK_MIN_BYTES;
+        // On-disk bytes of the frames returned so far (data, key and framing).
+        let mut frame_bytes = 0usize;
         'segments: loop {
             let located = {
                 let segments = self.segments.lock().unwrap();
@@ -411,7 +415,6 @@ impl ShardCore {
                     .unwrap_or(end)
                     .min(end);
                 let want = ((stop - offset) as usize).min(chunk_bytes);
-                chunk_bytes = (chunk_bytes * 2).min(READ_CHUNK_MAX_BYTES);
                 let mut chunk = read_at(&file, &path, offset, want)?;
                 let mut pos = 0usize;
                 loop {
@@ -449,6 +452,7 @@ impl ShardCore {
                         break 'segments;
                     }
                     data_bytes += size;
+                    frame_bytes += frame.len;
                     next = frame.seq + 1;
                     records.push(Record {
                         sequence_number: SequenceNumber::from_u64(frame.seq),
@@ -462,6 +466,7 @@ impl ShardCore {
                     }
                 }
                 offset += chunk.len() as u64;
+                chunk_bytes = next_chunk_bytes(&limits, records.len(), data_bytes, frame_bytes, chunk_bytes);
             }
             match next_base {
                 Some(base) if !is_newest => next = next.max(base),
@@ -547,6 +552,28 @@ impl ShardCore {
         }
         Ok((removed.len(), newest_expired))
     }
+}
+
+/// The next chunk of a read that has returned `records` records of `data_bytes` (`frame_bytes` on disk): enough for
+/// the records its limits still allow at the average frame size so far, plus one frame, within the chunk bounds.
+/// Before any record (the chunk held only frames before the read's start), twice the `last` chunk.
+fn next_chunk_bytes(
+    limits: &ReadLimits,
+    records: usize,
+    data_bytes: usize,
+    frame_bytes: usize,
+    last: usize,
+) -> usize {
+    if records == 0 {
+        return (last * 2).min(READ_CHUNK_MAX_BYTES);
+    }
+    let frame_avg = frame_bytes.div_ceil(records);
+    let data_avg = data_bytes.div_ceil(records).max(1);
+    let by_count = limits.records_max.saturating_sub(records);
+    let by_bytes = limits.bytes_max.saturating_sub(data_bytes) / data_avg + 1;
+    (by_count.min(by_bytes) + 1)
+        .saturating_mul(frame_avg)
+        .clamp(READ_CHUNK_MIN_BYTES, READ_CHUNK_MAX_BYTES)
 }
 
 fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> StoreResult<Bytes> {
@@ -936,5 +963,42 @@ impl Writer {
             ));
         }
         Err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_chunks_are_sized_to_what_the_limits_still_allow() {
+        let limits = ReadLimits {
+            records_max: 10_000,
+            bytes_max: 10 << 20,
+        };
+        // 300 records of 200 B (240 B on disk) read: 9,700 more fit the count, so about 9,701 frames.
+        let next = next_chunk_bytes(&limits, 300, 300 * 200, 300 * 240, READ_CHUNK_MIN_BYTES);
+        assert_eq!(next, 9_701 * 240);
+        // The byte limit binds first: 1 MiB left at 200 B a record.
+        let small = ReadLimits {
+            records_max: 10_000,
+            bytes_max: (1 << 20) + 300 * 200,
+        };
+        let next = next_chunk_bytes(&small, 300, 300 * 200, 300 * 240, READ_CHUNK_MIN_BYTES);
+        assert_eq!(next, ((1 << 20) / 200 + 2) * 240);
+        // Within the bounds: nearly done, and a huge remainder.
+        assert_eq!(
+            next_chunk_bytes(&limits, 9_999, 0, 9_999 * 240, READ_CHUNK_MIN_BYTES),
+            READ_CHUNK_MIN_BYTES
+        );
+        assert_eq!(
+            next_chunk_bytes(&limits, 1, 10, 100_000, READ_CHUNK_MIN_BYTES),
+            READ_CHUNK_MAX_BYTES
+        );
+        // Only skipped frames so far: the chunk doubles.
+        assert_eq!(
+            next_chunk_bytes(&limits, 0, 0, 0, READ_CHUNK_MIN_BYTES),
+            2 * READ_CHUNK_MIN_BYTES
+        );
     }
 }

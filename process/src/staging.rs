@@ -1,0 +1,407 @@
+//! A delivery's buffer, converted while it fills.
+//!
+//! Reads (one shard's records from one `GetRecords`, in order) are appended as they arrive. Once enough records
+//! have gathered and a core is free, they are converted on a blocking thread while the delivery goes on reading;
+//! at a flush the rest is converted (in parallel) and the parts are joined. Reading the stream and converting
+//! JSON no longer take turns, so a flush of a full buffer costs little more than its last read plus the Parquet
+//! write.
+//!
+//! The result is exactly that of converting every buffered record one after another against the committed
+//! schema ([`Converter::convert`](crate::convert::Converter::convert)): a part is converted against the schema the
+//! parts before it are expected to leave (the schema the latest finished part left), and converted again, in
+//! order, if they left another one. That only happens in a flush that adds columns; while no part has finished
+//! yet, only one part runs, so a new table's first flush learns its columns from its first part and converts the
+//! rest against them.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::config::DeliveryConfig;
+use crate::convert::{CHUNK_RECORDS_MIN, Converted, SourceRecord, TableSchema, convert_reads, merge};
+use crate::error::{ProcessError, Result};
+
+/// One read's records, shared with the thread converting them.
+pub type Read = Arc<Vec<SourceRecord>>;
+
+/// Fewest records worth starting a conversion for while reading goes on.
+const PART_RECORDS_MIN: usize = 2 * CHUNK_RECORDS_MIN;
+
+/// The buffered reads of a delivery, with the conversions started on them.
+pub struct Staging {
+    config: Arc<DeliveryConfig>,
+    /// Whether conversions start while reading (not when an HTTP transform must see the raw records first).
+    eager: bool,
+    threads: usize,
+    /// [`PART_RECORDS_MIN`] and [`CHUNK_RECORDS_MIN`] (smaller in tests).
+    part_min: usize,
+    chunk_min: usize,
+    /// Conversions started, in buffer order, each covering the reads before the next one's.
+    parts: Vec<Part>,
+    /// Reads after the last part, not being converted.
+    pending: Vec<Read>,
+    pending_records: usize,
+    records: usize,
+}
+
+struct Part {
+    reads: Vec<Read>,
+    /// The schema it is converted against.
+    base: TableSchema,
+    state: State,
+}
+
+enum State {
+    Running(oneshot::Receiver<Result<Converted>>),
+    Done(Result<Converted>),
+}
+
+impl Staging {
+    pub fn new(config: Arc<DeliveryConfig>, eager: bool) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            config,
+            eager,
+            threads,
+            part_min: PART_RECORDS_MIN,
+            chunk_min: CHUNK_RECORDS_MIN,
+            parts: Vec::new(),
+            pending: Vec::new(),
+            pending_records: 0,
+            records: 0,
+        }
+    }
+
+    /// Records buffered.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Every buffered record, in order.
+    pub fn records(&self) -> impl Iterator<Item = &SourceRecord> {
+        self.parts
+            .iter()
+            .flat_map(|p| p.reads.iter())
+            .chain(self.pending.iter())
+            .flat_map(|r| r.iter())
+    }
+
+    /// Drop everything buffered (conversions still running finish unobserved).
+    pub fn clear(&mut self) {
+        self.parts.clear();
+        self.pending.clear();
+        self.pending_records = 0;
+        self.records = 0;
+    }
+
+    /// Append a read; start converting what has gathered if a core is free. `committed` is the table's schema.
+    pub fn push(&mut self, read: Vec<SourceRecord>, committed: &TableSchema) {
+        if read.is_empty() {
+            return;
+        }
+        self.records += read.len();
+        self.pending_records += read.len();
+        self.pending.push(Arc::new(read));
+        if !self.eager {
+            return;
+        }
+        self.poll();
+        let running = self
+            .parts
+            .iter()
+            .filter(|p| matches!(p.state, State::Running(_)))
+            .count();
+        let informed = self.parts.is_empty() || self.parts.iter().any(|p| matches!(p.state, State::Done(_)));
+        if self.pending_records >= self.part_min && running < self.threads && informed {
+            let reads = std::mem::take(&mut self.pending);
+            self.pending_records = 0;
+            let base = self.predicted(committed);
+            self.start(reads, base, committed.columns.len());
+        }
+    }
+
+    /// Convert everything buffered against the committed schema; the buffer stays as it is (a later `finish`
+    /// converts it again).
+    pub async fn finish(&mut self, committed: &TableSchema) -> Result<Converted> {
+        let columns = committed.columns.len();
+        self.poll();
+        let started_early = self.records - self.pending_records;
+        let done_early: usize = self
+            .parts
+            .iter()
+            .filter(|p| matches!(p.state, State::Done(_)))
+            .map(|p| p.reads.iter().map(|r| r.len()).sum::<usize>())
+            .sum();
+        let mut reconverted = 0;
+        // Know the schema before the rest is cut up: wait for the first running part, or convert the first read
+        // alone if nothing was started.
+        if !self.parts.iter().any(|p| matches!(p.state, State::Done(_))) {
+            if let Some(part) = self.parts.first_mut() {
+                part.settle().await;
+            } else if self.pending.len() > 1 && self.pending_records >= 2 * self.chunk_min {
+                let first = self.pending.remove(0);
+                self.pending_records -= first.len();
+                self.start(vec![first], committed.clone(), columns);
+                self.parts[0].settle().await;
+            }
+        }
+        // The rest in up to `threads` parts of about equal size.
+        let pending = std::mem::take(&mut self.pending);
+        let share = (self.pending_records.div_ceil(self.threads)).max(self.chunk_min);
+        self.pending_records = 0;
+        let mut group: Vec<Read> = Vec::new();
+        let mut group_records = 0;
+        let last = pending.len();
+        for (i, read) in pending.into_iter().enumerate() {
+            group_records += read.len();
+            group.push(read);
+            if group_records >= share || i + 1 == last {
+                let base = self.predicted(committed);
+                self.start(std::mem::take(&mut group), base, columns);
+                group_records = 0;
+            }
+        }
+        // Join in order; a part converted against another schema than the one its predecessors left is
+        // converted again.
+        let mut current = committed.clone();
+        let mut out = Vec::with_capacity(self.parts.len());
+        for part in &mut self.parts {
+            part.settle().await;
+            let State::Done(result) = std::mem::replace(
+                &mut part.state,
+                State::Done(Ok(crate::convert::empty(&part.base))),
+            ) else {
+                unreachable!("settled");
+            };
+            let converted = if part.base == current {
+                result?
+            } else {
+                reconverted += 1;
+                let (config, base, reads) = (self.config.clone(), current.clone(), part.reads.clone());
+                tokio::task::spawn_blocking(move || {
+                    let slices: Vec<&[SourceRecord]> = reads.iter().map(|r| r.as_slice()).collect();
+                    convert_reads(&config, &base, columns, &slices)
+                })
+                .await
+                .map_err(|e| ProcessError::Internal(format!("a conversion thread failed: {e}")))??
+            };
+            current = converted.schema.clone();
+            out.push(converted);
+        }
+        tracing::debug!(
+            records = self.records,
+            started_early,
+            done_early,
+            parts = self.parts.len(),
+            reconverted,
+            "converted the buffer"
+        );
+        // Back to unconverted reads.
+        let parts = std::mem::take(&mut self.parts);
+        self.pending = parts.into_iter().flat_map(|p| p.reads).collect();
+        self.pending_records = self.records;
+        merge(current, out)
+    }
+
+    /// The schema the parts so far are expected to leave: the latest finished part's, else the committed one.
+    fn predicted(&self, committed: &TableSchema) -> TableSchema {
+        self.parts
+            .iter()
+            .rev()
+            .find_map(|p| match &p.state {
+                State::Done(Ok(c)) => Some(c.schema.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| committed.clone())
+    }
+
+    fn start(&mut self, reads: Vec<Read>, base: TableSchema, columns: usize) {
+        let (tx, rx) = oneshot::channel();
+        let (config, theirs, schema) = (self.config.clone(), reads.clone(), base.clone());
+        tokio::task::spawn_blocking(move || {
+            let slices: Vec<&[SourceRecord]> = theirs.iter().map(|r| r.as_slice()).collect();
+            let _ = tx.send(convert_reads(&config, &schema, columns, &slices));
+        });
+        self.parts.push(Part {
+            reads,
+            base,
+            state: State::Running(rx),
+        });
+    }
+
+    /// Note the parts that have finished.
+    fn poll(&mut self) {
+        for part in &mut self.parts {
+            if let State::Running(rx) = &mut part.state {
+                match rx.try_recv() {
+                    Ok(result) => part.state = State::Done(result),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                    Err(oneshot::error::TryRecvError::Closed) => part.state = State::Done(Err(panicked())),
+                }
+            }
+        }
+    }
+}
+
+impl Part {
+    async fn settle(&mut self) {
+        if let State::Running(rx) = &mut self.state {
+            self.state = State::Done(rx.await.unwrap_or_else(|_| Err(panicked())));
+        }
+    }
+}
+
+fn panicked() -> ProcessError {
+    ProcessError::Internal("a conversion thread panicked".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ColumnType, PartitionColumn, PartitionExpr};
+    use crate::convert::{Column, Converter};
+    use freshet_storage::{Record, SequenceNumber, ShardId};
+
+    fn rec(shard: u32, seq: u64, data: String) -> SourceRecord {
+        SourceRecord {
+            shard_id: ShardId(shard),
+            record: Record {
+                sequence_number: SequenceNumber::from_u64(seq),
+                partition_key: format!("pk{}", seq % 5),
+                data: bytes::Bytes::from(data),
+                arrival_ms: 1_700_000_000_000 + seq as i64,
+            },
+        }
+    }
+
+    /// Records that add columns, widen a new long column to double, conflict with a committed column, are not
+    /// JSON, or carry nested values and lineage, spread over reads of 1 to 7 records.
+    fn reads() -> Vec<Vec<SourceRecord>> {
+        let records: Vec<SourceRecord> = (0..240u64)
+            .map(|i| {
+                let data = match i % 6 {
+                    0 => format!(
+                        r#"{{"ts": {}, "n": {i}, "dev": "d{}"}}"#,
+                        86_400_000 * (i % 3),
+                        i % 2
+                    ),
+                    1 => format!(r#"{{"n": "bad{i}"}}"#),
+                    2 if i % 4 == 0 => "not json".to_string(),
+                    2 => format!(r#"{{"t": {i}, "dev": "d{i}"}}"#),
+                    3 if i < 120 => format!(r#"{{"w": {i}, "ts": "1970-01-0{}T00:00:00Z"}}"#, 1 + i % 5),
+                    3 => format!(r#"{{"w": {i}.5}}"#),
+                    4 => format!(r#"{{"late_{}": true, "tags": {{"i": {i}}}}}"#, i / 50),
+                    _ => format!(r#"{{"esc\"aped": "x\"{i}", "_topic": "t/{i}", "dev": {i}}}"#),
+                };
+                rec((i % 3) as u32, i, data)
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut rest = records.as_slice();
+        let mut k = 0;
+        while !rest.is_empty() {
+            let (read, tail) = rest.split_at((1 + k % 7).min(rest.len()));
+            out.push(read.to_vec());
+            rest = tail;
+            k += 1;
+        }
+        out
+    }
+
+    fn config() -> (Arc<DeliveryConfig>, TableSchema) {
+        let mut cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        cfg.partition_by.push(PartitionColumn {
+            name: "dev".into(),
+            expr: PartitionExpr::Field { field: "dev".into() },
+        });
+        let cfg = Arc::new(cfg);
+        let mut committed = TableSchema::initial(&cfg);
+        committed.columns.push(Column {
+            name: "n".into(),
+            ty: ColumnType::Long,
+        });
+        (cfg, committed)
+    }
+
+    fn assert_same(a: &Converted, b: &Converted, what: &str) {
+        assert_eq!(a.schema, b.schema, "{what}");
+        assert_eq!(a.batch, b.batch, "{what}");
+        assert_eq!(a.errors, b.errors, "{what}");
+        assert_eq!(
+            (a.event_time_ms_min, a.event_time_ms_max),
+            (b.event_time_ms_min, b.event_time_ms_max),
+            "{what}"
+        );
+    }
+
+    /// Converting while reading gives exactly what converting the whole buffer in one pass gives, whether the
+    /// parts finish early (their schema is known) or late (later parts are converted against a stale one and
+    /// again), and with a schema that evolves or one that does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn staged_conversion_equals_one_pass() {
+        let (cfg, committed) = config();
+        let reads = reads();
+        let all: Vec<SourceRecord> = reads.iter().flatten().cloned().collect();
+        let serial = Converter::new(cfg.clone()).convert(&committed, &all).unwrap();
+        assert!(
+            serial.rows() > 100 && serial.errors.len() > 40,
+            "{} rows",
+            serial.rows()
+        );
+        assert!(serial.schema.columns.len() > committed.columns.len() + 3);
+        let evolved = serial.schema.clone();
+        let steady = Converter::new(cfg.clone()).convert(&evolved, &all).unwrap();
+        for (schema, expected) in [(&committed, &serial), (&evolved, &steady)] {
+            for threads in 1..=3 {
+                for part_min in [1, 5, 40, 1_000] {
+                    for wait in [false, true] {
+                        let what = format!("{threads} threads, parts of {part_min}+, waiting {wait}");
+                        let mut s = Staging::new(cfg.clone(), true);
+                        (s.threads, s.part_min, s.chunk_min) = (threads, part_min, 3);
+                        for read in &reads {
+                            s.push(read.clone(), schema);
+                            if wait {
+                                for p in &mut s.parts {
+                                    p.settle().await;
+                                }
+                            }
+                        }
+                        assert_eq!(s.len(), all.len());
+                        let order: Vec<u64> = s.records().map(|r| r.record.arrival_ms as u64).collect();
+                        let expected_order: Vec<u64> =
+                            all.iter().map(|r| r.record.arrival_ms as u64).collect();
+                        assert_eq!(order, expected_order, "{what}");
+                        let out = s.finish(schema).await.unwrap();
+                        assert_same(&out, expected, &what);
+                        // The buffer stays: finishing again gives the same.
+                        let again = s.finish(schema).await.unwrap();
+                        assert_same(&again, expected, &format!("{what}, again"));
+                        s.clear();
+                        assert!(s.is_empty() && s.records().next().is_none());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Without eager conversion (an HTTP transform sees the raw records first) nothing starts while reading, and
+    /// `finish` still converts everything.
+    #[tokio::test]
+    async fn lazy_staging_converts_at_finish() {
+        let (cfg, committed) = config();
+        let reads = reads();
+        let all: Vec<SourceRecord> = reads.iter().flatten().cloned().collect();
+        let serial = Converter::new(cfg.clone()).convert(&committed, &all).unwrap();
+        let mut s = Staging::new(cfg, false);
+        s.part_min = 1;
+        for read in &reads {
+            s.push(read.clone(), &committed);
+        }
+        assert!(s.parts.is_empty());
+        assert_same(&s.finish(&committed).await.unwrap(), &serial, "lazy");
+    }
+}
