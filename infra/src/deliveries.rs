@@ -402,6 +402,17 @@ async fn files_per_hour(
     })
 }
 
+/// CPU time (user + system) this process has used so far, from /proc/self/stat (10 ms resolution): on a shared
+/// machine the CPU a run costs is steadier than its wall-clock time.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at state, field 3; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn peak_rss_mib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -443,6 +454,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     config.buffer_interval_ms = 1_000;
     config.maintenance.optimize_every_commits = 0;
     let shutdown = CancellationToken::new();
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let d = freshet_process::spawn_delivery(config.clone(), dyn_store.clone(), shutdown.clone());
     // The input ends once every record is read: flush then, as DuckDB converts once it has read its whole file,
@@ -458,6 +470,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await; // polling the delivery's counters
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let ours = args.records as f64 / secs;
     d.shutdown().await?;
 
@@ -465,15 +480,18 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&path, &ndjson)?;
     drop(ndjson);
     let script = format!(
-        "import duckdb,time\nc=duckdb.connect()\nt=time.perf_counter()\n\
+        "import duckdb,time\nc=duckdb.connect()\nt=time.perf_counter()\np=time.process_time()\n\
          c.sql(\"COPY (SELECT * FROM read_json_auto('{0}')) TO '{0}.parquet' (FORMAT parquet)\")\n\
-         print(time.perf_counter()-t)",
+         print(time.perf_counter()-t, time.process_time()-p)",
         path.display()
     );
     let duck = std::process::Command::new("python3")
         .args(["-c", &script])
         .output()?;
-    let duck_secs: Option<f64> = String::from_utf8_lossy(&duck.stdout).trim().parse().ok();
+    let duck_out = String::from_utf8_lossy(&duck.stdout);
+    let mut duck_numbers = duck_out.split_whitespace().map(|n| n.parse::<f64>().ok());
+    let duck_secs: Option<f64> = duck_numbers.next().flatten();
+    let duck_cpu: Option<f64> = duck_numbers.next().flatten();
 
     // Latency: one record every 20 ms into a fresh stream, 1 s interval; a record is queryable when the
     // delivery's committed row count covers it (each flush commits everything read so far).
@@ -530,11 +548,24 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "  freshet stream→Delta:   {ours:.0} rows/s ({secs:.2} s, 4 shards, 128 MiB / 1 s buffer, flushed once all \
          records were read)"
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "  freshet CPU:            {cpu:.2} s user+system ({:.2} µs per row)",
+            cpu * 1e6 / args.records as f64
+        );
+    }
     match duck_secs {
         Some(ds) => {
             let theirs = args.records as f64 / ds;
             println!("  DuckDB NDJSON→Parquet:  {theirs:.0} rows/s ({ds:.2} s)");
             println!("  ratio freshet/DuckDB:   {:.2}x", ours / theirs);
+            if let (Some(dc), Some(c)) = (duck_cpu, cpu) {
+                println!(
+                    "  DuckDB CPU:             {dc:.2} s user+system; CPU ratio DuckDB/freshet {:.2}x (higher is \
+                     better for freshet)",
+                    dc / c
+                );
+            }
         }
         None => println!(
             "  DuckDB: not run ({})",

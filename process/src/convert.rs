@@ -602,23 +602,42 @@ impl<'de> Visitor<'de> for TopLevel<'_, 'de> {
 
 /// Parse `data` into `fields` (cleared first): sorted by key with the last of duplicate keys kept, which is the
 /// order and the values `serde_json::Value` (a `BTreeMap`) would give. Errors are `(kind, message)`.
+///
+/// `shape` remembers the keys of the last record without duplicate keys, in document order, and their sorted
+/// order: records of one stream mostly have the same keys in the same order, and for those the sort is a
+/// comparison of each key with the remembered one.
 fn parse_object<'de>(
     data: &'de [u8],
     fields: &mut Vec<(Cow<'de, str>, Json<'de>)>,
+    shape: &mut Shape,
 ) -> std::result::Result<(), (ErrorKind, String)> {
     fields.clear();
-    let mut de = serde_json::Deserializer::from_slice(data);
-    let top = TopLevel { fields: &mut *fields }
-        .deserialize(&mut de)
-        .and_then(|top| de.end().map(|()| top))
-        .map_err(|e| (ErrorKind::NotJson, format!("payload is not JSON: {e}")))?;
+    // Valid UTF-8 (nearly every payload) is checked once here rather than string by string by the parser; the
+    // rest is parsed as bytes, so its error is the parser's.
+    let top = match std::str::from_utf8(data) {
+        Ok(text) => parse_top(serde_json::Deserializer::from_str(text), fields),
+        Err(_) => parse_top(serde_json::Deserializer::from_slice(data), fields),
+    }
+    .map_err(|e| (ErrorKind::NotJson, format!("payload is not JSON: {e}")))?;
     if let Some(kind) = top {
         return Err((
             ErrorKind::NotObject,
             format!("payload is JSON {kind} but must be an object"),
         ));
     }
+    if shape.matches(fields) {
+        shape.reorder(fields);
+        return Ok(());
+    }
+    let mut order: Vec<usize> = (0..fields.len()).collect();
     // Stable: duplicates stay in document order, and the later one wins.
+    order.sort_by(|a, b| fields[*a].0.cmp(&fields[*b].0));
+    if order.windows(2).all(|w| fields[w[0]].0 != fields[w[1]].0) {
+        shape.keys = fields.iter().map(|(k, _)| Box::from(k.as_ref())).collect();
+        shape.order = order;
+        shape.reorder(fields);
+        return Ok(());
+    }
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     fields.dedup_by(|later, kept| {
         if later.0 == kept.0 {
@@ -629,6 +648,48 @@ fn parse_object<'de>(
         }
     });
     Ok(())
+}
+
+fn parse_top<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    fields: &mut Vec<(Cow<'de, str>, Json<'de>)>,
+) -> serde_json::Result<Option<&'static str>> {
+    let top = TopLevel { fields }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(top)
+}
+
+/// The keys of a record without duplicate keys (document order) and their sorted order, see [`parse_object`].
+#[derive(Default)]
+struct Shape {
+    keys: Vec<Box<str>>,
+    /// Indexes into `keys`, in key order.
+    order: Vec<usize>,
+    /// Where reordered fields are built (kept for its allocation).
+    spare: Vec<usize>,
+}
+
+impl Shape {
+    fn matches(&self, fields: &[(Cow<'_, str>, Json<'_>)]) -> bool {
+        self.keys.len() == fields.len() && self.keys.iter().zip(fields).all(|(k, (f, _))| **k == **f)
+    }
+
+    /// Put `fields` (in the remembered document order) into key order.
+    fn reorder(&mut self, fields: &mut [(Cow<'_, str>, Json<'_>)]) {
+        // Apply the permutation in place, cycle by cycle.
+        self.spare.clear();
+        self.spare.extend_from_slice(&self.order);
+        for start in 0..fields.len() {
+            let mut i = start;
+            while self.spare[i] != start {
+                let from = self.spare[i];
+                fields.swap(i, from);
+                self.spare[i] = i;
+                i = from;
+            }
+            self.spare[i] = i;
+        }
+    }
 }
 
 /// A cell value before it is put into an Arrow builder; strings borrow from the payload where they can.
@@ -744,6 +805,7 @@ struct Scratch<'r> {
     row: Vec<(usize, Cell<'r>)>,
     /// The good record's cells, one slot per column.
     slots: Vec<Option<Cell<'r>>>,
+    shape: Shape,
 }
 
 /// Converts one run of records, in order, against an evolving schema.
@@ -842,6 +904,7 @@ impl<'c> ChunkConverter<'c> {
             fields: Vec::new(),
             row: Vec::new(),
             slots: Vec::new(),
+            shape: Shape::default(),
         };
         for src in records() {
             let shard_name = shard_names
@@ -899,7 +962,7 @@ impl<'c> ChunkConverter<'c> {
         scratch: &mut Scratch<'r>,
     ) -> std::result::Result<(), (ErrorKind, String)> {
         let cfg = self.cfg;
-        parse_object(&src.record.data, &mut scratch.fields)?;
+        parse_object(&src.record.data, &mut scratch.fields, &mut scratch.shape)?;
         let record = &src.record;
         let seq = record
             .sequence_number
@@ -1607,5 +1670,48 @@ mod tests {
         let parallel = c.convert_in(&one.schema, &records, 3).unwrap();
         assert_eq!(steady.batch, parallel.batch);
         assert_eq!(steady.errors, parallel.errors);
+    }
+
+    /// Remembering the last record's keys gives the fields a fresh sort gives: same keys in the same order,
+    /// another order, other keys, fewer keys, duplicate keys (the last one wins), escaped keys, invalid UTF-8.
+    #[test]
+    fn remembered_shapes_sort_like_a_fresh_parse() {
+        let payloads: Vec<&[u8]> = vec![
+            br#"{"b": 1, "a": 2, "d": 3, "c": 4}"#,
+            br#"{"b": 5, "a": 6, "d": 7, "c": 8}"#,
+            br#"{"a": 1, "b": 2, "c": 3, "d": 4}"#,
+            br#"{"d": 1, "c": 2, "b": 3, "a": 4, "e": 5}"#,
+            br#"{"d": 9, "c": 8, "b": 7, "a": 6, "e": 5}"#,
+            br#"{"d": 1, "c": 2, "d": 3, "a": 4, "e": 5}"#,
+            br#"{"d": 1, "c": 2, "b": 3, "a": 4, "e": 5}"#,
+            br#"{"z": "\u00e9", "y\"": [1, {"k": 2}], "x": null}"#,
+            br#"{"z": "\u00e9", "y\"": [1, {"k": 2}], "x": null}"#,
+            b"{\"z\": \"\xff\"}",
+            br#"{"only": true}"#,
+            br#"{}"#,
+            br#"[1, 2]"#,
+            br#"{"b": 5, "a": 6, "d": 7, "c": 8}"#,
+        ];
+        let show =
+            |r: std::result::Result<(), (ErrorKind, String)>, f: &[(Cow<str>, Json)]| format!("{r:?} {f:?}");
+        let mut remembered = Shape::default();
+        let mut fields = Vec::new();
+        for p in payloads {
+            let got = parse_object(p, &mut fields, &mut remembered);
+            let got = show(got, &fields);
+            let mut fresh = Vec::new();
+            let want = parse_object(p, &mut fresh, &mut Shape::default());
+            let want = show(want, &fresh);
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(p));
+        }
+        // And the order is the sorted one.
+        parse_object(
+            br#"{"d": 1, "c": 2, "b": 3, "a": 4, "e": 5}"#,
+            &mut fields,
+            &mut remembered,
+        )
+        .unwrap();
+        let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(keys, ["a", "b", "c", "d", "e"]);
     }
 }

@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 use deltalake::DeltaTable;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use url::Url;
 
 use crate::config::{ColumnType, local_path};
@@ -220,13 +221,14 @@ impl DeltaSink {
     /// and compression use every core instead of one; each file still holds at least [`MIN_ROWS_PER_FILE`]
     /// rows, so this never makes small files. Anything else is written by one writer.
     pub async fn write_files(&self, schema: &TableSchema, batch: RecordBatch) -> Result<Vec<Add>> {
-        let parts = if single_partition(&batch, &self.partition_columns) {
+        let single = single_partition(&batch, &self.partition_columns);
+        let parts = if single {
             write_parts(batch.num_rows(), parallelism())
         } else {
             1
         };
         let adds = if parts <= 1 {
-            self.write_one(schema, batch).await?
+            self.write_one(schema, batch, single).await?
         } else {
             let per = batch.num_rows().div_ceil(parts);
             let tasks: Vec<_> = (0..parts)
@@ -237,7 +239,7 @@ impl DeltaSink {
                         (self.name.clone(), self.url.clone(), self.storage_options.clone());
                     let (schema, partitions) = (schema.clone(), self.partition_columns.clone());
                     tokio::spawn(async move {
-                        write_batch(&name, &url, &options, &schema, partitions, slice).await
+                        write_batch(&name, &url, &options, &schema, partitions, slice, true).await
                     })
                 })
                 .collect();
@@ -257,7 +259,7 @@ impl DeltaSink {
         Ok(adds)
     }
 
-    async fn write_one(&self, schema: &TableSchema, batch: RecordBatch) -> Result<Vec<Add>> {
+    async fn write_one(&self, schema: &TableSchema, batch: RecordBatch, single: bool) -> Result<Vec<Add>> {
         write_batch(
             &self.name,
             &self.url,
@@ -265,6 +267,7 @@ impl DeltaSink {
             schema,
             self.partition_columns.clone(),
             batch,
+            single,
         )
         .await
     }
@@ -360,6 +363,8 @@ fn single_partition(batch: &RecordBatch, partition_columns: &[String]) -> bool {
 }
 
 /// Write `batch` with one delta-rs writer (one file per partition it touches); returns the Add actions.
+/// `single`: every row is in the partition of the first ([`single_partition`]), so the batch is written as that
+/// partition's as it is, rather than split row by row by the writer (which copies every column).
 async fn write_batch(
     name: &str,
     url: &Url,
@@ -367,7 +372,19 @@ async fn write_batch(
     schema: &TableSchema,
     partition_columns: Vec<String>,
     batch: RecordBatch,
+    single: bool,
 ) -> Result<Vec<Add>> {
+    let values: Option<indexmap::IndexMap<String, _>> = (single && !partition_columns.is_empty())
+        .then(|| {
+            partition_columns
+                .iter()
+                .map(|name| {
+                    let column = batch.column_by_name(name)?;
+                    Some((name.clone(), ScalarExt::from_array(column.as_ref(), 0)?))
+                })
+                .collect()
+        })
+        .flatten();
     let mut writer = RecordBatchWriter::try_new(
         url.as_str(),
         schema.arrow(),
@@ -376,10 +393,14 @@ async fn write_batch(
     )
     .map_err(|e| ProcessError::delta(name, e))?
     .with_writer_properties(writer_properties(schema));
-    writer
-        .write(batch)
-        .await
-        .map_err(|e| ProcessError::delta(name, e))?;
+    match values {
+        Some(values) => writer
+            .write_partition(batch, &values, WriteMode::Default)
+            .await
+            .map(|_| ()),
+        None => writer.write(batch).await,
+    }
+    .map_err(|e| ProcessError::delta(name, e))?;
     writer.flush().await.map_err(|e| ProcessError::delta(name, e))
 }
 
