@@ -316,7 +316,7 @@ impl BatchDelivery {
         let mut converted = self.converter.convert(&table_schema, &sources)?;
         converted.errors.extend(http_errors);
         let mut schema = with_source_column(&self.config.table, converted.schema.clone())?;
-        let mut batch_rows = match converted.batch.take() {
+        let mut batch_rows = match converted.batch()? {
             Some(b) => Some(patch_lineage(b, &exact)?),
             None => None,
         };
@@ -487,7 +487,7 @@ impl BatchDelivery {
         let adds = match &rows {
             None => Vec::new(),
             Some((schema, batch)) => loop {
-                match sink.write_files(schema, batch.clone()).await {
+                match sink.write_files(schema, vec![batch.clone()]).await {
                     Ok(adds) => break adds,
                     Err(e) => wait_or_give_up(deadline, &mut backoff, e, "writing Parquet files").await?,
                 }

@@ -224,8 +224,10 @@ fn partition_type(expr: &PartitionExpr) -> ColumnType {
 /// The result of converting one buffered batch.
 #[derive(Debug)]
 pub struct Converted {
-    /// Good rows, in the (possibly evolved) schema; `None` when there are none.
-    pub batch: Option<RecordBatch>,
+    /// Good rows, in the (possibly evolved) schema, as batches in record order (one per chunk converted;
+    /// none when there are no good rows). Kept apart so that nothing copies them into one batch on the way to
+    /// the Parquet writers; [`Converted::batch`] joins them where one batch is needed.
+    pub batches: Vec<RecordBatch>,
     /// The table schema after this batch: equal to the input schema unless columns were added.
     pub schema: TableSchema,
     pub errors: Vec<ErrorRow>,
@@ -236,7 +238,16 @@ pub struct Converted {
 
 impl Converted {
     pub fn rows(&self) -> usize {
-        self.batch.as_ref().map_or(0, |b| b.num_rows())
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// The good rows as one batch (`None` when there are none).
+    pub fn batch(&self) -> Result<Option<RecordBatch>> {
+        Ok(match self.batches.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            [first, ..] => Some(concat_batches(&first.schema(), &self.batches)?),
+        })
     }
 }
 
@@ -342,7 +353,7 @@ pub(crate) fn convert_reads(
 
 pub(crate) fn empty(schema: &TableSchema) -> Converted {
     Converted {
-        batch: None,
+        batches: Vec::new(),
         schema: schema.clone(),
         errors: Vec::new(),
         event_time_ms_min: None,
@@ -360,28 +371,25 @@ pub(crate) fn merge(schema: TableSchema, parts: Vec<Converted>) -> Result<Conver
         out.errors.extend(part.errors);
         out.event_time_ms_min = min_opt(out.event_time_ms_min, part.event_time_ms_min);
         out.event_time_ms_max = max_opt(out.event_time_ms_max, part.event_time_ms_max);
-        let Some(batch) = part.batch else { continue };
-        if batch.schema() == target {
-            batches.push(batch);
-            continue;
+        for batch in part.batches {
+            if batch.schema() == target {
+                batches.push(batch);
+                continue;
+            }
+            let n = batch.num_rows();
+            let mut columns = Vec::with_capacity(target.fields().len());
+            for (i, field) in target.fields().iter().enumerate() {
+                let column = match batch.columns().get(i) {
+                    Some(c) if c.data_type() == field.data_type() => c.clone(),
+                    Some(c) => cast(c, field.data_type())?,
+                    None => new_null_array(field.data_type(), n),
+                };
+                columns.push(column);
+            }
+            batches.push(RecordBatch::try_new(target.clone(), columns)?);
         }
-        let n = batch.num_rows();
-        let mut columns = Vec::with_capacity(target.fields().len());
-        for (i, field) in target.fields().iter().enumerate() {
-            let column = match batch.columns().get(i) {
-                Some(c) if c.data_type() == field.data_type() => c.clone(),
-                Some(c) => cast(c, field.data_type())?,
-                None => new_null_array(field.data_type(), n),
-            };
-            columns.push(column);
-        }
-        batches.push(RecordBatch::try_new(target.clone(), columns)?);
     }
-    out.batch = match batches.len() {
-        0 => None,
-        1 => batches.pop(),
-        _ => Some(concat_batches(&target, &batches)?),
-    };
+    out.batches = batches;
     Ok(out)
 }
 
@@ -923,14 +931,13 @@ impl<'c> ChunkConverter<'c> {
                 });
             }
         }
-        let batch = if self.rows == 0 {
-            None
-        } else {
+        let mut batches = Vec::new();
+        if self.rows > 0 {
             let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
-            Some(RecordBatch::try_new(self.schema.arrow(), arrays)?)
-        };
+            batches.push(RecordBatch::try_new(self.schema.arrow(), arrays)?);
+        }
         Ok(Converted {
-            batch,
+            batches,
             schema: self.schema,
             errors: self.errors,
             event_time_ms_min: self.event_ms_min,
@@ -1400,7 +1407,7 @@ mod tests {
             .unwrap();
         assert_eq!(rfc.event_time_ms_min, Some(172_800_000));
         assert!(out.errors.is_empty(), "{:?}", out.errors);
-        let b = out.batch.unwrap();
+        let b = out.batch().unwrap().unwrap();
         assert_eq!(b.num_rows(), 2);
         // temp widened to double within the batch.
         let temp = b.column_by_name("temp").unwrap();
@@ -1590,7 +1597,7 @@ mod tests {
                 ("z", ColumnType::Long),
             ]
         );
-        let b = out.batch.unwrap();
+        let b = out.batch().unwrap().unwrap();
         assert_eq!(
             b.column_by_name("z")
                 .unwrap()
@@ -1658,7 +1665,7 @@ mod tests {
         for threads in 2..=7 {
             let many = c.convert_in(&s, &records, threads).unwrap();
             assert_eq!(many.schema, one.schema, "{threads} threads");
-            assert_eq!(many.batch, one.batch, "{threads} threads");
+            assert_eq!(many.batch().unwrap(), one.batch().unwrap(), "{threads} threads");
             assert_eq!(many.errors, one.errors, "{threads} threads");
             assert_eq!(
                 (many.event_time_ms_min, many.event_time_ms_max),
@@ -1668,7 +1675,7 @@ mod tests {
         // Without schema changes too (the fast path: every chunk's result stands).
         let steady = c.convert_in(&one.schema, &records, 1).unwrap();
         let parallel = c.convert_in(&one.schema, &records, 3).unwrap();
-        assert_eq!(steady.batch, parallel.batch);
+        assert_eq!(steady.batch().unwrap(), parallel.batch().unwrap());
         assert_eq!(steady.errors, parallel.errors);
     }
 

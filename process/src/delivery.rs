@@ -574,11 +574,12 @@ impl Delivery {
         let convert_ms = convert_started.elapsed().as_millis() as u64;
         converted.errors.extend(http_errors);
         if let Some(t) = &self.transform
-            && let Some(batch) = converted.batch.take()
+            && let Some(batch) = converted.batch()?
         {
+            converted.batches.clear();
             match t.apply(&converted.schema, batch, &converted.schema).await {
                 Ok((batch, schema)) => {
-                    converted.batch = batch;
+                    converted.batches = batch.into_iter().collect();
                     converted.schema = schema;
                 }
                 Err(reason) => {
@@ -649,7 +650,7 @@ impl Delivery {
             let batch = errors_batch(&errors, now_ms())?;
             let pending = Pending {
                 schema: &errors_schema(),
-                batch: Some(batch),
+                batches: vec![batch],
                 new_schema: None,
                 txns,
                 expected,
@@ -680,7 +681,7 @@ impl Delivery {
         let rows = converted.rows() as u64;
         let pending = Pending {
             schema: &converted.schema,
-            batch: converted.batch.clone(),
+            batches: converted.batches.clone(),
             new_schema,
             txns,
             expected,
@@ -756,7 +757,7 @@ struct CommitOutcome {
 /// versions this delivery believes the table has now (`expected`, one per txn).
 struct Pending<'a> {
     schema: &'a TableSchema,
-    batch: Option<deltalake::arrow::array::RecordBatch>,
+    batches: Vec<deltalake::arrow::array::RecordBatch>,
     new_schema: Option<&'a TableSchema>,
     txns: Vec<Transaction>,
     expected: Vec<Option<i64>>,
@@ -774,16 +775,17 @@ async fn commit_durably(
 ) -> Result<CommitOutcome> {
     let Pending {
         schema,
-        batch,
+        batches,
         new_schema,
         txns,
         expected,
     } = pending;
     let mut backoff = Duration::from_millis(100);
-    let adds = match batch {
-        None => Vec::new(),
-        Some(batch) => loop {
-            match sink.write_files(schema, batch.clone()).await {
+    let adds = if batches.is_empty() {
+        Vec::new()
+    } else {
+        loop {
+            match sink.write_files(schema, batches.clone()).await {
                 Ok(adds) => {
                     counters.destination_ok(sink.name());
                     break adds;
@@ -794,7 +796,7 @@ async fn commit_durably(
                     backoff_or_stop(shutdown, &mut backoff, e).await?;
                 }
             }
-        },
+        }
     };
     let files = adds.len() as u64;
     let bytes = adds.iter().map(|a| a.size.max(0) as u64).sum();

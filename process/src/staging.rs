@@ -329,7 +329,7 @@ mod tests {
 
     fn assert_same(a: &Converted, b: &Converted, what: &str) {
         assert_eq!(a.schema, b.schema, "{what}");
-        assert_eq!(a.batch, b.batch, "{what}");
+        assert_eq!(a.batch().unwrap(), b.batch().unwrap(), "{what}");
         assert_eq!(a.errors, b.errors, "{what}");
         assert_eq!(
             (a.event_time_ms_min, a.event_time_ms_max),

@@ -213,33 +213,35 @@ impl DeltaSink {
         }
     }
 
-    /// Write `batch` (in `schema`, which may be wider than the table's) as Parquet files, split by partition,
-    /// and make them durable. Returns their Add actions; nothing is committed.
+    /// Write `batches` (rows in order, in `schema`, which may be wider than the table's) as Parquet files, split
+    /// by partition, and make them durable. Returns their Add actions; nothing is committed.
     ///
-    /// A large batch whose rows all fall in one partition (the common case: one flush of recent records) is
-    /// cut into [`write_parts`] row ranges written as separate files on separate tasks, so its Parquet encoding
-    /// and compression use every core instead of one; each file still holds at least [`MIN_ROWS_PER_FILE`]
-    /// rows, so this never makes small files. Anything else is written by one writer.
-    pub async fn write_files(&self, schema: &TableSchema, batch: RecordBatch) -> Result<Vec<Add>> {
-        let single = single_partition(&batch, &self.partition_columns);
+    /// Rows that all fall in one partition (the common case: one flush of recent records) are cut into
+    /// [`write_parts`] runs written as separate files on separate tasks, so their Parquet encoding and compression
+    /// use every core instead of one; each file still holds at least [`MIN_ROWS_PER_FILE`] rows, so this never
+    /// makes small files. Anything else is written by one writer.
+    pub async fn write_files(&self, schema: &TableSchema, batches: Vec<RecordBatch>) -> Result<Vec<Add>> {
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let single = single_partition(&batches, &self.partition_columns);
         let parts = if single {
-            write_parts(batch.num_rows(), parallelism())
+            write_parts(rows, parallelism())
         } else {
             1
         };
         let adds = if parts <= 1 {
-            self.write_one(schema, batch, single).await?
+            self.write_one(schema, batches, single).await?
         } else {
-            let per = batch.num_rows().div_ceil(parts);
-            let tasks: Vec<_> = (0..parts)
-                .map(|i| {
-                    let start = i * per;
-                    let slice = batch.slice(start, per.min(batch.num_rows() - start));
+            let tasks: Vec<_> = split_rows(batches, rows.div_ceil(parts))
+                .into_iter()
+                .map(|run| {
                     let (name, url, options) =
                         (self.name.clone(), self.url.clone(), self.storage_options.clone());
                     let (schema, partitions) = (schema.clone(), self.partition_columns.clone());
                     tokio::spawn(async move {
-                        write_batch(&name, &url, &options, &schema, partitions, slice, true).await
+                        write_batch(&name, &url, &options, &schema, partitions, run, true).await
                     })
                 })
                 .collect();
@@ -259,14 +261,19 @@ impl DeltaSink {
         Ok(adds)
     }
 
-    async fn write_one(&self, schema: &TableSchema, batch: RecordBatch, single: bool) -> Result<Vec<Add>> {
+    async fn write_one(
+        &self,
+        schema: &TableSchema,
+        batches: Vec<RecordBatch>,
+        single: bool,
+    ) -> Result<Vec<Add>> {
         write_batch(
             &self.name,
             &self.url,
             &self.storage_options,
             schema,
             self.partition_columns.clone(),
-            batch,
+            batches,
             single,
         )
         .await
@@ -342,44 +349,71 @@ fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Whether every row of `batch` has the same value in each of `partition_columns` (so it makes one file per
-/// writer). Conservative: a null or a column missing from the batch answers no.
-fn single_partition(batch: &RecordBatch, partition_columns: &[String]) -> bool {
+/// Cut `batches` into runs of `per` rows (the last may be shorter), in order; batches are sliced, not copied.
+fn split_rows(batches: Vec<RecordBatch>, per: usize) -> Vec<Vec<RecordBatch>> {
+    let mut runs = Vec::new();
+    let mut run: Vec<RecordBatch> = Vec::new();
+    let mut in_run = 0;
+    for batch in batches {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = (per - in_run).min(batch.num_rows() - offset);
+            run.push(batch.slice(offset, take));
+            (offset, in_run) = (offset + take, in_run + take);
+            if in_run == per {
+                runs.push(std::mem::take(&mut run));
+                in_run = 0;
+            }
+        }
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
+/// Whether every row of `batches` has the value of the first row in each of `partition_columns` (so it makes one
+/// file per writer). Conservative: no rows, a null, or a column missing from a batch answers no.
+fn single_partition(batches: &[RecordBatch], partition_columns: &[String]) -> bool {
     use deltalake::arrow::array::{Array, Scalar};
     use deltalake::arrow::compute::kernels::cmp::eq;
-    if batch.num_rows() == 0 {
+    let Some(head) = batches.iter().find(|b| b.num_rows() > 0) else {
         return false;
-    }
+    };
     partition_columns.iter().all(|name| {
-        let Some(col) = batch.column_by_name(name) else {
+        let Some(first) = head.column_by_name(name).map(|c| Scalar::new(c.slice(0, 1))) else {
             return false;
         };
-        if col.null_count() > 0 {
-            return false;
-        }
-        let first = Scalar::new(col.slice(0, 1));
-        eq(col, &first).is_ok_and(|same| same.true_count() == batch.num_rows())
+        batches.iter().all(|batch| {
+            let Some(col) = batch.column_by_name(name) else {
+                return false;
+            };
+            col.null_count() == 0 && eq(col, &first).is_ok_and(|same| same.true_count() == batch.num_rows())
+        })
     })
 }
 
-/// Write `batch` with one delta-rs writer (one file per partition it touches); returns the Add actions.
-/// `single`: every row is in the partition of the first ([`single_partition`]), so the batch is written as that
-/// partition's as it is, rather than split row by row by the writer (which copies every column).
+/// Write `batches` with one delta-rs writer (one file per partition they touch); returns the Add actions.
+/// `single`: every row is in the partition of the first ([`single_partition`]), so the batches are written as
+/// that partition's as they are, rather than split row by row by the writer (which copies every column).
 async fn write_batch(
     name: &str,
     url: &Url,
     storage_options: &HashMap<String, String>,
     schema: &TableSchema,
     partition_columns: Vec<String>,
-    batch: RecordBatch,
+    batches: Vec<RecordBatch>,
     single: bool,
 ) -> Result<Vec<Add>> {
+    let Some(head) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(Vec::new());
+    };
     let values: Option<indexmap::IndexMap<String, _>> = (single && !partition_columns.is_empty())
         .then(|| {
             partition_columns
                 .iter()
                 .map(|name| {
-                    let column = batch.column_by_name(name)?;
+                    let column = head.column_by_name(name)?;
                     Some((name.clone(), ScalarExt::from_array(column.as_ref(), 0)?))
                 })
                 .collect()
@@ -393,14 +427,16 @@ async fn write_batch(
     )
     .map_err(|e| ProcessError::delta(name, e))?
     .with_writer_properties(writer_properties(schema));
-    match values {
-        Some(values) => writer
-            .write_partition(batch, &values, WriteMode::Default)
-            .await
-            .map(|_| ()),
-        None => writer.write(batch).await,
+    for batch in batches {
+        match &values {
+            Some(values) => writer
+                .write_partition(batch, values, WriteMode::Default)
+                .await
+                .map(|_| ()),
+            None => writer.write(batch).await,
+        }
+        .map_err(|e| ProcessError::delta(name, e))?;
     }
-    .map_err(|e| ProcessError::delta(name, e))?;
     writer.flush().await.map_err(|e| ProcessError::delta(name, e))
 }
 
@@ -571,20 +607,64 @@ mod tests {
     fn detects_one_partition() {
         let s = schema();
         let days = ["day".to_string()];
-        assert!(single_partition(&batch(&s, 10, |_| "2026-01-01"), &days));
+        let day = |d: &'static str| move |_| d;
+        assert!(single_partition(&[batch(&s, 10, day("2026-01-01"))], &days));
         assert!(!single_partition(
-            &batch(&s, 10, |i| if i == 9 { "2026-01-02" } else { "2026-01-01" }),
+            &[batch(&s, 10, |i| if i == 9 {
+                "2026-01-02"
+            } else {
+                "2026-01-01"
+            })],
             &days
         ));
-        assert!(!single_partition(&batch(&s, 0, |_| "x"), &days));
+        assert!(!single_partition(&[batch(&s, 0, day("x"))], &days));
+        assert!(!single_partition(&[], &days));
         assert!(!single_partition(
-            &batch(&s, 3, |_| "x"),
+            &[batch(&s, 3, day("x"))],
             &["missing".to_string()]
         ));
-        assert!(single_partition(&batch(&s, 3, |_| "x"), &[]));
+        assert!(single_partition(&[batch(&s, 3, day("x"))], &[]));
+        // Across batches: the first row's partition everywhere, empty batches anywhere.
+        let same = [
+            batch(&s, 0, day("x")),
+            batch(&s, 4, day("2026-01-01")),
+            batch(&s, 5, day("2026-01-01")),
+        ];
+        assert!(single_partition(&same, &days));
+        let other = [batch(&s, 4, day("2026-01-01")), batch(&s, 5, day("2026-01-02"))];
+        assert!(!single_partition(&other, &days));
     }
 
-    /// A large one-partition batch is written as several files (in parallel) holding every row exactly once,
+    #[test]
+    fn runs_cut_batches_in_order() {
+        let s = schema();
+        let batches = vec![
+            batch(&s, 5, |_| "d"),
+            batch(&s, 0, |_| "d"),
+            batch(&s, 9, |_| "d"),
+        ];
+        let runs = split_rows(batches, 6);
+        let sizes: Vec<Vec<usize>> = runs
+            .iter()
+            .map(|r| r.iter().map(|b| b.num_rows()).collect())
+            .collect();
+        assert_eq!(sizes, vec![vec![5, 1], vec![6], vec![2]]);
+        let n: Vec<i64> = runs
+            .iter()
+            .flatten()
+            .flat_map(|b| {
+                use deltalake::arrow::array::AsArray;
+                let col = b
+                    .column_by_name("n")
+                    .unwrap()
+                    .as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+                col.values().to_vec()
+            })
+            .collect();
+        assert_eq!(n, [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    /// Large one-partition batches are written as several files (in parallel) holding every row exactly once,
     /// in order; a batch spanning partitions is written by one writer (one file per partition).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn parallel_write_keeps_every_row_once() {
@@ -604,13 +684,17 @@ mod tests {
         .await
         .unwrap();
         let rows = MIN_ROWS_PER_FILE * 2 + 7;
-        let adds = sink
-            .write_files(&s, batch(&s, rows, |_| "2026-01-01"))
-            .await
-            .unwrap();
+        // In three batches (as a converted flush comes), cut into files across their boundaries.
+        let one = batch(&s, rows, |_| "2026-01-01");
+        let batches = vec![
+            one.slice(0, 1_000),
+            one.slice(1_000, 150_000),
+            one.slice(151_000, rows - 151_000),
+        ];
+        let adds = sink.write_files(&s, batches).await.unwrap();
         assert_eq!(adds.len(), write_parts(rows, parallelism()));
         let mixed = batch(&s, 1000, |i| if i % 2 == 0 { "2026-01-02" } else { "2026-01-03" });
-        let more = sink.write_files(&s, mixed).await.unwrap();
+        let more = sink.write_files(&s, vec![mixed]).await.unwrap();
         assert_eq!(more.len(), 2);
         let version = sink
             .commit(
