@@ -402,15 +402,16 @@ async fn files_per_hour(
     })
 }
 
-/// CPU time (user + system) this process has used so far, from /proc/self/stat (10 ms resolution): on a shared
+/// CPU time (user, system) this process has used so far, from /proc/self/stat (10 ms resolution): on a shared
 /// machine the CPU a run costs is steadier than its wall-clock time.
-fn cpu_seconds() -> Option<f64> {
+fn cpu_seconds() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may hold spaces) start at state, field 3; utime and stime are 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user / 100.0, system / 100.0))
 }
 
 fn peak_rss_mib() -> Option<u64> {
@@ -470,9 +471,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await; // polling the delivery's counters
     }
     let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds()
+    let cpu_split = cpu_seconds()
         .zip(cpu_before)
-        .map(|(after, before)| after - before);
+        .map(|(after, before)| (after.0 - before.0, after.1 - before.1));
+    let cpu = cpu_split.map(|(user, system)| user + system);
     let ours = args.records as f64 / secs;
     d.shutdown().await?;
 
@@ -548,10 +550,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "  freshet stream→Delta:   {ours:.0} rows/s ({secs:.2} s, 4 shards, 128 MiB / 1 s buffer, flushed once all \
          records were read)"
     );
-    if let Some(cpu) = cpu {
+    if let Some((user, system)) = cpu_split {
         println!(
-            "  freshet CPU:            {cpu:.2} s user+system ({:.2} µs per row)",
-            cpu * 1e6 / args.records as f64
+            "  freshet CPU:            {:.2} s user+system ({user:.2} + {system:.2}; {:.2} µs per row)",
+            user + system,
+            (user + system) * 1e6 / args.records as f64
         );
     }
     match duck_secs {
