@@ -1,15 +1,16 @@
 //! The batching appender: records from the rules go to the stream store in batches, through bounded queues.
 //!
 //! ```text
-//! connections ──append()──▶ [input queue, queue_records_max] ──▶ batcher ──▶ [per-lane queue, 2 batches]
+//! connections ──send(outbox)──▶ [input queue, queue_records_max] ──▶ batcher ──▶ [per-lane queue, 2 batches]
 //!                                                      ──▶ writer lane (one put at a time; lanes per stream)
 //! ```
 //!
 //! Guarantees:
 //! - Bounded: the input queue holds at most `queue_records_max` records; each writer lane's queue at most two
 //!   batches; a batch at most [`PUT_RECORDS_MAX`] records and `batch_bytes_max` bytes. When they are full,
-//!   [`Appender::append`] waits: the caller (a connection) stops reading its socket, which is the backpressure
-//!   a publisher feels. Nothing is buffered without bound.
+//!   [`Appender::send`] waits: the caller (a connection) stops reading its socket, which is the backpressure
+//!   a publisher feels. Nothing is buffered without bound. A connection gathers the records of one socket read
+//!   in an [`Outbox`] and sends them together: one queue operation per read rather than one per record.
 //! - A lane's records go to its writer at once when the writer is idle; while a put is in flight the next batch
 //!   gathers and goes when the put finishes, when it reaches the count or byte bound, or when its first record
 //!   has waited `linger_ms`, whichever comes first. Batches so grow with the load, and a lone record never
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use freshet_storage::{PUT_RECORDS_MAX, PutRecord, PutResult, StoreError, StreamName, StreamStore};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::metrics::{AppendedMetrics, Counters};
 
@@ -86,18 +87,57 @@ struct Entry {
     enqueued: Instant,
 }
 
+/// Records gathered (in order) to be sent to the appender together, see [`Appender::send`].
+#[derive(Default)]
+pub struct Outbox {
+    items: Vec<Item>,
+}
+
+impl Outbox {
+    /// Add a record. With `want_ticket`, returns a ticket that resolves once the record is durable (or has
+    /// failed for good); it resolves only after the outbox is sent.
+    pub fn push(&mut self, stream: StreamName, record: PutRecord, want_ticket: bool) -> Option<Ticket> {
+        let (done, ticket) = if want_ticket {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.items.push(Item {
+            stream,
+            entry: Entry {
+                record,
+                done,
+                enqueued: Instant::now(),
+            },
+        });
+        ticket
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
 /// A handle to the appender; cheap to clone. The appender stops when every handle is dropped, after
 /// writing (or failing) everything it holds.
 #[derive(Clone)]
 pub struct Appender {
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::UnboundedSender<Vec<Item>>,
+    /// One permit per record the input queue may still take; the batcher gives them back as it takes records.
+    room: Arc<Semaphore>,
+    capacity: usize,
     counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Appender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Appender")
-            .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
+            .field("queued", &self.queued())
             .finish()
     }
 }
@@ -110,9 +150,19 @@ impl Appender {
         config: AppendConfig,
         counters: Arc<Counters>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(config.queue_records_max.max(1));
-        let task = tokio::spawn(batcher(store, config, rx, counters.clone()));
-        (Self { tx, counters }, task)
+        let capacity = config.queue_records_max.clamp(1, u32::MAX as usize);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(capacity));
+        let task = tokio::spawn(batcher(store, config, rx, room.clone(), counters.clone()));
+        (
+            Self {
+                tx,
+                room,
+                capacity,
+                counters,
+            },
+            task,
+        )
     }
 
     /// Queue one record; waits while the queue is full. With `want_ticket`, returns a ticket that
@@ -123,29 +173,40 @@ impl Appender {
         record: PutRecord,
         want_ticket: bool,
     ) -> Result<Option<Ticket>, AppendError> {
-        let (done, ticket) = if want_ticket {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let item = Item {
-            stream,
-            entry: Entry {
-                record,
-                done,
-                enqueued: Instant::now(),
-            },
-        };
-        self.tx.send(item).await.map_err(|_| AppendError::Stopped)?;
-        self.counters
-            .queue_depth((self.tx.max_capacity() - self.tx.capacity()) as u64);
+        let mut outbox = Outbox::default();
+        let ticket = outbox.push(stream, record, want_ticket);
+        self.send(&mut outbox).await?;
         Ok(ticket)
+    }
+
+    /// Queue the outbox's records, in order, emptying it; waits while the queue is full (taking the records in
+    /// runs of at most the queue's size). On error (the appender stopped) the records not queued are dropped
+    /// with the outbox's tickets, which then resolve as closed.
+    pub async fn send(&self, outbox: &mut Outbox) -> Result<(), AppendError> {
+        while !outbox.items.is_empty() {
+            let n = outbox.items.len().min(self.capacity);
+            let Ok(permits) = self.room.acquire_many(n as u32).await else {
+                outbox.items.clear();
+                return Err(AppendError::Stopped);
+            };
+            permits.forget();
+            let run: Vec<Item> = if n == outbox.items.len() {
+                std::mem::take(&mut outbox.items)
+            } else {
+                outbox.items.drain(..n).collect()
+            };
+            if self.tx.send(run).is_err() {
+                outbox.items.clear();
+                return Err(AppendError::Stopped);
+            }
+        }
+        self.counters.queue_depth(self.queued() as u64);
+        Ok(())
     }
 
     /// Records waiting in the input queue now.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.capacity.saturating_sub(self.room.available_permits())
     }
 }
 
@@ -175,9 +236,19 @@ struct Batch {
 async fn batcher(
     store: Arc<dyn StreamStore>,
     config: AppendConfig,
-    mut rx: mpsc::Receiver<Item>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Item>>,
+    room: Arc<Semaphore>,
     counters: Arc<Counters>,
 ) {
+    // If this task ends for any reason, senders waiting for room fail instead of waiting forever.
+    struct CloseOnExit(Arc<Semaphore>);
+    impl Drop for CloseOnExit {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = CloseOnExit(room.clone());
+    let capacity = config.queue_records_max.clamp(1, u32::MAX as usize);
     let linger = Duration::from_millis(config.linger_ms);
     let count_max = config.batch_records_max.clamp(1, PUT_RECORDS_MAX);
     let mut batches: HashMap<Lane, Batch> = HashMap::new();
@@ -206,8 +277,8 @@ async fn batcher(
             linger_timer.as_mut().reset(tokio::time::Instant::from_std(d));
             armed = Some(d);
         }
-        let item = tokio::select! {
-            item = rx.recv() => item,
+        let items = tokio::select! {
+            items = rx.recv() => items,
             Some(lane) = done_rx.recv() => {
                 if let Some(batch) = batches.get_mut(&lane) {
                     batch.in_flight = batch.in_flight.saturating_sub(1);
@@ -231,32 +302,46 @@ async fn batcher(
                 continue;
             }
         };
-        let Some(item) = item else { break };
-        counters.queue_depth(rx.len() as u64);
-        let Item { stream, entry } = item;
-        let size = entry.record.data.len() + entry.record.partition_key.len();
-        let lane: Lane = (
-            stream,
-            lane_of(&entry.record.partition_key, config.writers_per_stream),
-        );
-        if batches
-            .get(&lane)
-            .is_some_and(|b| !b.items.is_empty() && b.bytes + size > config.batch_bytes_max)
-        {
-            w.flush(&mut batches, &lane).await;
+        let Some(items) = items else { break };
+        // The records have left the input queue: their room goes back to the senders.
+        room.add_permits(items.len());
+        counters.queue_depth(capacity.saturating_sub(room.available_permits()) as u64);
+        let now = Instant::now();
+        // Lanes given records by this run, to hand to their writers once the whole run is in.
+        let mut touched: Vec<Lane> = Vec::new();
+        for Item { stream, entry } in items {
+            let size = entry.record.data.len() + entry.record.partition_key.len();
+            let lane: Lane = (
+                stream,
+                lane_of(&entry.record.partition_key, config.writers_per_stream),
+            );
+            if batches
+                .get(&lane)
+                .is_some_and(|b| !b.items.is_empty() && b.bytes + size > config.batch_bytes_max)
+            {
+                w.flush(&mut batches, &lane).await;
+            }
+            // The lane's batch stays in the map between flushes, so the key is cloned once per lane, not per
+            // record.
+            let batch = match batches.get_mut(&lane) {
+                Some(b) => b,
+                None => batches.entry(lane.clone()).or_default(),
+            };
+            batch.first.get_or_insert(now);
+            batch.bytes += size;
+            batch.items.push(entry);
+            if batch.items.len() >= count_max || batch.bytes >= config.batch_bytes_max {
+                w.flush(&mut batches, &lane).await;
+            } else if !touched.contains(&lane) {
+                touched.push(lane);
+            }
         }
-        // The lane's batch stays in the map between flushes, so the key is cloned once per lane, not per record.
-        let batch = match batches.get_mut(&lane) {
-            Some(b) => b,
-            None => batches.entry(lane.clone()).or_default(),
-        };
-        batch.first.get_or_insert_with(Instant::now);
-        batch.bytes += size;
-        batch.items.push(entry);
-        // An idle writer takes the batch at once (no linger): while its put is in flight the next batch gathers,
-        // so batches grow with the load instead of with a timer.
-        if batch.in_flight == 0 || batch.items.len() >= count_max || batch.bytes >= config.batch_bytes_max {
-            w.flush(&mut batches, &lane).await;
+        // An idle writer takes its lane's records at once (no linger): while its put is in flight the next batch
+        // gathers, so batches grow with the load instead of with a timer.
+        for lane in touched {
+            if batches.get(&lane).is_some_and(|b| b.in_flight == 0) {
+                w.flush(&mut batches, &lane).await;
+            }
         }
     }
     let lanes: Vec<Lane> = batches.keys().cloned().collect();
@@ -447,6 +532,74 @@ mod tests {
             .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
             .collect();
         assert_eq!(data, (0..50).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+
+    /// Outboxes bigger than the input queue go in runs; every record lands once, in order across outboxes, and
+    /// every ticket resolves; a stopped appender refuses an outbox instead of waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outboxes_larger_than_the_queue_land_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StreamStore> =
+            Arc::new(Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap());
+        let stream = StreamName::new("s").unwrap();
+        store.create_stream(&stream, 1).await.unwrap();
+        let counters = Arc::new(Counters::default());
+        let config = AppendConfig {
+            batch_records_max: 7,
+            queue_records_max: 5,
+            writers_per_stream: 3,
+            ..AppendConfig::default()
+        };
+        let (appender, task) = Appender::spawn(store.clone(), config, counters.clone());
+        let mut tickets = Vec::new();
+        let mut i = 0;
+        for size in [1, 23, 5, 4, 40, 2] {
+            let mut outbox = Outbox::default();
+            for _ in 0..size {
+                tickets.extend(outbox.push(stream.clone(), PutRecord::new("k", format!("{i}")), true));
+                i += 1;
+            }
+            assert_eq!(outbox.len(), size);
+            appender.send(&mut outbox).await.unwrap();
+            assert!(outbox.is_empty());
+        }
+        assert_eq!(tickets.len(), i);
+        let mut last = None;
+        for t in tickets {
+            let put = t.await.unwrap().unwrap();
+            assert!(Some(put.sequence_number) > last);
+            last = Some(put.sequence_number);
+        }
+        assert!(appender.queued() <= 5);
+        let it = store
+            .get_shard_iterator(
+                &stream,
+                freshet_storage::ShardId(0),
+                freshet_storage::StartingPosition::TrimHorizon,
+            )
+            .await
+            .unwrap();
+        let out = store.get_records(&it, Default::default()).await.unwrap();
+        let data: Vec<String> = out
+            .records
+            .iter()
+            .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
+            .collect();
+        assert_eq!(data, (0..i).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(counters.snapshot().appended, i as u64);
+
+        // The batcher gone: sending fails with Stopped, and the records' tickets close.
+        task.abort();
+        let _ = task.await;
+        let mut outbox = Outbox::default();
+        let ticket = outbox
+            .push(stream.clone(), PutRecord::new("k", "late"), true)
+            .unwrap();
+        assert!(matches!(
+            appender.send(&mut outbox).await,
+            Err(AppendError::Stopped)
+        ));
+        assert!(ticket.await.is_err());
     }
 
     /// The embedded store, with the first `failures` puts refused as throttled (a retryable error).

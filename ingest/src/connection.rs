@@ -36,7 +36,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
-use crate::appender::{AppendError, Ticket};
+use crate::appender::{AppendError, Outbox, Ticket};
 use crate::auth::{Identity, Refusal};
 use crate::codec::{self, Codec, Peek, Version};
 use crate::gateway::Shared;
@@ -204,6 +204,7 @@ where
         aliases: HashMap::new(),
         out: BytesMut::with_capacity(8 * 1024),
         router_unwoken: false,
+        outbox: Outbox::default(),
     };
     let result = match write_packet(&mut wr, &conn.codec, ack).await {
         Ok(()) => {
@@ -329,6 +330,8 @@ struct Conn {
     out: BytesMut,
     /// Publishes put in the router link's buffer without waking the router yet (see [`Conn::wake_router`]).
     router_unwoken: bool,
+    /// Records of this read's publishes, sent to the appender together when the read is handled.
+    outbox: Outbox,
 }
 
 impl Conn {
@@ -451,11 +454,27 @@ impl Conn {
         r
     }
 
-    /// Handle every whole packet in `buf` (up to the inflight bound); the router is woken once for all the
-    /// publishes it forwards.
+    /// Handle every whole packet in `buf` (up to the inflight bound); their records go to the appender together,
+    /// and the router is woken once for all the publishes it forwards. Both happen even when a packet ends the
+    /// connection, so the publishes before it are not lost.
     async fn parse(&mut self, buf: &mut BytesMut, inflight_max: usize) -> Result<(), Close> {
         let parsed = self.parse_packets(buf, inflight_max).await;
-        self.wake_router().await.and(parsed)
+        let sent = self.send_outbox().await;
+        let woken = self.wake_router().await;
+        parsed.and(sent).and(woken)
+    }
+
+    /// Send the records gathered from this read's publishes to the appender (waits while its queue is full: the
+    /// connection reads no more meanwhile, which is the backpressure its client feels).
+    async fn send_outbox(&mut self) -> Result<(), Close> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        self.shared
+            .appender
+            .send(&mut self.outbox)
+            .await
+            .map_err(|e| Close::Abrupt(format!("appender: {e}")))
     }
 
     async fn parse_packets(&mut self, buf: &mut BytesMut, inflight_max: usize) -> Result<(), Close> {
@@ -598,7 +617,7 @@ impl Conn {
             return Ok(());
         }
         let topic_owned = topic_str.to_string();
-        let tickets = self.route(&topic_owned, &publish.payload, qos > 0).await?;
+        let tickets = self.route(&topic_owned, &publish.payload, qos > 0);
         // MQTT subscribers get the publish through rumqttd's router (as QoS 0 from the router's point of view;
         // subscribers receive it at their subscription's QoS).
         let forward = Publish::new(topic.clone(), publish.payload.clone(), publish.retain);
@@ -615,13 +634,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Apply the rules and queue the records; returns the tickets when asked.
-    async fn route(
-        &mut self,
-        topic: &str,
-        payload: &Bytes,
-        want_tickets: bool,
-    ) -> Result<Vec<Ticket>, Close> {
+    /// Apply the rules and gather the records in the outbox; returns the tickets when asked.
+    fn route(&mut self, topic: &str, payload: &Bytes, want_tickets: bool) -> Vec<Ticket> {
         let applied = self.shared.rules.apply(&Message {
             topic,
             client_id: &self.identity.client_id,
@@ -638,17 +652,9 @@ impl Conn {
         }
         let mut tickets = Vec::new();
         for out in applied.outputs {
-            match self
-                .shared
-                .appender
-                .append(out.stream, out.record, want_tickets)
-                .await
-            {
-                Ok(t) => tickets.extend(t),
-                Err(e) => return Err(Close::Abrupt(format!("appender: {e}"))),
-            }
+            tickets.extend(self.outbox.push(out.stream, out.record, want_tickets));
         }
-        Ok(tickets)
+        tickets
     }
 
     /// Acknowledge the front publish (its tickets have all resolved).
@@ -819,7 +825,8 @@ impl Conn {
             self.shared.counters.denied();
             return;
         }
-        let _ = self.route(&topic_str, &message, false).await;
+        self.route(&topic_str, &message, false);
+        let _ = self.send_outbox().await;
         let _ = self
             .send_router(Packet::Publish(Publish::new(topic, message, retain), None))
             .await;
