@@ -91,6 +91,9 @@ struct Entry {
 #[derive(Default)]
 pub struct Outbox {
     items: Vec<Item>,
+    /// When the first record now in the outbox was added: the enqueue time of all of them (one clock read per
+    /// read of a connection, not one per record).
+    since: Option<Instant>,
 }
 
 impl Outbox {
@@ -103,12 +106,13 @@ impl Outbox {
         } else {
             (None, None)
         };
+        let enqueued = *self.since.get_or_insert_with(Instant::now);
         self.items.push(Item {
             stream,
             entry: Entry {
                 record,
                 done,
-                enqueued: Instant::now(),
+                enqueued,
             },
         });
         ticket
@@ -183,6 +187,7 @@ impl Appender {
     /// runs of at most the queue's size). On error (the appender stopped) the records not queued are dropped
     /// with the outbox's tickets, which then resolve as closed.
     pub async fn send(&self, outbox: &mut Outbox) -> Result<(), AppendError> {
+        outbox.since = None;
         while !outbox.items.is_empty() {
             let n = outbox.items.len().min(self.capacity);
             let Ok(permits) = self.room.acquire_many(n as u32).await else {
@@ -395,8 +400,9 @@ impl Writers<'_> {
             tracing::error!(stream = %stream, records = items.len(), "append writer stopped; failing records");
             batch.in_flight -= 1;
             let handles = self.counters.appended_metrics(stream.as_str());
+            let now = Instant::now();
             for entry in items {
-                finish(self.counters, &handles, entry, Err(AppendError::Stopped));
+                finish(self.counters, &handles, entry, Err(AppendError::Stopped), now);
             }
         }
     }
@@ -433,16 +439,17 @@ async fn writer(
             let mut retry = Vec::new();
             let mut last_error = None;
             let give_up = started.elapsed() >= retry_max;
+            let now = Instant::now();
             for (item, result) in pending.drain(..).zip(results) {
                 match result {
-                    Ok(put) => finish(&counters, &handles, item, Ok(put)),
+                    Ok(put) => finish(&counters, &handles, item, Ok(put), now),
                     Err(e) if e.is_retryable() && !give_up => {
                         last_error = Some(e);
                         retry.push(item);
                     }
                     Err(e) => {
                         tracing::error!(stream = %stream, error = %e, "append failed for good");
-                        finish(&counters, &handles, item, Err(AppendError::Store(e)));
+                        finish(&counters, &handles, item, Err(AppendError::Store(e)), now);
                     }
                 }
             }
@@ -465,14 +472,16 @@ async fn writer(
     }
 }
 
+/// Count and resolve one record's outcome, known at `now`.
 fn finish(
     counters: &Counters,
     handles: &AppendedMetrics,
     entry: Entry,
     result: Result<PutResult, AppendError>,
+    now: Instant,
 ) {
     match &result {
-        Ok(_) => counters.appended(handles, entry.enqueued.elapsed()),
+        Ok(_) => counters.appended(handles, now.saturating_duration_since(entry.enqueued)),
         Err(_) => counters.append_failed(),
     }
     if let Some(done) = entry.done {

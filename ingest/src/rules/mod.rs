@@ -139,16 +139,19 @@ impl Template {
 
     /// Render against a payload. Undefined or null substitutions are errors (a key must name something).
     pub fn render(&self, payload: &Value, ctx: &Context<'_>) -> std::result::Result<String, EvalError> {
-        let mut out = String::new();
+        let undefined =
+            || EvalError("a ${...} substitution of the partition key is undefined or null".into());
+        let mut out = String::with_capacity(32);
         for part in &self.parts {
             match part {
                 TemplatePart::Text(t) => out.push_str(t),
+                // The usual keys (`${topic(2)}`, `${clientid()}`): the text straight from the publish, with no
+                // intermediate JSON value.
+                TemplatePart::Expr(e) if let Some(text) = context_text(e, ctx) => {
+                    out.push_str(text.ok_or_else(undefined)?);
+                }
                 TemplatePart::Expr(e) => match eval::eval(e, payload, ctx)? {
-                    None | Some(Value::Null) => {
-                        return Err(EvalError(
-                            "a ${...} substitution of the partition key is undefined or null".into(),
-                        ));
-                    }
+                    None | Some(Value::Null) => return Err(undefined()),
                     Some(Value::String(s)) => out.push_str(&s),
                     Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
                     Some(other) => {
@@ -169,6 +172,25 @@ impl Template {
             TemplatePart::Text(_) => true,
             TemplatePart::Expr(e) => expr_payload_free(e),
         })
+    }
+}
+
+/// The text of `topic()`, `topic(n)` (`None` when the topic has no level `n`) and `clientid()`, as
+/// [`eval::eval`] gives it; `None` for any other expression.
+fn context_text<'c>(e: &Expr, ctx: &Context<'c>) -> Option<Option<&'c str>> {
+    use serde_json::Value;
+    use sql::Function;
+    match e {
+        Expr::Call(Function::Topic, args) => match args.as_slice() {
+            [] => Some(Some(ctx.topic)),
+            [Expr::Literal(Value::Number(n))] => {
+                let n = n.as_u64().and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+                Some(n.checked_sub(1).and_then(|i| ctx.topic.split('/').nth(i)))
+            }
+            _ => None,
+        },
+        Expr::Call(Function::ClientId, args) if args.is_empty() => Some(Some(ctx.client_id)),
+        _ => None,
     }
 }
 

@@ -695,3 +695,56 @@ fn verbatim_cases(select: &str, payloads: &[(&str, bool)]) {
         r#"{"b":1,"a":2.50,"_topic":"devices/dev-7/telemetry","_client_id":"client-1","_arrival_time":1700000000123}"#
     );
 }
+
+/// Keys made of the publish's topic levels and client id (rendered without a JSON value) come out as evaluating
+/// every `${...}` would give them, undefined levels included.
+#[test]
+fn keys_from_the_publish_render_as_evaluated() {
+    let evaluated = |t: &Template, ctx: &Context<'_>| -> std::result::Result<String, EvalError> {
+        let mut out = String::new();
+        for part in &t.parts {
+            match part {
+                TemplatePart::Text(s) => out.push_str(s),
+                TemplatePart::Expr(e) => match eval::eval(e, &Value::Null, ctx)? {
+                    Some(Value::String(s)) => out.push_str(&s),
+                    _ => {
+                        return Err(EvalError(
+                            "a ${...} substitution of the partition key is undefined or null".into(),
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(out)
+    };
+    let templates = [
+        "${topic(2)}",
+        "${topic()}",
+        "${clientid()}",
+        "a-${topic(1)}-${topic(3)}",
+        "${topic(9)}",
+        "${clientid()}/${topic(2)}",
+    ];
+    let mut fast_paths = 0;
+    for template in templates {
+        let t = Template::parse(template).unwrap();
+        for topic in ["devices/d1/telemetry", "a//b", "one", "x/y"] {
+            let ctx = Context {
+                topic,
+                client_id: "c-1",
+                arrival_ms: 5,
+            };
+            assert_eq!(
+                t.render(&Value::Null, &ctx),
+                evaluated(&t, &ctx),
+                "{template} on {topic}"
+            );
+        }
+        fast_paths += t
+            .parts
+            .iter()
+            .filter(|p| matches!(p, TemplatePart::Expr(e) if context_text(e, &Context { topic: "t", client_id: "c", arrival_ms: 0 }).is_some()))
+            .count();
+    }
+    assert_eq!(fast_paths, 8);
+}
