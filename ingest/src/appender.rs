@@ -495,6 +495,33 @@ mod tests {
     use super::*;
     use freshet_storage::{Store, StoreConfig, SystemClock};
 
+    /// Wait for every ticket; their sequence numbers must increase.
+    async fn resolve_in_order(tickets: Vec<Ticket>) {
+        let mut last = None;
+        for t in tickets {
+            let put = t.await.unwrap().unwrap();
+            assert!(Some(put.sequence_number) > last);
+            last = Some(put.sequence_number);
+        }
+    }
+
+    /// The data of shard 0's records, as text.
+    async fn shard_data(store: &Arc<dyn StreamStore>, stream: &StreamName) -> Vec<String> {
+        let it = store
+            .get_shard_iterator(
+                stream,
+                freshet_storage::ShardId(0),
+                freshet_storage::StartingPosition::TrimHorizon,
+            )
+            .await
+            .unwrap();
+        let out = store.get_records(&it, Default::default()).await.unwrap();
+        out.records
+            .iter()
+            .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
+            .collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_reach_the_store_in_order_and_tickets_resolve() {
         let dir = tempfile::tempdir().unwrap();
@@ -517,30 +544,14 @@ mod tests {
                 .unwrap();
             tickets.extend(t);
         }
-        let mut last = None;
-        for t in tickets {
-            let put = t.await.unwrap().unwrap();
-            assert!(Some(put.sequence_number) > last);
-            last = Some(put.sequence_number);
-        }
+        resolve_in_order(tickets).await;
         drop(appender);
         task.await.unwrap();
         assert_eq!(counters.snapshot().appended, 50);
-        let it = store
-            .get_shard_iterator(
-                &stream,
-                freshet_storage::ShardId(0),
-                freshet_storage::StartingPosition::TrimHorizon,
-            )
-            .await
-            .unwrap();
-        let out = store.get_records(&it, Default::default()).await.unwrap();
-        let data: Vec<String> = out
-            .records
-            .iter()
-            .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
-            .collect();
-        assert_eq!(data, (0..50).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            shard_data(&store, &stream).await,
+            (0..50).map(|i| i.to_string()).collect::<Vec<_>>()
+        );
     }
 
     /// Outboxes bigger than the input queue go in runs; every record lands once, in order across outboxes, and
@@ -573,28 +584,12 @@ mod tests {
             assert!(outbox.is_empty());
         }
         assert_eq!(tickets.len(), i);
-        let mut last = None;
-        for t in tickets {
-            let put = t.await.unwrap().unwrap();
-            assert!(Some(put.sequence_number) > last);
-            last = Some(put.sequence_number);
-        }
+        resolve_in_order(tickets).await;
         assert!(appender.queued() <= 5);
-        let it = store
-            .get_shard_iterator(
-                &stream,
-                freshet_storage::ShardId(0),
-                freshet_storage::StartingPosition::TrimHorizon,
-            )
-            .await
-            .unwrap();
-        let out = store.get_records(&it, Default::default()).await.unwrap();
-        let data: Vec<String> = out
-            .records
-            .iter()
-            .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
-            .collect();
-        assert_eq!(data, (0..i).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            shard_data(&store, &stream).await,
+            (0..i).map(|i| i.to_string()).collect::<Vec<_>>()
+        );
         assert_eq!(counters.snapshot().appended, i as u64);
 
         // The batcher gone: sending fails with Stopped, and the records' tickets close.

@@ -1626,36 +1626,9 @@ mod tests {
     /// or widens a column an earlier chunk added.
     #[test]
     fn chunks_convert_like_one_pass() {
-        let mut cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
-        cfg.partition_by.push(crate::config::PartitionColumn {
-            name: "dev".into(),
-            expr: PartitionExpr::Field { field: "dev".into() },
-        });
-        let cfg = Arc::new(cfg);
-        let mut s = TableSchema::initial(&cfg);
-        s.columns.push(Column {
-            name: "n".into(),
-            ty: ColumnType::Long,
-        });
+        let (cfg, s) = test_records::config();
         let c = Converter::new(cfg);
-        let records: Vec<SourceRecord> = (0..60u64)
-            .map(|i| {
-                let data = match i % 6 {
-                    0 => format!(
-                        r#"{{"ts": {}, "n": {i}, "dev": "d{}"}}"#,
-                        86_400_000 * (i % 3),
-                        i % 2
-                    ),
-                    1 => format!(r#"{{"n": "bad{i}"}}"#),
-                    2 => "not json".to_string(),
-                    3 if i < 30 => format!(r#"{{"w": {i}, "ts": "1970-01-0{}T00:00:00Z"}}"#, 1 + i % 5),
-                    3 => format!(r#"{{"w": {i}.5}}"#),
-                    4 => format!(r#"{{"late_{}": true, "tags": {{"i": {i}}}}}"#, i / 15),
-                    _ => format!(r#"{{"esc\"aped": "x\"{i}", "_topic": "t/{i}", "dev": {i}}}"#),
-                };
-                rec((i % 3) as u32, i, &data)
-            })
-            .collect();
+        let records = test_records::mixed(60);
         let one = c.convert_in(&s, &records, 1).unwrap();
         assert!(one.rows() > 20 && one.errors.len() > 20, "{} rows", one.rows());
         assert_eq!(
@@ -1720,5 +1693,62 @@ mod tests {
         .unwrap();
         let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(keys, ["a", "b", "c", "d", "e"]);
+    }
+}
+
+/// Records and a delivery config for tests of conversion order (here and in `staging`).
+#[cfg(test)]
+pub(crate) mod test_records {
+    use super::*;
+    use crate::config::PartitionColumn;
+    use freshet_storage::SequenceNumber;
+
+    /// A delivery partitioned by the payload's `dev`, and a committed schema with a `long` column `n`.
+    pub(crate) fn config() -> (Arc<DeliveryConfig>, TableSchema) {
+        let mut cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        cfg.partition_by.push(PartitionColumn {
+            name: "dev".into(),
+            expr: PartitionExpr::Field { field: "dev".into() },
+        });
+        let cfg = Arc::new(cfg);
+        let mut committed = TableSchema::initial(&cfg);
+        committed.columns.push(Column {
+            name: "n".into(),
+            ty: ColumnType::Long,
+        });
+        (cfg, committed)
+    }
+
+    /// `n` records (n ≥ 10) that add columns, widen a new long column to double (from the middle on), conflict
+    /// with the committed column, are not JSON, or carry nested values, escapes and lineage; on 3 shards, with
+    /// arrival times that increase.
+    pub(crate) fn mixed(n: u64) -> Vec<SourceRecord> {
+        (0..n)
+            .map(|i| {
+                let data = match i % 6 {
+                    0 => format!(
+                        r#"{{"ts": {}, "n": {i}, "dev": "d{}"}}"#,
+                        86_400_000 * (i % 3),
+                        i % 2
+                    ),
+                    1 => format!(r#"{{"n": "bad{i}"}}"#),
+                    2 if i % 4 == 0 => "not json".to_string(),
+                    2 => format!(r#"{{"t": {i}, "dev": "d{i}"}}"#),
+                    3 if i < n / 2 => format!(r#"{{"w": {i}, "ts": "1970-01-0{}T00:00:00Z"}}"#, 1 + i % 5),
+                    3 => format!(r#"{{"w": {i}.5}}"#),
+                    4 => format!(r#"{{"late_{}": true, "tags": {{"i": {i}}}}}"#, i / (n / 5)),
+                    _ => format!(r#"{{"esc\"aped": "x\"{i}", "_topic": "t/{i}", "dev": {i}}}"#),
+                };
+                SourceRecord {
+                    shard_id: ShardId((i % 3) as u32),
+                    record: Record {
+                        sequence_number: SequenceNumber::from_u64(i),
+                        partition_key: format!("pk{}", i % 5),
+                        data: bytes::Bytes::from(data),
+                        arrival_ms: 1_700_000_000_000 + i as i64,
+                    },
+                }
+            })
+            .collect()
     }
 }

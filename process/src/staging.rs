@@ -262,44 +262,11 @@ fn panicked() -> ProcessError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ColumnType, PartitionColumn, PartitionExpr};
-    use crate::convert::{Column, Converter};
-    use freshet_storage::{Record, SequenceNumber, ShardId};
+    use crate::convert::{Converter, test_records};
 
-    fn rec(shard: u32, seq: u64, data: String) -> SourceRecord {
-        SourceRecord {
-            shard_id: ShardId(shard),
-            record: Record {
-                sequence_number: SequenceNumber::from_u64(seq),
-                partition_key: format!("pk{}", seq % 5),
-                data: bytes::Bytes::from(data),
-                arrival_ms: 1_700_000_000_000 + seq as i64,
-            },
-        }
-    }
-
-    /// Records that add columns, widen a new long column to double, conflict with a committed column, are not
-    /// JSON, or carry nested values and lineage, spread over reads of 1 to 7 records.
+    /// [`test_records::mixed`] spread over reads of 1 to 7 records.
     fn reads() -> Vec<Vec<SourceRecord>> {
-        let records: Vec<SourceRecord> = (0..240u64)
-            .map(|i| {
-                let data = match i % 6 {
-                    0 => format!(
-                        r#"{{"ts": {}, "n": {i}, "dev": "d{}"}}"#,
-                        86_400_000 * (i % 3),
-                        i % 2
-                    ),
-                    1 => format!(r#"{{"n": "bad{i}"}}"#),
-                    2 if i % 4 == 0 => "not json".to_string(),
-                    2 => format!(r#"{{"t": {i}, "dev": "d{i}"}}"#),
-                    3 if i < 120 => format!(r#"{{"w": {i}, "ts": "1970-01-0{}T00:00:00Z"}}"#, 1 + i % 5),
-                    3 => format!(r#"{{"w": {i}.5}}"#),
-                    4 => format!(r#"{{"late_{}": true, "tags": {{"i": {i}}}}}"#, i / 50),
-                    _ => format!(r#"{{"esc\"aped": "x\"{i}", "_topic": "t/{i}", "dev": {i}}}"#),
-                };
-                rec((i % 3) as u32, i, data)
-            })
-            .collect();
+        let records = test_records::mixed(240);
         let mut out = Vec::new();
         let mut rest = records.as_slice();
         let mut k = 0;
@@ -313,18 +280,7 @@ mod tests {
     }
 
     fn config() -> (Arc<DeliveryConfig>, TableSchema) {
-        let mut cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
-        cfg.partition_by.push(PartitionColumn {
-            name: "dev".into(),
-            expr: PartitionExpr::Field { field: "dev".into() },
-        });
-        let cfg = Arc::new(cfg);
-        let mut committed = TableSchema::initial(&cfg);
-        committed.columns.push(Column {
-            name: "n".into(),
-            ty: ColumnType::Long,
-        });
-        (cfg, committed)
+        test_records::config()
     }
 
     fn assert_same(a: &Converted, b: &Converted, what: &str) {
