@@ -495,6 +495,16 @@ mod tests {
     use super::*;
     use freshet_storage::{Store, StoreConfig, SystemClock};
 
+    /// A store in a temporary directory (kept while the first value lives) with a one-shard stream `s`.
+    async fn one_shard_store() -> (tempfile::TempDir, Arc<dyn StreamStore>, StreamName, Arc<Counters>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StreamStore> =
+            Arc::new(Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap());
+        let stream = StreamName::new("s").unwrap();
+        store.create_stream(&stream, 1).await.unwrap();
+        (dir, store, stream, Arc::new(Counters::default()))
+    }
+
     /// Wait for every ticket; their sequence numbers must increase.
     async fn resolve_in_order(tickets: Vec<Ticket>) {
         let mut last = None;
@@ -524,12 +534,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_reach_the_store_in_order_and_tickets_resolve() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn StreamStore> =
-            Arc::new(Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap());
-        let stream = StreamName::new("s").unwrap();
-        store.create_stream(&stream, 1).await.unwrap();
-        let counters = Arc::new(Counters::default());
+        let (_dir, store, stream, counters) = one_shard_store().await;
         let config = AppendConfig {
             batch_records_max: 7,
             queue_records_max: 3,
@@ -558,12 +563,7 @@ mod tests {
     /// every ticket resolves; a stopped appender refuses an outbox instead of waiting.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn outboxes_larger_than_the_queue_land_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn StreamStore> =
-            Arc::new(Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap());
-        let stream = StreamName::new("s").unwrap();
-        store.create_stream(&stream, 1).await.unwrap();
-        let counters = Arc::new(Counters::default());
+        let (_dir, store, stream, counters) = one_shard_store().await;
         let config = AppendConfig {
             batch_records_max: 7,
             queue_records_max: 5,
