@@ -673,7 +673,7 @@ struct Shape {
     keys: Vec<Box<str>>,
     /// Indexes into `keys`, in key order.
     order: Vec<usize>,
-    /// Where reordered fields are built (kept for its allocation).
+    /// A working copy of `order` while fields are permuted (kept for its allocation).
     spare: Vec<usize>,
 }
 

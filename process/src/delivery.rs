@@ -559,7 +559,11 @@ impl Delivery {
         // The HTTP transform first: its Ok records go on, Dropped ones are counted, failures become error rows.
         let (http_records, http_errors, dropped) = match &self.http_transform {
             Some(h) => {
-                let all: Vec<SourceRecord> = self.staging.records().cloned().collect();
+                // Without eager conversion the buffer is one run (lent as is); a copy only if it were not.
+                let all = match self.staging.contiguous() {
+                    Some(records) => std::borrow::Cow::Borrowed(records),
+                    None => std::borrow::Cow::Owned(self.staging.records().cloned().collect()),
+                };
                 let out = h.apply(&all, &self.shutdown).await?;
                 (Some(out.records), out.errors, out.dropped)
             }

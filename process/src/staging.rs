@@ -90,6 +90,15 @@ impl Staging {
             .flat_map(|r| r.iter())
     }
 
+    /// Every buffered record as one slice, when they are in one run (always so without eager conversion).
+    pub fn contiguous(&self) -> Option<&[SourceRecord]> {
+        match (self.parts.as_slice(), self.pending.as_slice()) {
+            ([], []) => Some(&[]),
+            ([], [one]) => Some(one.as_slice()),
+            _ => None,
+        }
+    }
+
     /// Drop everything buffered (conversions still running finish unobserved).
     pub fn clear(&mut self) {
         self.parts.clear();
@@ -105,10 +114,15 @@ impl Staging {
         }
         self.records += read.len();
         self.pending_records += read.len();
-        self.pending.push(Arc::new(read));
         if !self.eager {
+            // Nothing is shared with a conversion thread: keep one run, so `contiguous` can lend it.
+            match self.pending.last_mut().and_then(Arc::get_mut) {
+                Some(run) => run.extend(read),
+                None => self.pending.push(Arc::new(read)),
+            }
             return;
         }
+        self.pending.push(Arc::new(read));
         self.poll();
         let running = self
             .parts
@@ -181,13 +195,8 @@ impl Staging {
                 result?
             } else {
                 reconverted += 1;
-                let (config, base, reads) = (self.config.clone(), current.clone(), part.reads.clone());
-                tokio::task::spawn_blocking(move || {
-                    let slices: Vec<&[SourceRecord]> = reads.iter().map(|r| r.as_slice()).collect();
-                    convert_reads(&config, &base, columns, &slices)
-                })
-                .await
-                .map_err(|e| ProcessError::Internal(format!("a conversion thread failed: {e}")))??
+                let again = convert_on_thread(&self.config, part.reads.clone(), current.clone(), columns);
+                again.await.unwrap_or_else(|_| Err(panicked()))?
             };
             current = converted.schema.clone();
             out.push(converted);
@@ -220,12 +229,7 @@ impl Staging {
     }
 
     fn start(&mut self, reads: Vec<Read>, base: TableSchema, columns: usize) {
-        let (tx, rx) = oneshot::channel();
-        let (config, theirs, schema) = (self.config.clone(), reads.clone(), base.clone());
-        tokio::task::spawn_blocking(move || {
-            let slices: Vec<&[SourceRecord]> = theirs.iter().map(|r| r.as_slice()).collect();
-            let _ = tx.send(convert_reads(&config, &schema, columns, &slices));
-        });
+        let rx = convert_on_thread(&self.config, reads.clone(), base.clone(), columns);
         self.parts.push(Part {
             reads,
             base,
@@ -253,6 +257,23 @@ impl Part {
             self.state = State::Done(rx.await.unwrap_or_else(|_| Err(panicked())));
         }
     }
+}
+
+/// Convert `reads` against `base` on a blocking thread; the result arrives on the receiver (which closes if the
+/// thread panicked).
+fn convert_on_thread(
+    config: &Arc<DeliveryConfig>,
+    reads: Vec<Read>,
+    base: TableSchema,
+    columns: usize,
+) -> oneshot::Receiver<Result<Converted>> {
+    let (tx, rx) = oneshot::channel();
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let slices: Vec<&[SourceRecord]> = reads.iter().map(|r| r.as_slice()).collect();
+        let _ = tx.send(convert_reads(&config, &base, columns, &slices));
+    });
+    rx
 }
 
 fn panicked() -> ProcessError {
@@ -358,6 +379,14 @@ mod tests {
             s.push(read.clone(), &committed);
         }
         assert!(s.parts.is_empty());
+        let lent: Vec<u64> = s
+            .contiguous()
+            .unwrap()
+            .iter()
+            .map(|r| r.record.arrival_ms as u64)
+            .collect();
+        let expected: Vec<u64> = all.iter().map(|r| r.record.arrival_ms as u64).collect();
+        assert_eq!(lent, expected);
         assert_same(&s.finish(&committed).await.unwrap(), &serial, "lazy");
     }
 }
