@@ -87,6 +87,21 @@ pub struct SourceRecord {
     pub record: Record,
 }
 
+/// One read of one shard: its records, in order. The delivery buffers reads as they come from the store, without
+/// copying each record into a [`SourceRecord`].
+#[derive(Clone, Debug)]
+pub struct ShardRecords {
+    pub shard_id: ShardId,
+    pub records: Vec<Record>,
+}
+
+impl ShardRecords {
+    /// The records with their shard.
+    pub fn iter(&self) -> impl Iterator<Item = (ShardId, &Record)> + Clone {
+        self.records.iter().map(move |r| (self.shard_id, r))
+    }
+}
+
 /// A record that could not be converted: one row of the error table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ErrorRow {
@@ -345,10 +360,10 @@ pub(crate) fn convert_reads(
     config: &DeliveryConfig,
     schema: &TableSchema,
     committed: usize,
-    reads: &[&[SourceRecord]],
+    reads: &[&ShardRecords],
 ) -> Result<Converted> {
-    let rows = reads.iter().map(|r| r.len()).sum();
-    ChunkConverter::new(config, schema, committed, rows).run_reads(reads)
+    let rows = reads.iter().map(|r| r.records.len()).sum();
+    ChunkConverter::new(config, schema, committed, rows).run_iter(reads.iter().flat_map(|r| r.iter()))
 }
 
 pub(crate) fn empty(schema: &TableSchema) -> Converted {
@@ -895,17 +910,19 @@ impl<'c> ChunkConverter<'c> {
     }
 
     fn run(self, records: &[SourceRecord]) -> Result<Converted> {
-        self.run_reads(&[records])
+        self.run_iter(records.iter().map(|s| (s.shard_id, &s.record)))
     }
 
-    /// Convert runs of records one after another, as if they were one.
-    fn run_reads(mut self, reads: &[&[SourceRecord]]) -> Result<Converted> {
-        let records = || reads.iter().flat_map(|r| r.iter());
+    /// Convert records (each with its shard) one after another.
+    fn run_iter<'r>(
+        mut self,
+        records: impl Iterator<Item = (ShardId, &'r Record)> + Clone,
+    ) -> Result<Converted> {
         // `_shard_id` text, once per shard.
         let mut shard_names: Vec<(ShardId, String)> = Vec::new();
-        for src in records() {
-            if !shard_names.iter().any(|(s, _)| *s == src.shard_id) {
-                shard_names.push((src.shard_id, src.shard_id.to_string()));
+        for (shard_id, _) in records.clone() {
+            if !shard_names.iter().any(|(s, _)| *s == shard_id) {
+                shard_names.push((shard_id, shard_id.to_string()));
             }
         }
         let mut scratch = Scratch {
@@ -914,18 +931,18 @@ impl<'c> ChunkConverter<'c> {
             slots: Vec::new(),
             shape: Shape::default(),
         };
-        for src in records() {
+        for (shard_id, record) in records {
             let shard_name = shard_names
                 .iter()
-                .find(|(s, _)| *s == src.shard_id)
+                .find(|(s, _)| *s == shard_id)
                 .map_or("", |(_, n)| n.as_str());
-            if let Err((kind, message)) = self.convert_one(src, shard_name, &mut scratch) {
+            if let Err((kind, message)) = self.convert_one(record, shard_name, &mut scratch) {
                 self.errors.push(ErrorRow {
-                    shard_id: src.shard_id,
-                    sequence_number: src.record.sequence_number.to_u64()?,
-                    partition_key: src.record.partition_key.clone(),
-                    arrival_ms: src.record.arrival_ms,
-                    raw: src.record.data.clone(),
+                    shard_id,
+                    sequence_number: record.sequence_number.to_u64()?,
+                    partition_key: record.partition_key.clone(),
+                    arrival_ms: record.arrival_ms,
+                    raw: record.data.clone(),
                     kind,
                     message,
                 });
@@ -964,13 +981,12 @@ impl<'c> ChunkConverter<'c> {
     /// Convert one record; on success its row is appended to the builders. Nothing changes on error.
     fn convert_one<'r>(
         &mut self,
-        src: &'r SourceRecord,
+        record: &'r Record,
         shard_name: &'r str,
         scratch: &mut Scratch<'r>,
     ) -> std::result::Result<(), (ErrorKind, String)> {
         let cfg = self.cfg;
-        parse_object(&src.record.data, &mut scratch.fields, &mut scratch.shape)?;
-        let record = &src.record;
+        parse_object(&record.data, &mut scratch.fields, &mut scratch.shape)?;
         let seq = record
             .sequence_number
             .to_u64()

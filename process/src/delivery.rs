@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
-use crate::convert::{Converter, SourceRecord, TableSchema, errors_batch, errors_schema};
+use crate::convert::{Converter, ShardRecords, SourceRecord, TableSchema, errors_batch, errors_schema};
 use crate::error::{ProcessError, Result};
 use crate::events::{CommitEvent, ensure_events_stream, publish};
 use crate::http_transform::HttpTransform;
@@ -481,11 +481,15 @@ impl Delivery {
             self.counters
                 .records_read
                 .fetch_add(out.records.len() as u64, Ordering::Relaxed);
-            let mut read = Vec::with_capacity(out.records.len());
-            for record in out.records {
-                self.buffer_bytes += record.data.len() as u64 + record.partition_key.len() as u64;
-                read.push(SourceRecord { shard_id, record });
-            }
+            self.buffer_bytes += out
+                .records
+                .iter()
+                .map(|r| r.data.len() as u64 + r.partition_key.len() as u64)
+                .sum::<u64>();
+            let read = ShardRecords {
+                shard_id,
+                records: out.records,
+            };
             self.staging.push(read, &self.schema);
             match out.next_iterator {
                 Some(next) => {
@@ -562,7 +566,15 @@ impl Delivery {
                 // Without eager conversion the buffer is one run (lent as is); a copy only if it were not.
                 let all = match self.staging.contiguous() {
                     Some(records) => std::borrow::Cow::Borrowed(records),
-                    None => std::borrow::Cow::Owned(self.staging.records().cloned().collect()),
+                    None => std::borrow::Cow::Owned(
+                        self.staging
+                            .records()
+                            .map(|(shard_id, record)| SourceRecord {
+                                shard_id,
+                                record: record.clone(),
+                            })
+                            .collect(),
+                    ),
                 };
                 let out = h.apply(&all, &self.shutdown).await?;
                 (Some(out.records), out.errors, out.dropped)
@@ -593,17 +605,20 @@ impl Delivery {
                         .iter()
                         .map(|e| (e.shard_id, e.sequence_number.into()))
                         .collect();
-                    let records: Box<dyn Iterator<Item = &SourceRecord>> = match &http_records {
-                        Some(records) => Box::new(records.iter()),
-                        None => Box::new(self.staging.records()),
-                    };
-                    for src in records.filter(|r| !failed.contains(&(r.shard_id, r.record.sequence_number))) {
+                    let records: Box<dyn Iterator<Item = (ShardId, &freshet_storage::Record)>> =
+                        match &http_records {
+                            Some(records) => Box::new(records.iter().map(|s| (s.shard_id, &s.record))),
+                            None => Box::new(self.staging.records()),
+                        };
+                    for (shard_id, record) in
+                        records.filter(|(s, r)| !failed.contains(&(*s, r.sequence_number)))
+                    {
                         converted.errors.push(crate::convert::ErrorRow {
-                            shard_id: src.shard_id,
-                            sequence_number: src.record.sequence_number.to_u64()?,
-                            partition_key: src.record.partition_key.clone(),
-                            arrival_ms: src.record.arrival_ms,
-                            raw: src.record.data.clone(),
+                            shard_id,
+                            sequence_number: record.sequence_number.to_u64()?,
+                            partition_key: record.partition_key.clone(),
+                            arrival_ms: record.arrival_ms,
+                            raw: record.data.clone(),
                             kind: crate::convert::ErrorKind::TransformFailed,
                             message: format!("transform_sql failed: {reason}"),
                         });

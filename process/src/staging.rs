@@ -18,11 +18,15 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::config::DeliveryConfig;
-use crate::convert::{CHUNK_RECORDS_MIN, Converted, SourceRecord, TableSchema, convert_reads, merge};
+use freshet_storage::{Record, ShardId};
+
+use crate::convert::{
+    CHUNK_RECORDS_MIN, Converted, Converter, ShardRecords, SourceRecord, TableSchema, convert_reads, merge,
+};
 use crate::error::{ProcessError, Result};
 
 /// One read's records, shared with the thread converting them.
-pub type Read = Arc<Vec<SourceRecord>>;
+pub type Read = Arc<ShardRecords>;
 
 /// Fewest records worth starting a conversion for while reading goes on.
 const PART_RECORDS_MIN: usize = 2 * CHUNK_RECORDS_MIN;
@@ -41,6 +45,8 @@ pub struct Staging {
     /// Reads after the last part, not being converted.
     pending: Vec<Read>,
     pending_records: usize,
+    /// Without eager conversion: every record in one run, lent as is to an HTTP transform.
+    lazy: Arc<Vec<SourceRecord>>,
     records: usize,
 }
 
@@ -68,6 +74,7 @@ impl Staging {
             parts: Vec::new(),
             pending: Vec::new(),
             pending_records: 0,
+            lazy: Arc::new(Vec::new()),
             records: 0,
         }
     }
@@ -81,22 +88,19 @@ impl Staging {
         self.records == 0
     }
 
-    /// Every buffered record, in order.
-    pub fn records(&self) -> impl Iterator<Item = &SourceRecord> {
+    /// Every buffered record with its shard, in order.
+    pub fn records(&self) -> impl Iterator<Item = (ShardId, &Record)> {
         self.parts
             .iter()
             .flat_map(|p| p.reads.iter())
             .chain(self.pending.iter())
             .flat_map(|r| r.iter())
+            .chain(self.lazy.iter().map(|s| (s.shard_id, &s.record)))
     }
 
-    /// Every buffered record as one slice, when they are in one run (always so without eager conversion).
+    /// Every buffered record as one slice: without eager conversion (else only when nothing is buffered).
     pub fn contiguous(&self) -> Option<&[SourceRecord]> {
-        match (self.parts.as_slice(), self.pending.as_slice()) {
-            ([], []) => Some(&[]),
-            ([], [one]) => Some(one.as_slice()),
-            _ => None,
-        }
+        (!self.eager || self.records == 0).then_some(self.lazy.as_slice())
     }
 
     /// Drop everything buffered (conversions still running finish unobserved).
@@ -104,24 +108,27 @@ impl Staging {
         self.parts.clear();
         self.pending.clear();
         self.pending_records = 0;
+        self.lazy = Arc::new(Vec::new());
         self.records = 0;
     }
 
     /// Append a read; start converting what has gathered if a core is free. `committed` is the table's schema.
-    pub fn push(&mut self, read: Vec<SourceRecord>, committed: &TableSchema) {
-        if read.is_empty() {
+    pub fn push(&mut self, read: ShardRecords, committed: &TableSchema) {
+        if read.records.is_empty() {
             return;
         }
-        self.records += read.len();
-        self.pending_records += read.len();
+        self.records += read.records.len();
         if !self.eager {
-            // Nothing is shared with a conversion thread: keep one run, so `contiguous` can lend it.
-            match self.pending.last_mut().and_then(Arc::get_mut) {
-                Some(run) => run.extend(read),
-                None => self.pending.push(Arc::new(read)),
-            }
+            // One run, so `contiguous` can lend it (a `finish` that converts it is over before the next push).
+            let shard_id = read.shard_id;
+            Arc::make_mut(&mut self.lazy).extend(
+                read.records
+                    .into_iter()
+                    .map(|record| SourceRecord { shard_id, record }),
+            );
             return;
         }
+        self.pending_records += read.records.len();
         self.pending.push(Arc::new(read));
         self.poll();
         let running = self
@@ -141,6 +148,12 @@ impl Staging {
     /// Convert everything buffered against the committed schema; the buffer stays as it is (a later `finish`
     /// converts it again).
     pub async fn finish(&mut self, committed: &TableSchema) -> Result<Converted> {
+        if !self.eager {
+            let (config, lazy, committed) = (self.config.clone(), self.lazy.clone(), committed.clone());
+            return tokio::task::spawn_blocking(move || Converter::new(config).convert(&committed, &lazy))
+                .await
+                .unwrap_or_else(|_| Err(panicked()));
+        }
         let columns = committed.columns.len();
         self.poll();
         let started_early = self.records - self.pending_records;
@@ -148,7 +161,7 @@ impl Staging {
             .parts
             .iter()
             .filter(|p| matches!(p.state, State::Done(_)))
-            .map(|p| p.reads.iter().map(|r| r.len()).sum::<usize>())
+            .map(|p| p.reads.iter().map(|r| r.records.len()).sum::<usize>())
             .sum();
         let mut reconverted = 0;
         // Know the schema before the rest is cut up: wait for the first running part, or convert the first read
@@ -158,7 +171,7 @@ impl Staging {
                 part.settle().await;
             } else if self.pending.len() > 1 && self.pending_records >= 2 * self.chunk_min {
                 let first = self.pending.remove(0);
-                self.pending_records -= first.len();
+                self.pending_records -= first.records.len();
                 self.start(vec![first], committed.clone(), columns);
                 self.parts[0].settle().await;
             }
@@ -171,7 +184,7 @@ impl Staging {
         let mut group_records = 0;
         let last = pending.len();
         for (i, read) in pending.into_iter().enumerate() {
-            group_records += read.len();
+            group_records += read.records.len();
             group.push(read);
             if group_records >= share || i + 1 == last {
                 let base = self.predicted(committed);
@@ -270,7 +283,7 @@ fn convert_on_thread(
     let (tx, rx) = oneshot::channel();
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
-        let slices: Vec<&[SourceRecord]> = reads.iter().map(|r| r.as_slice()).collect();
+        let slices: Vec<&ShardRecords> = reads.iter().map(|r| r.as_ref()).collect();
         let _ = tx.send(convert_reads(&config, &base, columns, &slices));
     });
     rx
@@ -285,19 +298,42 @@ mod tests {
     use super::*;
     use crate::convert::{Converter, test_records};
 
-    /// [`test_records::mixed`] spread over reads of 1 to 7 records.
-    fn reads() -> Vec<Vec<SourceRecord>> {
-        let records = test_records::mixed(240);
+    /// [`test_records::mixed`] spread over reads of 1 to 7 records of one shard, the shards taking turns.
+    fn reads() -> Vec<ShardRecords> {
+        let mut by_shard: Vec<ShardRecords> = Vec::new();
+        for src in test_records::mixed(240) {
+            match by_shard.iter_mut().find(|r| r.shard_id == src.shard_id) {
+                Some(r) => r.records.push(src.record),
+                None => by_shard.push(ShardRecords {
+                    shard_id: src.shard_id,
+                    records: vec![src.record],
+                }),
+            }
+        }
         let mut out = Vec::new();
-        let mut rest = records.as_slice();
         let mut k = 0;
-        while !rest.is_empty() {
-            let (read, tail) = rest.split_at((1 + k % 7).min(rest.len()));
-            out.push(read.to_vec());
-            rest = tail;
+        while by_shard.iter().any(|r| !r.records.is_empty()) {
+            let shard = &mut by_shard[k % 3];
+            let n = (1 + k % 7).min(shard.records.len());
+            out.push(ShardRecords {
+                shard_id: shard.shard_id,
+                records: shard.records.drain(..n).collect(),
+            });
             k += 1;
         }
+        assert!(out.len() > 60, "{} reads", out.len());
         out
+    }
+
+    fn flatten(reads: &[ShardRecords]) -> Vec<SourceRecord> {
+        reads
+            .iter()
+            .flat_map(|r| r.iter())
+            .map(|(shard_id, record)| SourceRecord {
+                shard_id,
+                record: record.clone(),
+            })
+            .collect()
     }
 
     fn config() -> (Arc<DeliveryConfig>, TableSchema) {
@@ -322,7 +358,7 @@ mod tests {
     async fn staged_conversion_equals_one_pass() {
         let (cfg, committed) = config();
         let reads = reads();
-        let all: Vec<SourceRecord> = reads.iter().flatten().cloned().collect();
+        let all = flatten(&reads);
         let serial = Converter::new(cfg.clone()).convert(&committed, &all).unwrap();
         assert!(
             serial.rows() > 100 && serial.errors.len() > 40,
@@ -348,7 +384,7 @@ mod tests {
                             }
                         }
                         assert_eq!(s.len(), all.len());
-                        let order: Vec<u64> = s.records().map(|r| r.record.arrival_ms as u64).collect();
+                        let order: Vec<u64> = s.records().map(|(_, r)| r.arrival_ms as u64).collect();
                         let expected_order: Vec<u64> =
                             all.iter().map(|r| r.record.arrival_ms as u64).collect();
                         assert_eq!(order, expected_order, "{what}");
@@ -371,7 +407,7 @@ mod tests {
     async fn lazy_staging_converts_at_finish() {
         let (cfg, committed) = config();
         let reads = reads();
-        let all: Vec<SourceRecord> = reads.iter().flatten().cloned().collect();
+        let all = flatten(&reads);
         let serial = Converter::new(cfg.clone()).convert(&committed, &all).unwrap();
         let mut s = Staging::new(cfg, false);
         s.part_min = 1;
@@ -387,6 +423,8 @@ mod tests {
             .collect();
         let expected: Vec<u64> = all.iter().map(|r| r.record.arrival_ms as u64).collect();
         assert_eq!(lent, expected);
+        let order: Vec<u64> = s.records().map(|(_, r)| r.arrival_ms as u64).collect();
+        assert_eq!(order, expected);
         assert_same(&s.finish(&committed).await.unwrap(), &serial, "lazy");
     }
 }
