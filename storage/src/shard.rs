@@ -467,6 +467,11 @@ impl ShardCore {
                 }
                 offset += chunk.len() as u64;
                 chunk_bytes = next_chunk_bytes(&limits, records.len(), data_bytes, frame_bytes, chunk_bytes);
+                // Room for the records still expected, at once: growing by doubling would copy the vector several
+                // times and leave up to half of it unused, in memory a delivery keeps until its flush.
+                let expected =
+                    records_expected(&limits, records.len(), data_bytes, frame_bytes, end - offset);
+                records.reserve_exact(expected);
             }
             match next_base {
                 Some(base) if !is_newest => next = next.max(base),
@@ -574,6 +579,26 @@ fn next_chunk_bytes(
     (by_count.min(by_bytes) + 1)
         .saturating_mul(frame_avg)
         .clamp(READ_CHUNK_MIN_BYTES, READ_CHUNK_MAX_BYTES)
+}
+
+/// How many more records a read that has returned `records` records (`data_bytes` of data, `frame_bytes` on disk)
+/// may still return from the `left` bytes of its segment, at the average sizes so far (0 before any record).
+fn records_expected(
+    limits: &ReadLimits,
+    records: usize,
+    data_bytes: usize,
+    frame_bytes: usize,
+    left: u64,
+) -> usize {
+    if records == 0 {
+        return 0;
+    }
+    let frame_avg = frame_bytes.div_ceil(records).max(1);
+    let data_avg = data_bytes.div_ceil(records).max(1);
+    let by_count = limits.records_max.saturating_sub(records);
+    let by_bytes = limits.bytes_max.saturating_sub(data_bytes) / data_avg + 1;
+    let in_segment = usize::try_from(left / frame_avg as u64).unwrap_or(usize::MAX);
+    by_count.min(by_bytes).min(in_segment)
 }
 
 fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> StoreResult<Bytes> {
@@ -1000,5 +1025,34 @@ mod tests {
             next_chunk_bytes(&limits, 0, 0, 0, READ_CHUNK_MIN_BYTES),
             2 * READ_CHUNK_MIN_BYTES
         );
+    }
+
+    #[test]
+    fn records_expected_follow_the_limits_and_the_segment() {
+        let limits = ReadLimits {
+            records_max: 10_000,
+            bytes_max: 10 << 20,
+        };
+        // 300 records of 200 B (240 B on disk) read; the segment has 1,000 more frames, the count allows 9,700.
+        assert_eq!(
+            records_expected(&limits, 300, 300 * 200, 300 * 240, 1_000 * 240),
+            1_000
+        );
+        assert_eq!(
+            records_expected(&limits, 300, 300 * 200, 300 * 240, 1 << 30),
+            9_700
+        );
+        // The byte limit binds first: 1 MiB left at 200 B a record, plus the one that may cross it.
+        let small = ReadLimits {
+            records_max: 10_000,
+            bytes_max: (1 << 20) + 300 * 200,
+        };
+        assert_eq!(
+            records_expected(&small, 300, 300 * 200, 300 * 240, 1 << 30),
+            (1 << 20) / 200 + 1
+        );
+        // Nothing known yet, or nothing left.
+        assert_eq!(records_expected(&limits, 0, 0, 0, 1 << 30), 0);
+        assert_eq!(records_expected(&limits, 300, 300 * 200, 300 * 240, 0), 0);
     }
 }
