@@ -402,9 +402,8 @@ async fn files_per_hour(
     })
 }
 
-/// CPU time (user, system) this process has used so far, from /proc/self/stat (10 ms resolution): on a shared
-/// machine the CPU a run costs is steadier than its wall-clock time.
-/// This process's CPU so far: user and system seconds, and minor page faults.
+/// CPU time (user, system seconds) and minor page faults this process has had so far, from /proc/self/stat (10 ms
+/// resolution): on a shared machine the CPU a run costs is steadier than its wall-clock time.
 fn cpu_seconds() -> Option<(f64, f64, u64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may hold spaces) start at state, field 3; minflt is field 10, utime and
@@ -572,8 +571,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             user + system,
             (user + system) * 1e6 / args.records as f64
         );
-        // Fresh memory costs system time (the kernel zeroes each page on first touch): the faults and the
-        // resident growth show how much the delivery touched.
+        // Fresh memory costs system time (the kernel zeroes each page on first touch): the faults and the peak
+        // show how much the delivery touched.
         println!(
             "  freshet page faults:    {faults} minor; resident {} MiB before the delivery, peak {} MiB during it",
             rss_before.unwrap_or(0),

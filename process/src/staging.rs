@@ -15,11 +15,10 @@
 
 use std::sync::Arc;
 
+use freshet_storage::{Record, ShardId};
 use tokio::sync::oneshot;
 
 use crate::config::DeliveryConfig;
-use freshet_storage::{Record, ShardId};
-
 use crate::convert::{
     CHUNK_RECORDS_MIN, Converted, Converter, ShardRecords, SourceRecord, TableSchema, convert_reads, merge,
 };
