@@ -573,10 +573,7 @@ fn next_chunk_bytes(
         return (last * 2).min(READ_CHUNK_MAX_BYTES);
     }
     let frame_avg = frame_bytes.div_ceil(records);
-    let data_avg = data_bytes.div_ceil(records).max(1);
-    let by_count = limits.records_max.saturating_sub(records);
-    let by_bytes = limits.bytes_max.saturating_sub(data_bytes) / data_avg + 1;
-    (by_count.min(by_bytes) + 1)
+    (records_allowed(limits, records, data_bytes) + 1)
         .saturating_mul(frame_avg)
         .clamp(READ_CHUNK_MIN_BYTES, READ_CHUNK_MAX_BYTES)
 }
@@ -594,11 +591,17 @@ fn records_expected(
         return 0;
     }
     let frame_avg = frame_bytes.div_ceil(records).max(1);
+    let in_segment = usize::try_from(left / frame_avg as u64).unwrap_or(usize::MAX);
+    records_allowed(limits, records, data_bytes).min(in_segment)
+}
+
+/// How many more records the limits allow a read that has returned `records` (> 0) records of `data_bytes`, at
+/// their average size (plus the one that may cross the byte limit).
+fn records_allowed(limits: &ReadLimits, records: usize, data_bytes: usize) -> usize {
     let data_avg = data_bytes.div_ceil(records).max(1);
     let by_count = limits.records_max.saturating_sub(records);
     let by_bytes = limits.bytes_max.saturating_sub(data_bytes) / data_avg + 1;
-    let in_segment = usize::try_from(left / frame_avg as u64).unwrap_or(usize::MAX);
-    by_count.min(by_bytes).min(in_segment)
+    by_count.min(by_bytes)
 }
 
 fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> StoreResult<Bytes> {
