@@ -624,7 +624,8 @@ impl<'de> Visitor<'de> for TopLevel<'_, 'de> {
 }
 
 /// Parse `data` into `fields` (cleared first): sorted by key with the last of duplicate keys kept, which is the
-/// order and the values `serde_json::Value` (a `BTreeMap`) would give. Errors are `(kind, message)`.
+/// order and the values `serde_json::Value` (a `BTreeMap`) would give. Errors are `(kind, message)`. Returns
+/// whether the keys were unique, so that `shape` holds them.
 ///
 /// `shape` remembers the keys of the last record without duplicate keys, in document order, and their sorted
 /// order: records of one stream mostly have the same keys in the same order, and for those the sort is a
@@ -633,7 +634,7 @@ fn parse_object<'de>(
     data: &'de [u8],
     fields: &mut Vec<(Cow<'de, str>, Json<'de>)>,
     shape: &mut Shape,
-) -> std::result::Result<(), (ErrorKind, String)> {
+) -> std::result::Result<bool, (ErrorKind, String)> {
     fields.clear();
     // Valid UTF-8 (nearly every payload) is checked once here rather than string by string by the parser; the
     // rest is parsed as bytes, so its error is the parser's.
@@ -650,7 +651,7 @@ fn parse_object<'de>(
     }
     if shape.matches(fields) {
         shape.reorder(fields);
-        return Ok(());
+        return Ok(true);
     }
     let mut order: Vec<usize> = (0..fields.len()).collect();
     // Stable: duplicates stay in document order, and the later one wins.
@@ -659,7 +660,7 @@ fn parse_object<'de>(
         shape.keys = fields.iter().map(|(k, _)| Box::from(k.as_ref())).collect();
         shape.order = order;
         shape.reorder(fields);
-        return Ok(());
+        return Ok(true);
     }
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     fields.dedup_by(|later, kept| {
@@ -670,7 +671,7 @@ fn parse_object<'de>(
             false
         }
     });
-    Ok(())
+    Ok(false)
 }
 
 fn parse_top<'de, R: serde_json::de::Read<'de>>(
@@ -715,6 +716,139 @@ impl Shape {
     }
 }
 
+/// A record layout met before, worked out once: records of one stream mostly have the same fields in the same
+/// order with the same types, and such a record is converted by comparing each key with the plan's and putting
+/// each value straight into its column ([`ChunkConverter::convert_planned`]), without the general path's field
+/// list, sorting, column lookups or per-record row. Anything a plan does not cover falls back to the general path,
+/// so the result is the same either way.
+struct Plan {
+    /// Field names in document order.
+    keys: Vec<Box<str>>,
+    /// Whether the fast path takes records of these keys (else `targets` is empty).
+    usable: bool,
+    /// What each field (document order) feeds.
+    targets: Vec<Target>,
+    /// Position of the event-time field, when the record has one.
+    event_field: Option<usize>,
+    /// Per column: where its cell comes from.
+    fill: Vec<Fill>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    /// The field's own column and its type.
+    Column(usize, ColumnType),
+    /// A field of a lineage or computed partition column's name: not stored.
+    Ignored,
+    /// The payload's `_topic`, `_client_id` or `_arrival_time` lineage field.
+    Topic,
+    ClientId,
+    Arrival,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fill {
+    /// The value of the field at this position.
+    Field(usize),
+    /// The lineage value with this index in [`LINEAGE_COLUMNS`].
+    Lineage(usize),
+    /// The computed value of the partition expression with this index.
+    Partition(usize),
+    /// A `Field` partition's text: the (string) value of the field at this position.
+    PartitionField(usize),
+    Null,
+}
+
+/// What a planned record's fields gave, besides the cells by position.
+#[derive(Default)]
+struct PlannedFields<'r> {
+    event_ms: Option<i64>,
+    topic: Option<Cow<'r, str>>,
+    client_id: Option<Cow<'r, str>>,
+    arrival_ms: Option<i64>,
+}
+
+/// Parses a payload laid out as a [`Plan`]: each value is checked and coerced into `cells` as it is read.
+/// Fails (with an empty message, as the record then takes the general path) at the first key out of the plan,
+/// null or oversized value, or value its column cannot take.
+struct Planned<'p, 'r> {
+    plan: &'p Plan,
+    value_bytes_max: usize,
+    cells: &'p mut Vec<Option<Cell<'r>>>,
+    out: &'p mut PlannedFields<'r>,
+}
+
+impl<'de> DeserializeSeed<'de> for Planned<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Planned<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let off = || <A::Error as de::Error>::custom("");
+        let plan = self.plan;
+        let mut position = 0;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if plan.keys.get(position).is_none_or(|k| **k != *key) {
+                return Err(off());
+            }
+            let value = map.next_value::<Json<'de>>()?;
+            if plan.event_field == Some(position) {
+                self.out.event_ms = value.time_ms();
+            }
+            match plan.targets[position] {
+                Target::Column(_, ty) => {
+                    let cell = match value {
+                        Json::Bool(b) => Cell::Bool(b),
+                        Json::Int(i) => Cell::Int(i),
+                        Json::UInt(u) => Cell::Float(u as f64),
+                        Json::Float(f) => Cell::Float(f),
+                        Json::Str(s) if s.len() <= self.value_bytes_max => Cell::Str(s),
+                        Json::Nested { text, .. } if text.len() <= self.value_bytes_max => {
+                            Cell::Str(Cow::Owned(text))
+                        }
+                        _ => return Err(off()),
+                    };
+                    self.cells[position] = Some(coerce(cell, ty).map_err(|_| off())?);
+                }
+                Target::Ignored => {}
+                Target::Topic | Target::ClientId => {
+                    let text = match value {
+                        Json::Null => None,
+                        Json::Str(s) => Some(s),
+                        _ => return Err(off()),
+                    };
+                    if plan.targets[position] == Target::Topic {
+                        self.out.topic = text;
+                    } else {
+                        self.out.client_id = text;
+                    }
+                }
+                Target::Arrival => {
+                    if !matches!(value, Json::Null) {
+                        self.out.arrival_ms = Some(value.time_ms().ok_or_else(off)?);
+                    }
+                }
+            }
+            position += 1;
+        }
+        if position == plan.keys.len() {
+            Ok(())
+        } else {
+            Err(off())
+        }
+    }
+}
+
 /// A cell value before it is put into an Arrow builder; strings borrow from the payload where they can.
 #[derive(Clone, Debug, PartialEq)]
 enum Cell<'a> {
@@ -753,23 +887,23 @@ impl ColumnBuilder {
     }
 
     /// Append a cell (already coerced to the column's type); anything else is a null.
-    fn append(&mut self, cell: Option<Cell<'_>>) {
+    fn append(&mut self, cell: Option<&Cell<'_>>) {
         match self {
             Self::Boolean(b) => b.append_option(match cell {
-                Some(Cell::Bool(v)) => Some(v),
+                Some(Cell::Bool(v)) => Some(*v),
                 _ => None,
             }),
             Self::Integer(b) => b.append_option(match cell {
-                Some(Cell::Int(v)) => i32::try_from(v).ok(),
+                Some(Cell::Int(v)) => i32::try_from(*v).ok(),
                 _ => None,
             }),
             Self::Long(b) => b.append_option(match cell {
-                Some(Cell::Int(v)) => Some(v),
+                Some(Cell::Int(v)) => Some(*v),
                 _ => None,
             }),
             Self::Double(b) => b.append_option(match cell {
-                Some(Cell::Float(v)) => Some(v),
-                Some(Cell::Int(v)) => Some(v as f64),
+                Some(Cell::Float(v)) => Some(*v),
+                Some(Cell::Int(v)) => Some(*v as f64),
                 _ => None,
             }),
             Self::String(b) => match cell {
@@ -777,11 +911,11 @@ impl ColumnBuilder {
                 _ => b.append_null(),
             },
             Self::Timestamp(b) => b.append_option(match cell {
-                Some(Cell::Int(v)) => Some(v),
+                Some(Cell::Int(v)) => Some(*v),
                 _ => None,
             }),
             Self::Date(b) => b.append_option(match cell {
-                Some(Cell::Int(v)) => i32::try_from(v).ok(),
+                Some(Cell::Int(v)) => i32::try_from(*v).ok(),
                 _ => None,
             }),
             // JSON has no bytes: a binary column of a declared schema only gets nulls here.
@@ -829,6 +963,8 @@ struct Scratch<'r> {
     /// The good record's cells, one slot per column.
     slots: Vec<Option<Cell<'r>>>,
     shape: Shape,
+    /// A planned record's cells, by field position.
+    planned: Vec<Option<Cell<'r>>>,
 }
 
 /// Converts one run of records, in order, against an evolving schema.
@@ -851,6 +987,11 @@ struct ChunkConverter<'c> {
     /// have the same fields, so most lookups are a string comparison instead of a hash. Entries stay true because
     /// columns are never removed or moved.
     recent_fields: Vec<(Box<str>, usize)>,
+    /// The layout of the last record the general path converted, see [`Plan`].
+    plan: Option<Plan>,
+    /// Whether plans are made (off only to compare the two paths in tests) and how many rows took one.
+    planning: bool,
+    planned_rows: usize,
     builders: Vec<ColumnBuilder>,
     rows: usize,
     capacity: usize,
@@ -901,6 +1042,9 @@ impl<'c> ChunkConverter<'c> {
             reserved,
             builders,
             recent_fields: Vec::new(),
+            plan: None,
+            planning: true,
+            planned_rows: 0,
             rows: 0,
             capacity,
             errors: Vec::new(),
@@ -913,11 +1057,27 @@ impl<'c> ChunkConverter<'c> {
         self.run_iter(records.iter().map(|s| (s.shard_id, &s.record)))
     }
 
+    /// [`ChunkConverter::run`], also telling how many rows a plan converted.
+    #[cfg(test)]
+    fn run_counted(mut self, records: &[SourceRecord], planned: &mut usize) -> Result<Converted> {
+        self.convert_all(records.iter().map(|s| (s.shard_id, &s.record)))?;
+        *planned = self.planned_rows;
+        self.finish()
+    }
+
     /// Convert records (each with its shard) one after another.
     fn run_iter<'r>(
         mut self,
         records: impl Iterator<Item = (ShardId, &'r Record)> + Clone,
     ) -> Result<Converted> {
+        self.convert_all(records)?;
+        self.finish()
+    }
+
+    fn convert_all<'r>(
+        &mut self,
+        records: impl Iterator<Item = (ShardId, &'r Record)> + Clone,
+    ) -> Result<()> {
         // `_shard_id` text, once per shard.
         let mut shard_names: Vec<(ShardId, String)> = Vec::new();
         for (shard_id, _) in records.clone() {
@@ -930,14 +1090,25 @@ impl<'c> ChunkConverter<'c> {
             row: Vec::new(),
             slots: Vec::new(),
             shape: Shape::default(),
+            planned: Vec::new(),
         };
         for (shard_id, record) in records {
             let shard_name = shard_names
                 .iter()
                 .find(|(s, _)| *s == shard_id)
                 .map_or("", |(_, n)| n.as_str());
-            if let Err((kind, message)) = self.convert_one(record, shard_name, &mut scratch) {
-                self.errors.push(ErrorRow {
+            if self.convert_planned(record, shard_name, &mut scratch.planned) {
+                continue;
+            }
+            match self.convert_one(record, shard_name, &mut scratch) {
+                // A layout not planned yet (or planned before the schema changed): plan it for the records after.
+                Ok(true)
+                    if self.planning && self.plan.as_ref().is_none_or(|p| p.keys != scratch.shape.keys) =>
+                {
+                    self.plan = Some(self.make_plan(&scratch.shape.keys));
+                }
+                Ok(_) => {}
+                Err((kind, message)) => self.errors.push(ErrorRow {
                     shard_id,
                     sequence_number: record.sequence_number.to_u64()?,
                     partition_key: record.partition_key.clone(),
@@ -945,9 +1116,14 @@ impl<'c> ChunkConverter<'c> {
                     raw: record.data.clone(),
                     kind,
                     message,
-                });
+                }),
             }
         }
+        Ok(())
+    }
+
+    /// The converted rows as one batch, with the errors and the event-time range.
+    fn finish(mut self) -> Result<Converted> {
         let mut batches = Vec::new();
         if self.rows > 0 {
             let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
@@ -978,15 +1154,16 @@ impl<'c> ChunkConverter<'c> {
         Some(col)
     }
 
-    /// Convert one record; on success its row is appended to the builders. Nothing changes on error.
+    /// Convert one record; on success its row is appended to the builders and the answer is whether its keys
+    /// were unique (then `scratch.shape` holds them). Nothing changes on error.
     fn convert_one<'r>(
         &mut self,
         record: &'r Record,
         shard_name: &'r str,
         scratch: &mut Scratch<'r>,
-    ) -> std::result::Result<(), (ErrorKind, String)> {
+    ) -> std::result::Result<bool, (ErrorKind, String)> {
         let cfg = self.cfg;
-        parse_object(&record.data, &mut scratch.fields, &mut scratch.shape)?;
+        let unique = parse_object(&record.data, &mut scratch.fields, &mut scratch.shape)?;
         let seq = record
             .sequence_number
             .to_u64()
@@ -1164,8 +1341,6 @@ impl<'c> ChunkConverter<'c> {
         let event_ms = event_field_ms.unwrap_or(arrival_ms);
         // Every column this good row writes must exist: lineage and partition columns are in every schema the
         // delivery accepts (`check_compatible`); their absence is a bug, reported as the record's error.
-        // Every column this good row writes must exist: lineage and partition columns are in every schema the
-        // delivery accepts (`check_compatible`); their absence is a bug, reported as the record's error.
         let names = LINEAGE_COLUMNS.iter().copied().zip(&self.lineage_columns);
         let partitions = cfg
             .partition_by
@@ -1186,7 +1361,10 @@ impl<'c> ChunkConverter<'c> {
             Some(Cell::Int(seq)),
             Some(Cell::Int(arrival_ms.saturating_mul(1_000))),
         ];
-        // The record is good: commit its schema changes.
+        // The record is good: commit its schema changes (which a plan does not know about).
+        if !added.is_empty() || !widened.is_empty() {
+            self.plan = None;
+        }
         for c in added {
             self.index.insert(c.name.clone(), self.schema.columns.len());
             self.lower.insert(c.name.to_lowercase(), c.name.clone());
@@ -1215,21 +1393,158 @@ impl<'c> ChunkConverter<'c> {
         let mut texts = partition_texts.into_iter();
         for (p, col) in cfg.partition_by.iter().zip(&self.partition_columns) {
             let cell = match &p.expr {
-                PartitionExpr::EventDate => Some(Cell::Int(i64::from(days_since_epoch(event_time)))),
-                PartitionExpr::EventHour => Some(Cell::Int(i64::from(event_time.hour()))),
                 PartitionExpr::Field { .. } => texts.next().flatten().map(|t| Cell::Str(Cow::Owned(t))),
+                expr => event_partition(expr, event_time),
             };
             if let (Some(col), Some(cell)) = (col, cell) {
                 slots[*col] = Some(cell);
             }
         }
         for (builder, slot) in self.builders.iter_mut().zip(slots.iter_mut()) {
-            builder.append(slot.take());
+            builder.append(slot.take().as_ref());
         }
         self.rows += 1;
         self.event_ms_min = min_opt(self.event_ms_min, Some(event_ms));
         self.event_ms_max = max_opt(self.event_ms_max, Some(event_ms));
-        Ok(())
+        Ok(unique)
+    }
+
+    /// The plan for records with these fields (document order, unique) against the current schema; unusable when
+    /// the fast path cannot take them (a field without a column, a `Field` partition over a field that is not a
+    /// string column, a missing lineage or partition column).
+    fn make_plan(&self, keys: &[Box<str>]) -> Plan {
+        let cfg = self.cfg;
+        let position = |name: &str| keys.iter().position(|k| **k == *name);
+        let mut plan = Plan {
+            keys: keys.to_vec(),
+            usable: false,
+            targets: Vec::new(),
+            event_field: position(&cfg.event_time_field),
+            fill: vec![Fill::Null; self.schema.columns.len()],
+        };
+        let targets: Option<Vec<Target>> = keys
+            .iter()
+            .map(|key| match key.as_ref() {
+                "_topic" => Some(Target::Topic),
+                "_client_id" => Some(Target::ClientId),
+                "_arrival_time" => Some(Target::Arrival),
+                key => match self.index.get(key) {
+                    Some(&i) if self.ignored[i] => Some(Target::Ignored),
+                    Some(&i) => Some(Target::Column(i, self.schema.columns[i].ty)),
+                    None => self.reserved.contains(&key).then_some(Target::Ignored),
+                },
+            })
+            .collect();
+        let Some(targets) = targets else {
+            return plan;
+        };
+        // The same order as the general path fills a row: fields, then lineage, then partitions.
+        for (pos, target) in targets.iter().enumerate() {
+            if let Target::Column(col, _) = target {
+                plan.fill[*col] = Fill::Field(pos);
+            }
+        }
+        for (j, col) in self.lineage_columns.iter().enumerate() {
+            let Some(col) = col else {
+                return plan;
+            };
+            plan.fill[*col] = Fill::Lineage(j);
+        }
+        for (k, (p, col)) in cfg.partition_by.iter().zip(&self.partition_columns).enumerate() {
+            let Some(col) = col else {
+                return plan;
+            };
+            plan.fill[*col] = match &p.expr {
+                PartitionExpr::Field { field } => match position(field) {
+                    None => Fill::Null,
+                    // The partition's text is the string itself.
+                    Some(pos) if matches!(targets[pos], Target::Column(_, ColumnType::String)) => {
+                        Fill::PartitionField(pos)
+                    }
+                    Some(_) => return plan,
+                },
+                _ => Fill::Partition(k),
+            };
+        }
+        plan.targets = targets;
+        plan.usable = true;
+        plan
+    }
+
+    /// Convert a record laid out as the current plan and append its row. `false`, with nothing changed, when there
+    /// is no usable plan or the record needs anything the plan does not cover: the general path then takes it.
+    fn convert_planned<'r>(
+        &mut self,
+        record: &'r Record,
+        shard_name: &'r str,
+        cells: &mut Vec<Option<Cell<'r>>>,
+    ) -> bool {
+        let Some(plan) = self.plan.as_ref().filter(|p| p.usable) else {
+            return false;
+        };
+        let Ok(text) = std::str::from_utf8(&record.data) else {
+            return false;
+        };
+        let Some(seq) = record
+            .sequence_number
+            .to_u64()
+            .ok()
+            .and_then(|s| i64::try_from(s).ok())
+        else {
+            return false;
+        };
+        cells.clear();
+        cells.resize(plan.keys.len(), None);
+        let mut out = PlannedFields::default();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let seed = Planned {
+            plan,
+            value_bytes_max: self.cfg.value_bytes_max,
+            cells,
+            out: &mut out,
+        };
+        if seed.deserialize(&mut de).and_then(|()| de.end()).is_err() {
+            return false;
+        }
+        let arrival_ms = out.arrival_ms.unwrap_or(record.arrival_ms);
+        let event_ms = out.event_ms.unwrap_or(arrival_ms);
+        let lineage = [
+            out.topic.map(Cell::Str),
+            out.client_id.map(Cell::Str),
+            Some(Cell::Str(Cow::Borrowed(record.partition_key.as_str()))),
+            Some(Cell::Str(Cow::Borrowed(shard_name))),
+            Some(Cell::Int(seq)),
+            Some(Cell::Int(arrival_ms.saturating_mul(1_000))),
+        ];
+        let event_time =
+            DateTime::<Utc>::from_timestamp_millis(event_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        for (builder, fill) in self.builders.iter_mut().zip(&plan.fill) {
+            let computed;
+            let cell = match *fill {
+                Fill::Field(pos) | Fill::PartitionField(pos) => cells[pos].as_ref(),
+                Fill::Lineage(j) => lineage[j].as_ref(),
+                Fill::Partition(k) => {
+                    computed = event_partition(&self.cfg.partition_by[k].expr, event_time);
+                    computed.as_ref()
+                }
+                Fill::Null => None,
+            };
+            builder.append(cell);
+        }
+        self.rows += 1;
+        self.planned_rows += 1;
+        self.event_ms_min = min_opt(self.event_ms_min, Some(event_ms));
+        self.event_ms_max = max_opt(self.event_ms_max, Some(event_ms));
+        true
+    }
+}
+
+/// The value of an event-time partition expression (`None` for a field's).
+fn event_partition(expr: &PartitionExpr, event_time: DateTime<Utc>) -> Option<Cell<'static>> {
+    match expr {
+        PartitionExpr::EventDate => Some(Cell::Int(i64::from(days_since_epoch(event_time)))),
+        PartitionExpr::EventHour => Some(Cell::Int(i64::from(event_time.hour()))),
+        PartitionExpr::Field { .. } => None,
     }
 }
 
@@ -1640,6 +1955,199 @@ mod tests {
 
     /// Chunks converted on threads give exactly the result of one pass, also when a later chunk adds columns
     /// or widens a column an earlier chunk added.
+    /// Records around one layout, each variant something the planned path must hand to the general path (or
+    /// take exactly as the general path would): both paths give the same rows, errors, schema and times.
+    #[test]
+    fn planned_records_convert_like_the_general_path() {
+        use crate::config::{DeclaredColumn, PartitionColumn};
+        let base = |i: u64| {
+            format!(
+                r#"{{"ts": {}, "dev": "d{}", "n": {i}, "ok": true, "tags": {{"b": 1, "a": [2]}}, "_topic": "t/{i}", "_client_id": "c", "_arrival_time": 1700000000123, "temp": 20.5}}"#,
+                1_700_000_000_000 + 3_600_000 * i,
+                i % 3
+            )
+        };
+        let variants: Vec<Box<dyn Fn(u64) -> Vec<u8>>> = vec![
+            Box::new(|i| base(i).into_bytes()),
+            Box::new(|i| base(i).replace("20.5", &i.to_string()).into_bytes()),
+            Box::new(|i| base(i).replace("20.5", "null").into_bytes()),
+            Box::new(|i| {
+                base(i)
+                    .replace(r#""c""#, "null")
+                    .replace("1700000000123", "null")
+                    .into_bytes()
+            }),
+            Box::new(|i| base(i).replace(r#""n": "#, r#""n": 0.5, "m": "#).into_bytes()),
+            Box::new(|i| base(i).replace(r#""ok": true, "#, "").into_bytes()),
+            Box::new(|i| base(i).replace(r#", "temp": 20.5"#, "").into_bytes()),
+            Box::new(|i| {
+                base(i)
+                    .replace(r#""ok": true, "#, r#""ok": true, "new": 1, "#)
+                    .into_bytes()
+            }),
+            Box::new(|i| {
+                base(i)
+                    .replace(r#""dev": "#, r#""dev": "x", "dev": "#)
+                    .into_bytes()
+            }),
+            Box::new(|i| {
+                base(i)
+                    .replace(r#""ok": true, "tags""#, r#""tags": 1, "ok""#)
+                    .into_bytes()
+            }),
+            Box::new(|i| base(i).replace(r#""t/"#, r#""t\"/"#).into_bytes()),
+            Box::new(|i| {
+                base(i)
+                    .replace(r#""d"#, &format!(r#""{}"#, "long".repeat(20)))
+                    .into_bytes()
+            }),
+            Box::new(|i| {
+                base(i)
+                    .replace(r#""dev": "d"#, r#""dev": {"z": 1}, "x": "d"#)
+                    .into_bytes()
+            }),
+            Box::new(|i| {
+                base(i)
+                    .replace(r#""dev": "d"#, r#""dev": 7, "x": "d"#)
+                    .into_bytes()
+            }),
+            Box::new(|i| base(i).replace(r#""t/"#, r#"5, "y": "t/"#).into_bytes()),
+            Box::new(|i| base(i).replace("1700000000123", r#""later""#).into_bytes()),
+            Box::new(|i| {
+                base(i)
+                    .replace("1700000000123", r#""2024-05-01T10:00:00Z""#)
+                    .into_bytes()
+            }),
+            Box::new(|i| {
+                base(i)
+                    .replace(r#""ts": "#, r#""ts": "2024-05-01T10:00:00Z", "z": "#)
+                    .into_bytes()
+            }),
+            Box::new(|i| format!("{} x", base(i)).into_bytes()),
+            // Not UTF-8: `#` becomes the byte 0xff.
+            Box::new(|i| {
+                let b = base(i).replace(r#""c""#, "\"#\"").into_bytes();
+                b.into_iter().map(|b| if b == b'#' { 0xff } else { b }).collect()
+            }),
+            Box::new(|i| format!("[{}]", base(i)).into_bytes()),
+            Box::new(|i| base(i).replace(r#""ok": true"#, r#""ok": 1"#).into_bytes()),
+        ];
+        let records: Vec<SourceRecord> = (0..400u64)
+            .map(|i| {
+                // Mostly the base layout, so that plans are made and used between the variants.
+                let v = if i % 3 == 0 {
+                    0
+                } else {
+                    (i as usize * 7) % variants.len()
+                };
+                let seq = if i == 200 { u64::MAX } else { i };
+                let mut r = rec((i % 4) as u32, seq, "");
+                r.record.data = bytes::Bytes::from(variants[v](i));
+                r
+            })
+            .collect();
+        let event_hour = PartitionColumn {
+            name: "hour".into(),
+            expr: PartitionExpr::EventHour,
+        };
+        let by_dev = PartitionColumn {
+            name: "dev".into(),
+            expr: PartitionExpr::Field { field: "dev".into() },
+        };
+        let mut configs = Vec::new();
+        let mut inferred = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        inferred.value_bytes_max = 64;
+        configs.push(inferred.clone());
+        inferred.partition_by.push(event_hour);
+        inferred.partition_by.push(by_dev.clone());
+        configs.push(inferred.clone());
+        inferred.partition_by = vec![PartitionColumn {
+            name: "p".into(),
+            expr: PartitionExpr::Field { field: "n".into() },
+        }];
+        configs.push(inferred);
+        let mut declared = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        declared.partition_by.push(by_dev);
+        declared.schema = Some(
+            [
+                ("ts", ColumnType::Timestamp, false),
+                ("dev", ColumnType::String, true),
+            ]
+            .into_iter()
+            .chain([("temp", ColumnType::Double, false), ("n", ColumnType::Long, true)])
+            .chain([
+                ("ok", ColumnType::Boolean, true),
+                ("tags", ColumnType::String, true),
+            ])
+            .map(|(name, data_type, nullable)| DeclaredColumn {
+                name: name.into(),
+                data_type,
+                nullable,
+            })
+            .collect(),
+        );
+        configs.push(declared);
+        for (i, cfg) in configs.iter().enumerate() {
+            let schema = TableSchema::initial(cfg);
+            let convert = |planning: bool, schema: &TableSchema| {
+                let mut c = ChunkConverter::new(cfg, schema, schema.columns.len(), records.len());
+                c.planning = planning;
+                let (rows, planned) = (records.len(), &mut 0);
+                let out = c.run_counted(&records, planned).unwrap();
+                assert!(out.rows() + out.errors.len() == rows);
+                (out, *planned)
+            };
+            for schema in [schema.clone(), convert(false, &schema).0.schema] {
+                let (general, none) = convert(false, &schema);
+                let (planned, used) = convert(true, &schema);
+                assert_eq!(none, 0);
+                // Config 2 partitions by a long field's text, which a plan leaves to the general path.
+                if i == 2 {
+                    assert_eq!(used, 0, "config {i}");
+                } else {
+                    assert!(used > records.len() / 4, "config {i}: {used} planned rows");
+                }
+                assert!(general.rows() > 100 && general.errors.len() > 20, "config {i}");
+                assert_eq!(planned.schema, general.schema, "config {i}");
+                assert_eq!(planned.batch().unwrap(), general.batch().unwrap(), "config {i}");
+                assert_eq!(planned.errors, general.errors, "config {i}");
+                assert_eq!(
+                    (planned.event_time_ms_min, planned.event_time_ms_max),
+                    (general.event_time_ms_min, general.event_time_ms_max),
+                    "config {i}"
+                );
+            }
+        }
+    }
+
+    /// A layout whose records change the schema is planned again: a field that was only null gets its column, a
+    /// new long column widens to double.
+    #[test]
+    fn layouts_are_planned_again_after_schema_changes() {
+        let cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        let schema = TableSchema::initial(&cfg);
+        let records: Vec<SourceRecord> = (0..10u64)
+            .map(|i| {
+                let a = match i {
+                    0 => "null".to_string(),
+                    4 => "4.5".to_string(),
+                    i if i > 4 => format!("{i}.25"),
+                    i => i.to_string(),
+                };
+                rec(0, i, &format!(r#"{{"a": {a}, "b": "x"}}"#))
+            })
+            .collect();
+        let mut planned = 0;
+        let out = ChunkConverter::new(&cfg, &schema, schema.columns.len(), records.len())
+            .run_counted(&records, &mut planned)
+            .unwrap();
+        // Record 0 has no column for `a`, 1 adds it, 4 widens it: the rest are planned.
+        assert_eq!(planned, 7);
+        let a = out.schema.columns.iter().find(|c| c.name == "a").unwrap();
+        assert_eq!(a.ty, ColumnType::Double);
+        assert_eq!(out.rows(), 10);
+    }
+
     #[test]
     fn chunks_convert_like_one_pass() {
         let (cfg, s) = test_records::config();
@@ -1688,8 +2196,9 @@ mod tests {
             br#"[1, 2]"#,
             br#"{"b": 5, "a": 6, "d": 7, "c": 8}"#,
         ];
-        let show =
-            |r: std::result::Result<(), (ErrorKind, String)>, f: &[(Cow<str>, Json)]| format!("{r:?} {f:?}");
+        let show = |r: std::result::Result<bool, (ErrorKind, String)>, f: &[(Cow<str>, Json)]| {
+            format!("{r:?} {f:?}")
+        };
         let mut remembered = Shape::default();
         let mut fields = Vec::new();
         for p in payloads {
