@@ -801,6 +801,18 @@ impl<'de> Visitor<'de> for Planned<'_, 'de> {
             if plan.keys.get(position).is_none_or(|k| **k != *key) {
                 return Err(off());
             }
+            // A column's value straight into its cell (the event-time field also needs its JSON value).
+            if let Target::Column(_, ty) = plan.targets[position]
+                && plan.event_field != Some(position)
+            {
+                let seed = CellSeed {
+                    ty,
+                    value_bytes_max: self.value_bytes_max,
+                };
+                self.cells[position] = Some(map.next_value_seed(seed)?);
+                position += 1;
+                continue;
+            }
             let value = map.next_value::<Json<'de>>()?;
             if plan.event_field == Some(position) {
                 self.out.event_ms = value.time_ms();
@@ -845,6 +857,85 @@ impl<'de> Visitor<'de> for Planned<'_, 'de> {
             Ok(())
         } else {
             Err(off())
+        }
+    }
+}
+
+/// A column's value read straight from the parser into the cell [`coerce`] makes of it, as the general path stores
+/// it; fails (with an empty message) where the general path must decide: null, oversized, or not the column's type.
+struct CellSeed {
+    ty: ColumnType,
+    value_bytes_max: usize,
+}
+
+impl CellSeed {
+    fn fit<'a, E: de::Error>(self, cell: Cell<'a>) -> std::result::Result<Cell<'a>, E> {
+        if let Cell::Str(s) = &cell
+            && s.len() > self.value_bytes_max
+        {
+            return Err(E::custom(""));
+        }
+        coerce(cell, self.ty).map_err(|_| E::custom(""))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for CellSeed {
+    type Value = Cell<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Cell<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CellSeed {
+    type Value = Cell<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a value of the column's type")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Cell<'de>, E> {
+        self.fit(Cell::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Cell<'de>, E> {
+        match self.ty {
+            ColumnType::Long => Ok(Cell::Int(v)),
+            ColumnType::Double => Ok(Cell::Float(v as f64)),
+            _ => self.fit(Cell::Int(v)),
+        }
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Cell<'de>, E> {
+        match i64::try_from(v) {
+            Ok(i) => self.visit_i64(i),
+            Err(_) => self.fit(Cell::Float(v as f64)),
+        }
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Cell<'de>, E> {
+        match self.ty {
+            // A non-finite double is null to the general path.
+            _ if !v.is_finite() => Err(E::custom("")),
+            ColumnType::Double => Ok(Cell::Float(v)),
+            _ => self.fit(Cell::Float(v)),
+        }
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Cell<'de>, E> {
+        self.fit(Cell::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Cell<'de>, E> {
+        self.fit(Cell::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Cell<'de>, E> {
+        self.fit(Cell::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Cell<'de>, A::Error> {
+        match JsonVisitor.visit_seq(seq)? {
+            Json::Nested { text, .. } => self.fit(Cell::Str(Cow::Owned(text))),
+            _ => Err(<A::Error as de::Error>::custom("")),
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Cell<'de>, A::Error> {
+        match JsonVisitor.visit_map(map)? {
+            Json::Nested { text, .. } => self.fit(Cell::Str(Cow::Owned(text))),
+            _ => Err(<A::Error as de::Error>::custom("")),
         }
     }
 }
@@ -1584,6 +1675,7 @@ fn inferred_type(c: &Cell) -> ColumnType {
 }
 
 /// Fit a cell into a column type; hands the cell back when it does not fit.
+#[inline]
 fn coerce(cell: Cell<'_>, ty: ColumnType) -> std::result::Result<Cell<'_>, Cell<'_>> {
     match (ty, cell) {
         (ColumnType::Boolean, c @ Cell::Bool(_)) => Ok(c),
@@ -2031,6 +2123,12 @@ mod tests {
             }),
             Box::new(|i| format!("[{}]", base(i)).into_bytes()),
             Box::new(|i| base(i).replace(r#""ok": true"#, r#""ok": 1"#).into_bytes()),
+            Box::new(|i| base(i).replace("20.5", "18446744073709551615").into_bytes()),
+            Box::new(|i| {
+                base(i)
+                    .replace(&format!(r#""n": {i}"#), r#""n": 18446744073709551615"#)
+                    .into_bytes()
+            }),
         ];
         let records: Vec<SourceRecord> = (0..400u64)
             .map(|i| {
