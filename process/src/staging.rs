@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use freshet_storage::{Record, ShardId};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::DeliveryConfig;
 use crate::convert::{
@@ -29,6 +29,11 @@ pub type Read = Arc<ShardRecords>;
 
 /// Fewest records worth starting a conversion for while reading goes on.
 const PART_RECORDS_MIN: usize = 2 * CHUNK_RECORDS_MIN;
+/// Most records one part converts. Parts stay small so that at a flush no core is left alone with a long part
+/// while the other has nothing to do: the rest is queued in parts the cores take as they come free.
+const PART_RECORDS_MAX: usize = 8 * CHUNK_RECORDS_MIN;
+/// At a flush the rest is cut into about this many parts per core (each of at least a chunk).
+const FLUSH_PARTS_PER_THREAD: usize = 4;
 
 /// The buffered reads of a delivery, with the conversions started on them.
 pub struct Staging {
@@ -36,8 +41,11 @@ pub struct Staging {
     /// Whether conversions start while reading (not when an HTTP transform must see the raw records first).
     eager: bool,
     threads: usize,
-    /// [`PART_RECORDS_MIN`] and [`CHUNK_RECORDS_MIN`] (smaller in tests).
+    /// One per conversion running: at most `threads` at once, the others wait their turn.
+    permits: Arc<Semaphore>,
+    /// [`PART_RECORDS_MIN`], [`PART_RECORDS_MAX`] and [`CHUNK_RECORDS_MIN`] (smaller in tests).
     part_min: usize,
+    part_max: usize,
     chunk_min: usize,
     /// Conversions started, in buffer order, each covering the reads before the next one's.
     parts: Vec<Part>,
@@ -68,7 +76,9 @@ impl Staging {
             config,
             eager,
             threads,
+            permits: Arc::new(Semaphore::new(threads)),
             part_min: PART_RECORDS_MIN,
+            part_max: PART_RECORDS_MAX,
             chunk_min: CHUNK_RECORDS_MIN,
             parts: Vec::new(),
             pending: Vec::new(),
@@ -130,15 +140,28 @@ impl Staging {
         self.pending_records += read.records.len();
         self.pending.push(Arc::new(read));
         self.poll();
-        let running = self
-            .parts
-            .iter()
-            .filter(|p| matches!(p.state, State::Running(_)))
-            .count();
-        let informed = self.parts.is_empty() || self.parts.iter().any(|p| matches!(p.state, State::Done(_)));
-        if self.pending_records >= self.part_min && running < self.threads && informed {
-            let reads = std::mem::take(&mut self.pending);
-            self.pending_records = 0;
+        loop {
+            let running = self
+                .parts
+                .iter()
+                .filter(|p| matches!(p.state, State::Running(_)))
+                .count();
+            let informed =
+                self.parts.is_empty() || self.parts.iter().any(|p| matches!(p.state, State::Done(_)));
+            if self.pending_records < self.part_min || running >= self.threads || !informed {
+                return;
+            }
+            // The oldest reads, up to `part_max` records (at least one read).
+            let mut take = 0;
+            let mut records = 0;
+            while take < self.pending.len()
+                && (take == 0 || records + self.pending[take].records.len() <= self.part_max)
+            {
+                records += self.pending[take].records.len();
+                take += 1;
+            }
+            let reads: Vec<Read> = self.pending.drain(..take).collect();
+            self.pending_records -= records;
             let base = self.predicted(committed);
             self.start(reads, base, committed.columns.len());
         }
@@ -175,9 +198,12 @@ impl Staging {
                 self.parts[0].settle().await;
             }
         }
-        // The rest in up to `threads` parts of about equal size.
+        // The rest in parts of about equal size, a few per core, which the cores take in turn.
         let pending = std::mem::take(&mut self.pending);
-        let share = (self.pending_records.div_ceil(self.threads)).max(self.chunk_min);
+        let share = (self
+            .pending_records
+            .div_ceil(self.threads * FLUSH_PARTS_PER_THREAD))
+        .clamp(self.chunk_min, self.part_max.max(self.chunk_min));
         self.pending_records = 0;
         let mut group: Vec<Read> = Vec::new();
         let mut group_records = 0;
@@ -207,7 +233,13 @@ impl Staging {
                 result?
             } else {
                 reconverted += 1;
-                let again = convert_on_thread(&self.config, part.reads.clone(), current.clone(), columns);
+                let again = convert_on_thread(
+                    &self.config,
+                    &self.permits,
+                    part.reads.clone(),
+                    current.clone(),
+                    columns,
+                );
                 again.await.unwrap_or_else(|_| Err(panicked()))?
             };
             current = converted.schema.clone();
@@ -241,7 +273,7 @@ impl Staging {
     }
 
     fn start(&mut self, reads: Vec<Read>, base: TableSchema, columns: usize) {
-        let rx = convert_on_thread(&self.config, reads.clone(), base.clone(), columns);
+        let rx = convert_on_thread(&self.config, &self.permits, reads.clone(), base.clone(), columns);
         self.parts.push(Part {
             reads,
             base,
@@ -271,19 +303,28 @@ impl Part {
     }
 }
 
-/// Convert `reads` against `base` on a blocking thread; the result arrives on the receiver (which closes if the
-/// thread panicked).
+/// Convert `reads` against `base` on a blocking thread once one of `permits` is free; the result arrives on the
+/// receiver (which closes if the thread panicked).
 fn convert_on_thread(
     config: &Arc<DeliveryConfig>,
+    permits: &Arc<Semaphore>,
     reads: Vec<Read>,
     base: TableSchema,
     columns: usize,
 ) -> oneshot::Receiver<Result<Converted>> {
     let (tx, rx) = oneshot::channel();
     let config = config.clone();
-    tokio::task::spawn_blocking(move || {
-        let slices: Vec<&ShardRecords> = reads.iter().map(|r| r.as_ref()).collect();
-        let _ = tx.send(convert_reads(&config, &base, columns, &slices));
+    let permit = permits.clone().acquire_owned();
+    tokio::spawn(async move {
+        // The semaphore is never closed.
+        let Ok(permit) = permit.await else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let slices: Vec<&ShardRecords> = reads.iter().map(|r| r.as_ref()).collect();
+            let _ = tx.send(convert_reads(&config, &base, columns, &slices));
+        });
     });
     rx
 }
@@ -369,11 +410,14 @@ mod tests {
         let steady = Converter::new(cfg.clone()).convert(&evolved, &all).unwrap();
         for (schema, expected) in [(&committed, &serial), (&evolved, &steady)] {
             for threads in 1..=3 {
-                for part_min in [1, 5, 40, 1_000] {
+                for (part_min, part_max) in [(1, 1), (1, 12), (5, 30), (40, 40), (40, 1_000), (1_000, 1_000)]
+                {
                     for wait in [false, true] {
-                        let what = format!("{threads} threads, parts of {part_min}+, waiting {wait}");
+                        let what =
+                            format!("{threads} threads, parts of {part_min} to {part_max}, waiting {wait}");
                         let mut s = Staging::new(cfg.clone(), true);
-                        (s.threads, s.part_min, s.chunk_min) = (threads, part_min, 3);
+                        (s.threads, s.part_min, s.part_max, s.chunk_min) = (threads, part_min, part_max, 3);
+                        s.permits = Arc::new(Semaphore::new(threads));
                         for read in &reads {
                             s.push(read.clone(), schema);
                             if wait {
@@ -383,6 +427,10 @@ mod tests {
                             }
                         }
                         assert_eq!(s.len(), all.len());
+                        for p in &s.parts {
+                            let n: usize = p.reads.iter().map(|r| r.records.len()).sum();
+                            assert!(n <= part_max || p.reads.len() == 1, "{what}: a part of {n}");
+                        }
                         let order: Vec<u64> = s.records().map(|(_, r)| r.arrival_ms as u64).collect();
                         let expected_order: Vec<u64> =
                             all.iter().map(|r| r.record.arrival_ms as u64).collect();
