@@ -543,11 +543,21 @@ outputs = ["json"]
     let latest = warehouse(dir).join("reports/light/latest");
     let pointer =
         |path: &Path| -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok() };
-    poll_until(Duration::from_secs(60), "latest to name the run", || {
-        pointer(&latest)
-            .filter(|p| p["run_id"] == id.as_str())
-            .map(|_| ())
-    });
+    // `latest` moves just before `run.json` says completed: wait for both, so the kill comes after the run.
+    poll_until(
+        Duration::from_secs(60),
+        "latest to name the completed run",
+        || {
+            pointer(&latest)
+                .filter(|p| p["run_id"] == id.as_str())
+                .filter(|_| {
+                    run_files(dir, "light")
+                        .get(&id)
+                        .is_some_and(|r| status_of(r) == "completed")
+                })
+                .map(|_| ())
+        },
+    );
     sigkill(up);
     let record = run_files(dir, "light")[&id].clone();
     assert_eq!(status_of(&record), "completed");
