@@ -2206,14 +2206,7 @@ mod tests {
                     assert!(used > records.len() / 4, "config {i}: {used} planned rows");
                 }
                 assert!(general.rows() > 100 && general.errors.len() > 20, "config {i}");
-                assert_eq!(planned.schema, general.schema, "config {i}");
-                assert_eq!(planned.batch().unwrap(), general.batch().unwrap(), "config {i}");
-                assert_eq!(planned.errors, general.errors, "config {i}");
-                assert_eq!(
-                    (planned.event_time_ms_min, planned.event_time_ms_max),
-                    (general.event_time_ms_min, general.event_time_ms_max),
-                    "config {i}"
-                );
+                test_records::assert_same(&planned, &general, &format!("config {i}"));
             }
         }
     }
@@ -2259,13 +2252,7 @@ mod tests {
         );
         for threads in 2..=7 {
             let many = c.convert_in(&s, &records, threads).unwrap();
-            assert_eq!(many.schema, one.schema, "{threads} threads");
-            assert_eq!(many.batch().unwrap(), one.batch().unwrap(), "{threads} threads");
-            assert_eq!(many.errors, one.errors, "{threads} threads");
-            assert_eq!(
-                (many.event_time_ms_min, many.event_time_ms_max),
-                (one.event_time_ms_min, one.event_time_ms_max)
-            );
+            test_records::assert_same(&many, &one, &format!("{threads} threads"));
         }
         // Without schema changes too (the fast path: every chunk's result stands).
         let steady = c.convert_in(&one.schema, &records, 1).unwrap();
@@ -2325,6 +2312,18 @@ pub(crate) mod test_records {
     use super::*;
     use crate::config::PartitionColumn;
     use freshet_storage::SequenceNumber;
+
+    /// Two conversions gave the same schema, rows, errors and event times.
+    pub(crate) fn assert_same(a: &Converted, b: &Converted, what: &str) {
+        assert_eq!(a.schema, b.schema, "{what}");
+        assert_eq!(a.batch().unwrap(), b.batch().unwrap(), "{what}");
+        assert_eq!(a.errors, b.errors, "{what}");
+        assert_eq!(
+            (a.event_time_ms_min, a.event_time_ms_max),
+            (b.event_time_ms_min, b.event_time_ms_max),
+            "{what}"
+        );
+    }
 
     /// A delivery partitioned by the payload's `dev`, and a committed schema with a `long` column `n`.
     pub(crate) fn config() -> (Arc<DeliveryConfig>, TableSchema) {

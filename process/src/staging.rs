@@ -336,6 +336,7 @@ fn panicked() -> ProcessError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert::test_records::assert_same;
     use crate::convert::{Converter, test_records};
 
     /// [`test_records::mixed`] spread over reads of 1 to 7 records of one shard, the shards taking turns.
@@ -378,17 +379,6 @@ mod tests {
 
     fn config() -> (Arc<DeliveryConfig>, TableSchema) {
         test_records::config()
-    }
-
-    fn assert_same(a: &Converted, b: &Converted, what: &str) {
-        assert_eq!(a.schema, b.schema, "{what}");
-        assert_eq!(a.batch().unwrap(), b.batch().unwrap(), "{what}");
-        assert_eq!(a.errors, b.errors, "{what}");
-        assert_eq!(
-            (a.event_time_ms_min, a.event_time_ms_max),
-            (b.event_time_ms_min, b.event_time_ms_max),
-            "{what}"
-        );
     }
 
     /// Converting while reading gives exactly what converting the whole buffer in one pass gives, whether the
