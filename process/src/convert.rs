@@ -439,7 +439,7 @@ enum Json<'a> {
     },
 }
 
-impl Json<'_> {
+impl<'a> Json<'a> {
     fn kind(&self) -> &'static str {
         match self {
             Json::Null => "null",
@@ -463,6 +463,28 @@ impl Json<'_> {
             Json::Str(s) => s.to_string(),
             Json::Nested { text, .. } => text.clone(),
         })
+    }
+
+    /// The cell a column stores of this value (`None` for null, which is the same as absent).
+    fn into_cell(self) -> Option<Cell<'a>> {
+        Some(match self {
+            Json::Null => return None,
+            Json::Bool(b) => Cell::Bool(b),
+            Json::Int(i) => Cell::Int(i),
+            Json::UInt(u) => Cell::Float(u as f64),
+            Json::Float(f) => Cell::Float(f),
+            Json::Str(s) => Cell::Str(s),
+            Json::Nested { text, .. } => Cell::Str(Cow::Owned(text)),
+        })
+    }
+
+    /// A `_topic` or `_client_id` lineage value: a string or null; anything else is handed back.
+    fn into_lineage_text(self) -> std::result::Result<Option<Cow<'a, str>>, Json<'a>> {
+        match self {
+            Json::Null => Ok(None),
+            Json::Str(s) => Ok(Some(s)),
+            other => Err(other),
+        }
     }
 
     /// Epoch millis from a number (millis) or an RFC 3339 string; see [`time_ms`].
@@ -819,26 +841,15 @@ impl<'de> Visitor<'de> for Planned<'_, 'de> {
             }
             match plan.targets[position] {
                 Target::Column(_, ty) => {
-                    let cell = match value {
-                        Json::Bool(b) => Cell::Bool(b),
-                        Json::Int(i) => Cell::Int(i),
-                        Json::UInt(u) => Cell::Float(u as f64),
-                        Json::Float(f) => Cell::Float(f),
-                        Json::Str(s) if s.len() <= self.value_bytes_max => Cell::Str(s),
-                        Json::Nested { text, .. } if text.len() <= self.value_bytes_max => {
-                            Cell::Str(Cow::Owned(text))
-                        }
-                        _ => return Err(off()),
+                    let seed = CellSeed {
+                        ty,
+                        value_bytes_max: self.value_bytes_max,
                     };
-                    self.cells[position] = Some(coerce(cell, ty).map_err(|_| off())?);
+                    self.cells[position] = Some(seed.fit(value.into_cell().ok_or_else(off)?)?);
                 }
                 Target::Ignored => {}
                 Target::Topic | Target::ClientId => {
-                    let text = match value {
-                        Json::Null => None,
-                        Json::Str(s) => Some(s),
-                        _ => return Err(off()),
-                    };
+                    let text = value.into_lineage_text().map_err(|_| off())?;
                     if plan.targets[position] == Target::Topic {
                         self.out.topic = text;
                     } else {
@@ -1255,17 +1266,12 @@ impl<'c> ChunkConverter<'c> {
     ) -> std::result::Result<bool, (ErrorKind, String)> {
         let cfg = self.cfg;
         let unique = parse_object(&record.data, &mut scratch.fields, &mut scratch.shape)?;
-        let seq = record
-            .sequence_number
-            .to_u64()
-            .ok()
-            .and_then(|s| i64::try_from(s).ok())
-            .ok_or_else(|| {
-                (
-                    ErrorKind::TypeConflict,
-                    "sequence number does not fit a long".to_string(),
-                )
-            })?;
+        let seq = sequence_long(record).ok_or_else(|| {
+            (
+                ErrorKind::TypeConflict,
+                "sequence number does not fit a long".to_string(),
+            )
+        })?;
         // Read before the fields' values are moved into cells.
         let field = |name: &str| {
             scratch
@@ -1293,16 +1299,12 @@ impl<'c> ChunkConverter<'c> {
             if key.starts_with('_') {
                 match key.as_ref() {
                     "_topic" | "_client_id" => {
-                        let v = match value {
-                            Json::Null => None,
-                            Json::Str(s) => Some(s),
-                            other => {
-                                return Err((
-                                    ErrorKind::TypeConflict,
-                                    format!("lineage field {key} must be a string, not {}", other.kind()),
-                                ));
-                            }
-                        };
+                        let v = value.into_lineage_text().map_err(|other| {
+                            (
+                                ErrorKind::TypeConflict,
+                                format!("lineage field {key} must be a string, not {}", other.kind()),
+                            )
+                        })?;
                         if key == "_topic" {
                             topic = v;
                         } else {
@@ -1333,14 +1335,8 @@ impl<'c> ChunkConverter<'c> {
             if ignored {
                 continue;
             }
-            let cell = match value {
-                Json::Null => continue,
-                Json::Bool(b) => Cell::Bool(b),
-                Json::Int(i) => Cell::Int(i),
-                Json::UInt(u) => Cell::Float(u as f64),
-                Json::Float(f) => Cell::Float(f),
-                Json::Str(s) => Cell::Str(s),
-                Json::Nested { text, .. } => Cell::Str(Cow::Owned(text)),
+            let Some(cell) = value.into_cell() else {
+                continue;
             };
             if let Cell::Str(s) = &cell
                 && s.len() > cfg.value_bytes_max
@@ -1444,14 +1440,7 @@ impl<'c> ChunkConverter<'c> {
                 format!("the table has no column {name} (lineage and partition columns are required)"),
             ));
         }
-        let lineage = [
-            topic.map(Cell::Str),
-            client_id.map(Cell::Str),
-            Some(Cell::Str(Cow::Borrowed(record.partition_key.as_str()))),
-            Some(Cell::Str(Cow::Borrowed(shard_name))),
-            Some(Cell::Int(seq)),
-            Some(Cell::Int(arrival_ms.saturating_mul(1_000))),
-        ];
+        let lineage = lineage_cells(topic, client_id, record, shard_name, seq, arrival_ms);
         // The record is good: commit its schema changes (which a plan does not know about).
         if !added.is_empty() || !widened.is_empty() {
             self.plan = None;
@@ -1479,8 +1468,7 @@ impl<'c> ChunkConverter<'c> {
                 slots[*col] = Some(cell);
             }
         }
-        let event_time =
-            DateTime::<Utc>::from_timestamp_millis(event_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let event_time = event_time(event_ms);
         let mut texts = partition_texts.into_iter();
         for (p, col) in cfg.partition_by.iter().zip(&self.partition_columns) {
             let cell = match &p.expr {
@@ -1576,12 +1564,7 @@ impl<'c> ChunkConverter<'c> {
         let Ok(text) = std::str::from_utf8(&record.data) else {
             return false;
         };
-        let Some(seq) = record
-            .sequence_number
-            .to_u64()
-            .ok()
-            .and_then(|s| i64::try_from(s).ok())
-        else {
+        let Some(seq) = sequence_long(record) else {
             return false;
         };
         cells.clear();
@@ -1599,16 +1582,8 @@ impl<'c> ChunkConverter<'c> {
         }
         let arrival_ms = out.arrival_ms.unwrap_or(record.arrival_ms);
         let event_ms = out.event_ms.unwrap_or(arrival_ms);
-        let lineage = [
-            out.topic.map(Cell::Str),
-            out.client_id.map(Cell::Str),
-            Some(Cell::Str(Cow::Borrowed(record.partition_key.as_str()))),
-            Some(Cell::Str(Cow::Borrowed(shard_name))),
-            Some(Cell::Int(seq)),
-            Some(Cell::Int(arrival_ms.saturating_mul(1_000))),
-        ];
-        let event_time =
-            DateTime::<Utc>::from_timestamp_millis(event_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let lineage = lineage_cells(out.topic, out.client_id, record, shard_name, seq, arrival_ms);
+        let event_time = event_time(event_ms);
         for (builder, fill) in self.builders.iter_mut().zip(&plan.fill) {
             let computed;
             let cell = match *fill {
@@ -1628,6 +1603,39 @@ impl<'c> ChunkConverter<'c> {
         self.event_ms_max = max_opt(self.event_ms_max, Some(event_ms));
         true
     }
+}
+
+/// A record's `_sequence_number` cell value: its sequence number, if it fits a long.
+fn sequence_long(record: &Record) -> Option<i64> {
+    record
+        .sequence_number
+        .to_u64()
+        .ok()
+        .and_then(|s| i64::try_from(s).ok())
+}
+
+/// The lineage cells of a good row, in [`LINEAGE_COLUMNS`] order.
+fn lineage_cells<'r>(
+    topic: Option<Cow<'r, str>>,
+    client_id: Option<Cow<'r, str>>,
+    record: &'r Record,
+    shard_name: &'r str,
+    seq: i64,
+    arrival_ms: i64,
+) -> [Option<Cell<'r>>; 6] {
+    [
+        topic.map(Cell::Str),
+        client_id.map(Cell::Str),
+        Some(Cell::Str(Cow::Borrowed(record.partition_key.as_str()))),
+        Some(Cell::Str(Cow::Borrowed(shard_name))),
+        Some(Cell::Int(seq)),
+        Some(Cell::Int(arrival_ms.saturating_mul(1_000))),
+    ]
+}
+
+/// Event time as a UTC time (epoch millis out of range become the epoch).
+fn event_time(event_ms: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(event_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
 /// The value of an event-time partition expression (`None` for a field's).
