@@ -416,19 +416,13 @@ fn cpu_seconds() -> Option<(f64, f64, u64)> {
     Some((user / 100.0, system / 100.0, faults))
 }
 
-/// Resident memory now (VmRSS), in MiB.
+/// Resident memory of this process now and at its peak (VmRSS, VmHWM), in whole MiB.
 fn rss_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
+    crate::bench::rss_mib(None).map(|m| m as u64)
 }
 
 fn peak_rss_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
+    crate::bench::peak_rss_mib(None).map(|m| m as u64)
 }
 
 /// Throughput (stream → committed Delta) vs DuckDB NDJSON → Parquet on the same records, latency at a 1 s interval,

@@ -339,15 +339,12 @@ impl BatchDelivery {
                         .iter()
                         .filter(|s| !failed.contains(&s.record.sequence_number))
                     {
-                        converted.errors.push(ErrorRow {
-                            shard_id: src.shard_id,
-                            sequence_number: src.record.sequence_number.to_u64()?,
-                            partition_key: src.record.partition_key.clone(),
-                            arrival_ms: src.record.arrival_ms,
-                            raw: src.record.data.clone(),
-                            kind: ErrorKind::TransformFailed,
-                            message: format!("transform_sql failed: {reason}"),
-                        });
+                        converted.errors.push(ErrorRow::new(
+                            src.shard_id,
+                            &src.record,
+                            ErrorKind::TransformFailed,
+                            format!("transform_sql failed: {reason}"),
+                        )?);
                     }
                     schema = with_source_column(&self.config.table, table_schema.clone())?;
                 }

@@ -114,6 +114,22 @@ pub struct ErrorRow {
     pub message: String,
 }
 
+impl ErrorRow {
+    /// The error row of `record` (of shard `shard_id`). Fails for a sequence number above 64 bits, which the error
+    /// table's `_sequence_number` cannot hold.
+    pub fn new(shard_id: ShardId, record: &Record, kind: ErrorKind, message: String) -> Result<Self> {
+        Ok(Self {
+            shard_id,
+            sequence_number: record.sequence_number.to_u64()?,
+            partition_key: record.partition_key.clone(),
+            arrival_ms: record.arrival_ms,
+            raw: record.data.clone(),
+            kind,
+            message,
+        })
+    }
+}
+
 /// Column type as stored. `Integer` is the `event_hour` partition type (and may be declared).
 impl ColumnType {
     pub fn arrow(self) -> DataType {
@@ -1210,15 +1226,7 @@ impl<'c> ChunkConverter<'c> {
                     self.plan = Some(self.make_plan(&scratch.shape.keys));
                 }
                 Ok(_) => {}
-                Err((kind, message)) => self.errors.push(ErrorRow {
-                    shard_id,
-                    sequence_number: record.sequence_number.to_u64()?,
-                    partition_key: record.partition_key.clone(),
-                    arrival_ms: record.arrival_ms,
-                    raw: record.data.clone(),
-                    kind,
-                    message,
-                }),
+                Err((kind, message)) => self.errors.push(ErrorRow::new(shard_id, record, kind, message)?),
             }
         }
         Ok(())

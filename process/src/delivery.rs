@@ -613,15 +613,12 @@ impl Delivery {
                     for (shard_id, record) in
                         records.filter(|(s, r)| !failed.contains(&(*s, r.sequence_number)))
                     {
-                        converted.errors.push(crate::convert::ErrorRow {
+                        converted.errors.push(crate::convert::ErrorRow::new(
                             shard_id,
-                            sequence_number: record.sequence_number.to_u64()?,
-                            partition_key: record.partition_key.clone(),
-                            arrival_ms: record.arrival_ms,
-                            raw: record.data.clone(),
-                            kind: crate::convert::ErrorKind::TransformFailed,
-                            message: format!("transform_sql failed: {reason}"),
-                        });
+                            record,
+                            crate::convert::ErrorKind::TransformFailed,
+                            format!("transform_sql failed: {reason}"),
+                        )?);
                     }
                     converted.schema = self.schema.clone();
                     converted.event_time_ms_min = None;

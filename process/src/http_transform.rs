@@ -318,17 +318,8 @@ fn invocation_id(chunk: &[SourceRecord], sequence_text: SequenceText<'_>) -> Str
     }
 }
 
-/// Fails for a sequence number above 64 bits, which the error table's `_sequence_number` cannot hold.
 fn error_row(s: &SourceRecord, kind: ErrorKind, message: String) -> Result<ErrorRow> {
-    Ok(ErrorRow {
-        shard_id: s.shard_id,
-        sequence_number: s.record.sequence_number.to_u64()?,
-        partition_key: s.record.partition_key.clone(),
-        arrival_ms: s.record.arrival_ms,
-        raw: s.record.data.clone(),
-        kind,
-        message,
-    })
+    ErrorRow::new(s.shard_id, &s.record, kind, message)
 }
 
 fn all_failed(chunk: &[SourceRecord], kind: ErrorKind, message: &str) -> Result<HttpOutcome> {

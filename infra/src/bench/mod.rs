@@ -62,6 +62,16 @@ pub fn ms(h: &Histogram<u64>, quantile: f64) -> f64 {
 
 /// Peak resident set size of a process, in MiB (VmHWM of /proc/<pid>/status).
 pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident set size of a process now, in MiB (VmRSS).
+pub fn rss_mib(pid: Option<u32>) -> Option<f64> {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A memory line (`field`, in kB) of /proc/<pid>/status (this process without a pid), in MiB.
+fn status_mib(pid: Option<u32>, field: &str) -> Option<f64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/self/status".to_string(),
@@ -69,7 +79,7 @@ pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     let status = std::fs::read_to_string(path).ok()?;
     let kib: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
