@@ -982,7 +982,8 @@ enum ColumnBuilder {
     Integer(Int32Builder),
     Long(Int64Builder),
     Double(Float64Builder),
-    String(StringBuilder),
+    /// With the rows it was made for: its bytes are sized from the first value (see [`ColumnBuilder::append`]).
+    String(StringBuilder, usize),
     Timestamp(TimestampMicrosecondBuilder),
     Date(Date32Builder),
     Binary(BinaryBuilder),
@@ -995,7 +996,7 @@ impl ColumnBuilder {
             ColumnType::Integer => Self::Integer(Int32Builder::with_capacity(capacity)),
             ColumnType::Long => Self::Long(Int64Builder::with_capacity(capacity)),
             ColumnType::Double => Self::Double(Float64Builder::with_capacity(capacity)),
-            ColumnType::String => Self::String(StringBuilder::with_capacity(capacity, 16 * capacity)),
+            ColumnType::String => Self::String(StringBuilder::with_capacity(capacity, 0), capacity),
             ColumnType::Timestamp => {
                 Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
             }
@@ -1024,8 +1025,21 @@ impl ColumnBuilder {
                 Some(Cell::Int(v)) => Some(*v as f64),
                 _ => None,
             }),
-            Self::String(b) => match cell {
-                Some(Cell::Str(v)) => b.append_value(v),
+            Self::String(b, rows) => match cell {
+                Some(Cell::Str(v)) => {
+                    if *rows > 1 {
+                        // The first value sizes the bytes for all rows (half again, for longer ones): growing by
+                        // doubling would copy the values and touch twice the memory. Untouched room costs nothing.
+                        let mut sized =
+                            StringBuilder::with_capacity(*rows, *rows * (v.len() + v.len() / 2 + 8));
+                        for before in b.finish().iter() {
+                            sized.append_option(before);
+                        }
+                        *b = sized;
+                    }
+                    *rows = 0;
+                    b.append_value(v)
+                }
                 _ => b.append_null(),
             },
             Self::Timestamp(b) => b.append_option(match cell {
@@ -1065,7 +1079,7 @@ impl ColumnBuilder {
             Self::Integer(b) => Arc::new(b.finish()),
             Self::Long(b) => Arc::new(b.finish()),
             Self::Double(b) => Arc::new(b.finish()),
-            Self::String(b) => Arc::new(b.finish()),
+            Self::String(b, _) => Arc::new(b.finish()),
             Self::Timestamp(b) => Arc::new(b.finish()),
             Self::Date(b) => Arc::new(b.finish()),
             Self::Binary(b) => Arc::new(b.finish()),
