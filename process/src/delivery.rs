@@ -316,6 +316,13 @@ impl Delivery {
         let http_transform = HttpTransform::new(&config)?;
         let maintainer = Maintainer::new(config.clone());
         let config_for_transform = config.clone();
+        let transform = SqlTransform::new(&config_for_transform);
+        // A SQL transform that fails sends every buffered record to the error table: the staging keeps them.
+        let staging = Staging::new(
+            config_for_transform.clone(),
+            http_transform.is_none(),
+            transform.is_some(),
+        );
         Ok(Self {
             converter: Converter::new(config.clone()),
             read: committed.clone(),
@@ -329,12 +336,12 @@ impl Delivery {
             committed,
             errors_committed,
             iterators: BTreeMap::new(),
-            staging: Staging::new(config_for_transform.clone(), http_transform.is_none()),
+            staging,
             buffer_bytes: 0,
             buffer_since: None,
             maintainer,
             counters,
-            transform: SqlTransform::new(&config_for_transform),
+            transform,
             http_transform,
         })
     }

@@ -12,6 +12,12 @@
 //! order, if they left another one. That only happens in a flush that adds columns; while no part has finished
 //! yet, only one part runs, so a new table's first flush learns its columns from its first part and converts the
 //! rest against them.
+//!
+//! A part whose schema is settled (it finished, converted against the schema every part before it left) needs its
+//! records no more: unless the staging must keep them (a SQL transform that fails sends every record to the error
+//! table), they are let go at once, and the memory of the reads is reused by the next ones instead of growing
+//! with the buffer. Positions do not depend on them (the delivery tracks what it read), and a failed flush ends
+//! the delivery's run, which reads again from the table's positions.
 
 use std::sync::Arc;
 
@@ -40,6 +46,10 @@ pub struct Staging {
     config: Arc<DeliveryConfig>,
     /// Whether conversions start while reading (not when an HTTP transform must see the raw records first).
     eager: bool,
+    /// Whether the records of settled parts stay (see the module docs); else they are let go.
+    keep: bool,
+    /// A part's records were let go: the buffer was converted once and can only be cleared.
+    released: bool,
     threads: usize,
     /// One per conversion running: at most `threads` at once, the others wait their turn.
     permits: Arc<Semaphore>,
@@ -58,7 +68,9 @@ pub struct Staging {
 }
 
 struct Part {
+    /// Empty once let go.
     reads: Vec<Read>,
+    records: usize,
     /// The schema it is converted against.
     base: TableSchema,
     state: State,
@@ -70,11 +82,15 @@ enum State {
 }
 
 impl Staging {
-    pub fn new(config: Arc<DeliveryConfig>, eager: bool) -> Self {
+    /// `eager`: convert while reading (else everything at `finish`, lent as one run first). `keep`: keep every
+    /// record until the buffer is cleared, so that [`Staging::records`] sees them all.
+    pub fn new(config: Arc<DeliveryConfig>, eager: bool, keep: bool) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             config,
             eager,
+            keep,
+            released: false,
             threads,
             permits: Arc::new(Semaphore::new(threads)),
             part_min: PART_RECORDS_MIN,
@@ -97,7 +113,7 @@ impl Staging {
         self.records == 0
     }
 
-    /// Every buffered record with its shard, in order.
+    /// Every buffered record with its shard, in order: without `keep`, only those of parts not yet settled.
     pub fn records(&self) -> impl Iterator<Item = (ShardId, &Record)> {
         self.parts
             .iter()
@@ -119,6 +135,7 @@ impl Staging {
         self.pending_records = 0;
         self.lazy = Arc::new(Vec::new());
         self.records = 0;
+        self.released = false;
     }
 
     /// Append a read; start converting what has gathered if a core is free. `committed` is the table's schema.
@@ -139,7 +156,7 @@ impl Staging {
         }
         self.pending_records += read.records.len();
         self.pending.push(Arc::new(read));
-        self.poll();
+        self.poll(committed);
         loop {
             let running = self
                 .parts
@@ -167,8 +184,9 @@ impl Staging {
         }
     }
 
-    /// Convert everything buffered against the committed schema; the buffer stays as it is (a later `finish`
-    /// converts it again).
+    /// Convert everything buffered against the committed schema. With `keep` (or without eager conversion) the
+    /// buffer stays as it is and a later `finish` converts it again; otherwise a later `finish` is refused if any
+    /// records were let go.
     pub async fn finish(&mut self, committed: &TableSchema) -> Result<Converted> {
         if !self.eager {
             let (config, lazy, committed) = (self.config.clone(), self.lazy.clone(), committed.clone());
@@ -176,14 +194,19 @@ impl Staging {
                 .await
                 .unwrap_or_else(|_| Err(panicked()));
         }
+        if self.released && self.parts.is_empty() {
+            return Err(ProcessError::Internal(
+                "the buffer was converted and its records let go; it can only be cleared".to_string(),
+            ));
+        }
         let columns = committed.columns.len();
-        self.poll();
+        self.poll(committed);
         let started_early = self.records - self.pending_records;
         let done_early: usize = self
             .parts
             .iter()
             .filter(|p| matches!(p.state, State::Done(_)))
-            .map(|p| p.reads.iter().map(|r| r.records.len()).sum::<usize>())
+            .map(|p| p.records)
             .sum();
         let mut reconverted = 0;
         // Know the schema before the rest is cut up: wait for the first running part, or convert the first read
@@ -232,6 +255,12 @@ impl Staging {
             let converted = if part.base == current {
                 result?
             } else {
+                // Only settled parts are let go, and a settled part's base is what its predecessors left.
+                if part.reads.is_empty() {
+                    return Err(ProcessError::Internal(
+                        "a part to convert again has no records".to_string(),
+                    ));
+                }
                 reconverted += 1;
                 let again = convert_on_thread(
                     &self.config,
@@ -253,10 +282,12 @@ impl Staging {
             reconverted,
             "converted the buffer"
         );
-        // Back to unconverted reads.
+        // Back to unconverted reads (unless some were let go: then the buffer is spent).
         let parts = std::mem::take(&mut self.parts);
-        self.pending = parts.into_iter().flat_map(|p| p.reads).collect();
-        self.pending_records = self.records;
+        if !self.released {
+            self.pending = parts.into_iter().flat_map(|p| p.reads).collect();
+            self.pending_records = self.records;
+        }
         merge(current, out)
     }
 
@@ -275,14 +306,15 @@ impl Staging {
     fn start(&mut self, reads: Vec<Read>, base: TableSchema, columns: usize) {
         let rx = convert_on_thread(&self.config, &self.permits, reads.clone(), base.clone(), columns);
         self.parts.push(Part {
+            records: reads.iter().map(|r| r.records.len()).sum(),
             reads,
             base,
             state: State::Running(rx),
         });
     }
 
-    /// Note the parts that have finished.
-    fn poll(&mut self) {
+    /// Note the parts that have finished, and let go of the records of those settled (unless kept).
+    fn poll(&mut self, committed: &TableSchema) {
         for part in &mut self.parts {
             if let State::Running(rx) = &mut part.state {
                 match rx.try_recv() {
@@ -291,6 +323,23 @@ impl Staging {
                     Err(oneshot::error::TryRecvError::Closed) => part.state = State::Done(Err(panicked())),
                 }
             }
+        }
+        if self.keep {
+            return;
+        }
+        let mut current = committed;
+        for part in &mut self.parts {
+            let State::Done(Ok(converted)) = &part.state else {
+                break;
+            };
+            if part.base != *current {
+                break;
+            }
+            if !part.reads.is_empty() {
+                part.reads = Vec::new();
+                self.released = true;
+            }
+            current = &converted.schema;
         }
     }
 }
@@ -402,15 +451,25 @@ mod tests {
             for threads in 1..=3 {
                 for (part_min, part_max) in [(1, 1), (1, 12), (5, 30), (40, 40), (40, 1_000), (1_000, 1_000)]
                 {
-                    for wait in [false, true] {
-                        let what =
-                            format!("{threads} threads, parts of {part_min} to {part_max}, waiting {wait}");
-                        let mut s = Staging::new(cfg.clone(), true);
+                    // Waiting for the parts after every read, or after every fifth (parts started together, some
+                    // against a stale schema, have then all finished when the next read comes).
+                    for (wait, now_and_then, keep) in [
+                        (false, false, true),
+                        (true, false, true),
+                        (false, false, false),
+                        (true, false, false),
+                        (false, true, false),
+                    ] {
+                        let what = format!(
+                            "{threads} threads, parts of {part_min} to {part_max}, waiting {wait}/{now_and_then}, \
+                             keeping {keep}"
+                        );
+                        let mut s = Staging::new(cfg.clone(), true, keep);
                         (s.threads, s.part_min, s.part_max, s.chunk_min) = (threads, part_min, part_max, 3);
                         s.permits = Arc::new(Semaphore::new(threads));
-                        for read in &reads {
+                        for (i, read) in reads.iter().enumerate() {
                             s.push(read.clone(), schema);
-                            if wait {
+                            if wait || (now_and_then && i % 5 == 4) {
                                 for p in &mut s.parts {
                                     p.settle().await;
                                 }
@@ -424,12 +483,24 @@ mod tests {
                         let order: Vec<u64> = s.records().map(|(_, r)| r.arrival_ms as u64).collect();
                         let expected_order: Vec<u64> =
                             all.iter().map(|r| r.record.arrival_ms as u64).collect();
-                        assert_eq!(order, expected_order, "{what}");
+                        if keep {
+                            assert_eq!(order, expected_order, "{what}");
+                        } else {
+                            // What is still held is the tail of the buffer.
+                            assert!(expected_order.ends_with(&order), "{what}");
+                            if wait && part_max < all.len() / 2 {
+                                assert!(order.len() < all.len(), "{what}: nothing let go");
+                            }
+                        }
                         let out = s.finish(schema).await.unwrap();
                         assert_same(&out, expected, &what);
-                        // The buffer stays: finishing again gives the same.
-                        let again = s.finish(schema).await.unwrap();
-                        assert_same(&again, expected, &format!("{what}, again"));
+                        if keep || !s.released {
+                            // The buffer stays: finishing again gives the same.
+                            let again = s.finish(schema).await.unwrap();
+                            assert_same(&again, expected, &format!("{what}, again"));
+                        } else {
+                            assert!(s.finish(schema).await.is_err(), "{what}: finished twice");
+                        }
                         s.clear();
                         assert!(s.is_empty() && s.records().next().is_none());
                     }
@@ -446,7 +517,7 @@ mod tests {
         let reads = reads();
         let all = flatten(&reads);
         let serial = Converter::new(cfg.clone()).convert(&committed, &all).unwrap();
-        let mut s = Staging::new(cfg, false);
+        let mut s = Staging::new(cfg, false, false);
         s.part_min = 1;
         for read in &reads {
             s.push(read.clone(), &committed);
