@@ -1583,16 +1583,15 @@ impl<'c> ChunkConverter<'c> {
         let Some(plan) = self.plan.as_ref().filter(|p| p.usable) else {
             return false;
         };
-        let Ok(text) = std::str::from_utf8(&record.data) else {
-            return false;
-        };
         let Some(seq) = sequence_long(record) else {
             return false;
         };
         cells.clear();
         cells.resize(plan.keys.len(), None);
         let mut out = PlannedFields::default();
-        let mut de = serde_json::Deserializer::from_str(text);
+        // From bytes: the parser checks the UTF-8 of the strings it reads (bytes outside strings must be ASCII JSON
+        // anyway), rather than every byte being checked once more before parsing.
+        let mut de = serde_json::Deserializer::from_slice(&record.data);
         let seed = Planned {
             plan,
             value_bytes_max: self.cfg.value_bytes_max,
@@ -1669,9 +1668,9 @@ fn event_partition(expr: &PartitionExpr, event_time: DateTime<Utc>) -> Option<Ce
     }
 }
 
+/// Days from 1970-01-01 to the UTC date of `t` (every UTC day is 86,400 s long).
 fn days_since_epoch(t: DateTime<Utc>) -> i32 {
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
-    (t.date_naive() - epoch).num_days() as i32
+    t.timestamp().div_euclid(86_400) as i32
 }
 
 /// Event times outside years 1–9999 are not times.
@@ -1815,6 +1814,30 @@ pub fn errors_batch(rows: &[ErrorRow], now_ms: i64) -> Result<RecordBatch> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn days_since_epoch_is_the_utc_date() {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        for ms in [
+            0,
+            -1,
+            1,
+            86_399_999,
+            86_400_000,
+            -86_400_000,
+            -86_400_001,
+            1_700_000_000_000,
+            *TIME_MS_RANGE.start(),
+            *TIME_MS_RANGE.end(),
+        ] {
+            let t = event_time(ms);
+            assert_eq!(
+                i64::from(days_since_epoch(t)),
+                (t.date_naive() - epoch).num_days(),
+                "{ms}"
+            );
+        }
+    }
+
     use super::*;
     use deltalake::arrow::array::{Array, AsArray};
     use deltalake::arrow::datatypes::{Float64Type, Int64Type};
