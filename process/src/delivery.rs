@@ -36,9 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
-use crate::convert::{
-    Converted, Converter, ShardRecords, SourceRecord, TableSchema, errors_batch, errors_schema,
-};
+use crate::convert::{Converter, ShardRecords, SourceRecord, TableSchema, errors_batch, errors_schema};
 use crate::error::{ProcessError, Result};
 use crate::events::{CommitEvent, ensure_events_stream, publish};
 use crate::http_transform::HttpTransform;
@@ -592,13 +590,34 @@ impl Delivery {
         };
         let buffered_ms = self.buffer_since.map_or(0, |t| t.elapsed().as_millis() as u64);
         let convert_started = Instant::now();
-        let (mut converted, written) = match &http_records {
-            Some(records) => (self.converter.convert(&self.schema, records)?, None),
+        // Without a transform the rows go to the Parquet writers part by part, as the parts are joined, so the
+        // files are mostly encoded by the time the last part is converted. A part in another schema than the
+        // first one's (a flush that adds columns) stops that: the files are then written from the whole result.
+        let mut lanes: Option<FileLanes> = None;
+        let mut streaming = self.transform.is_none();
+        let mut converted = match &http_records {
+            Some(records) => self.converter.convert(&self.schema, records)?,
             None => {
-                let stream = self.transform.is_none();
-                convert_streaming(&mut self.staging, &self.schema, &self.data, stream).await?
+                let (data, records) = (&self.data, self.staging.len());
+                self.staging
+                    .finish_with(&self.schema, |part| {
+                        if !streaming || part.rows() == 0 {
+                            return;
+                        }
+                        let lanes = lanes.get_or_insert_with(|| {
+                            data.start_files(&part.schema, write_parts(records, crate::table::parallelism()))
+                        });
+                        if part.schema == *lanes.schema() {
+                            lanes.send(&part.batches);
+                        } else {
+                            streaming = false;
+                        }
+                    })
+                    .await?
             }
         };
+        let written =
+            lanes.filter(|l| streaming && *l.schema() == converted.schema && l.rows() == converted.rows());
         let convert_ms = convert_started.elapsed().as_millis() as u64;
         converted.errors.extend(http_errors);
         if let Some(t) = &self.transform
@@ -793,39 +812,6 @@ struct Pending<'a> {
     new_schema: Option<&'a TableSchema>,
     txns: Vec<Transaction>,
     expected: Vec<Option<i64>>,
-}
-
-/// Convert the staged buffer against `committed`. With `stream` (no transform to apply first) the rows go to
-/// Parquet lanes of `sink` part by part, as the parts are joined, so the files are mostly encoded by the time the
-/// last part is converted; the lanes come back with the result. A part in another schema than the first one's
-/// (a flush that adds columns) stops that: no lanes come back, and the files are written from the whole result.
-async fn convert_streaming(
-    staging: &mut Staging,
-    committed: &TableSchema,
-    sink: &DeltaSink,
-    stream: bool,
-) -> Result<(Converted, Option<FileLanes>)> {
-    let mut lanes: Option<FileLanes> = None;
-    let mut streaming = stream;
-    let records = staging.len();
-    let converted = staging
-        .finish_with(committed, |part| {
-            if !streaming || part.rows() == 0 {
-                return;
-            }
-            let lanes = lanes.get_or_insert_with(|| {
-                sink.start_files(&part.schema, write_parts(records, crate::table::parallelism()))
-            });
-            if part.schema == *lanes.schema() {
-                lanes.send(&part.batches);
-            } else {
-                streaming = false;
-            }
-        })
-        .await?;
-    let lanes =
-        lanes.filter(|l| streaming && *l.schema() == converted.schema && l.rows() == converted.rows());
-    Ok((converted, lanes))
 }
 
 /// Write the files (retrying), then commit (retrying); before each retry re-read the table's txn versions so a
@@ -1056,86 +1042,6 @@ mod tests {
             b.column(0).as_primitive::<Int64Type>().value(0),
             b.column(1).as_primitive::<Int64Type>().value(0),
         )
-    }
-
-    /// Rows go to the Parquet lanes as the parts are joined when every part has the first one's schema; a later
-    /// part that adds a column stops that (no lanes come back). Either way every row is in the result and, once
-    /// committed, in the table.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn parts_stream_to_parquet_until_one_adds_a_column() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Arc::new(DeliveryConfig::new(
-            "d",
-            "s",
-            "t",
-            dir.path().join("wh").display().to_string(),
-        ));
-        let committed = TableSchema::initial(&config);
-        let mut sink = DeltaSink::open_or_create(
-            "t",
-            config.table_url().unwrap(),
-            HashMap::new(),
-            &committed,
-            &["event_date".to_string()],
-            HashMap::new(),
-        )
-        .await
-        .unwrap();
-        let n = 30_000;
-        // Reads of 1,000 records; with `extra_from` the records from there on carry one more field.
-        let staged = |extra_from: usize| {
-            let mut staging = Staging::new(config.clone(), true, false);
-            for read in 0..n / 1_000 {
-                let records = (read * 1_000..(read + 1) * 1_000)
-                    .map(|i| freshet_storage::Record {
-                        sequence_number: SequenceNumber::from_u64(i as u64 + 1),
-                        partition_key: "k".to_string(),
-                        data: if i >= extra_from {
-                            format!(r#"{{"i": {i}, "extra": "x"}}"#)
-                        } else {
-                            format!(r#"{{"i": {i}}}"#)
-                        }
-                        .into(),
-                        arrival_ms: 1_700_000_000_000,
-                    })
-                    .collect();
-                staging.push(
-                    ShardRecords {
-                        shard_id: ShardId(0),
-                        records,
-                    },
-                    &committed,
-                );
-            }
-            staging
-        };
-        let mut same = staged(n);
-        let (converted, lanes) = convert_streaming(&mut same, &committed, &sink, true)
-            .await
-            .unwrap();
-        assert_eq!(converted.rows(), n);
-        let lanes = lanes.expect("one schema throughout: the parts were streamed");
-        assert_eq!(lanes.rows(), n);
-        let adds = lanes.finish(&sink).await.unwrap();
-        sink.commit(adds, Some(&converted.schema), Vec::new(), HashMap::new())
-            .await
-            .unwrap();
-        assert_eq!(count(config.table_url().unwrap()).await, (n as i64, n as i64));
-
-        // The first parts (from the first reads) have no `extra`; the last third has.
-        let mut evolving = staged(2 * n / 3);
-        let (converted, lanes) = convert_streaming(&mut evolving, &committed, &sink, true)
-            .await
-            .unwrap();
-        assert!(lanes.is_none(), "a later part added a column: nothing streamed");
-        assert_eq!(converted.rows(), n);
-        assert!(converted.schema.columns.iter().any(|c| c.name == "extra"));
-        // Without `stream` (a transform comes first) nothing is streamed either.
-        let (converted, lanes) = convert_streaming(&mut staged(n), &committed, &sink, false)
-            .await
-            .unwrap();
-        assert!(lanes.is_none());
-        assert_eq!(converted.rows(), n);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
