@@ -42,7 +42,7 @@ use crate::events::{CommitEvent, ensure_events_stream, publish};
 use crate::http_transform::HttpTransform;
 use crate::maintenance::Maintainer;
 use crate::staging::Staging;
-use crate::table::{DeltaSink, FileLanes, TxnState, write_parts};
+use crate::table::{DeltaSink, TxnState};
 use crate::transform::SqlTransform;
 
 const READ_BYTES_MAX: usize = 10 << 20;
@@ -590,34 +590,10 @@ impl Delivery {
         };
         let buffered_ms = self.buffer_since.map_or(0, |t| t.elapsed().as_millis() as u64);
         let convert_started = Instant::now();
-        // Without a transform the rows go to the Parquet writers part by part, as the parts are joined, so the
-        // files are mostly encoded by the time the last part is converted. A part in another schema than the
-        // first one's (a flush that adds columns) stops that: the files are then written from the whole result.
-        let mut lanes: Option<FileLanes> = None;
-        let mut streaming = self.transform.is_none();
         let mut converted = match &http_records {
             Some(records) => self.converter.convert(&self.schema, records)?,
-            None => {
-                let (data, records) = (&self.data, self.staging.len());
-                self.staging
-                    .finish_with(&self.schema, |part| {
-                        if !streaming || part.rows() == 0 {
-                            return;
-                        }
-                        let lanes = lanes.get_or_insert_with(|| {
-                            data.start_files(&part.schema, write_parts(records, crate::table::parallelism()))
-                        });
-                        if part.schema == *lanes.schema() {
-                            lanes.send(&part.batches);
-                        } else {
-                            streaming = false;
-                        }
-                    })
-                    .await?
-            }
+            None => self.staging.finish(&self.schema).await?,
         };
-        let written =
-            lanes.filter(|l| streaming && *l.schema() == converted.schema && l.rows() == converted.rows());
         let convert_ms = convert_started.elapsed().as_millis() as u64;
         converted.errors.extend(http_errors);
         if let Some(t) = &self.transform
@@ -698,7 +674,6 @@ impl Delivery {
             let pending = Pending {
                 schema: &errors_schema(),
                 batches: vec![batch],
-                written: None,
                 new_schema: None,
                 txns,
                 expected,
@@ -730,7 +705,6 @@ impl Delivery {
         let pending = Pending {
             schema: &converted.schema,
             batches: converted.batches.clone(),
-            written,
             new_schema,
             txns,
             expected,
@@ -807,8 +781,6 @@ struct CommitOutcome {
 struct Pending<'a> {
     schema: &'a TableSchema,
     batches: Vec<deltalake::arrow::array::RecordBatch>,
-    /// The batches' files, already being written (first attempt; a retry writes `batches` again).
-    written: Option<FileLanes>,
     new_schema: Option<&'a TableSchema>,
     txns: Vec<Transaction>,
     expected: Vec<Option<i64>>,
@@ -827,7 +799,6 @@ async fn commit_durably(
     let Pending {
         schema,
         batches,
-        mut written,
         new_schema,
         txns,
         expected,
@@ -837,11 +808,7 @@ async fn commit_durably(
         Vec::new()
     } else {
         loop {
-            let attempt = match written.take() {
-                Some(lanes) => lanes.finish(sink).await,
-                None => sink.write_files(schema, batches.clone()).await,
-            };
-            match attempt {
+            match sink.write_files(schema, batches.clone()).await {
                 Ok(adds) => {
                     counters.destination_ok(sink.name());
                     break adds;

@@ -257,38 +257,11 @@ impl DeltaSink {
             }
             adds
         };
-        self.sync_adds(&adds).await?;
-        Ok(adds)
-    }
-
-    /// On a local-directory warehouse, fsync the files of `adds` and their directories.
-    async fn sync_adds(&self, adds: &[Add]) -> Result<()> {
         if let Some(dir) = &self.local_dir {
             let files: Vec<PathBuf> = adds.iter().map(|a| dir.join(percent_decode(&a.path))).collect();
             sync_files(dir.clone(), files).await?;
         }
-        Ok(())
-    }
-
-    /// Start writing Parquet files in `schema` on `lanes` tasks (at least one), fed with [`FileLanes::send`]
-    /// while the rest of a flush is still being converted; [`FileLanes::finish`] ends them.
-    pub fn start_files(&self, schema: &TableSchema, lanes: usize) -> FileLanes {
-        let (senders, tasks) = (0..lanes.max(1))
-            .map(|_| {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let (name, url, options) =
-                    (self.name.clone(), self.url.clone(), self.storage_options.clone());
-                let (schema, partitions) = (schema.clone(), self.partition_columns.clone());
-                (tx, tokio::spawn(lane(name, url, options, schema, partitions, rx)))
-            })
-            .unzip();
-        FileLanes {
-            schema: schema.clone(),
-            senders,
-            tasks,
-            next: 0,
-            rows: 0,
-        }
+        Ok(adds)
     }
 
     async fn write_one(
@@ -366,131 +339,6 @@ impl DeltaSink {
     }
 }
 
-/// Parquet files being written while a flush is converted ([`DeltaSink::start_files`]): each lane is a task with
-/// its own writer (and so its own files); batches go to the lanes in turn as they are sent, so the encoding of
-/// the first rows overlaps the conversion of the last ones, and every lane stays busy to the end instead of one
-/// file trailing the other. Dropped without [`FileLanes::finish`], the lanes are aborted and what they wrote is
-/// discarded (delta-rs aborts the unfinished uploads).
-#[derive(Debug)]
-pub struct FileLanes {
-    schema: TableSchema,
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<RecordBatch>>,
-    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Add>>>>,
-    next: usize,
-    rows: usize,
-}
-
-impl FileLanes {
-    /// The schema the files are written in.
-    pub fn schema(&self) -> &TableSchema {
-        &self.schema
-    }
-
-    /// Rows sent so far.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Hand a run of batches (in `schema`) to the next lane.
-    pub fn send(&mut self, batches: &[RecordBatch]) {
-        let lane = &self.senders[self.next % self.senders.len()];
-        self.next += 1;
-        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            self.rows += batch.num_rows();
-            // A lane that stopped has failed; `finish` reports its error.
-            let _ = lane.send(batch.clone());
-        }
-    }
-
-    /// Close the lanes and wait for their files; on a local-directory warehouse they are fsync'd, as by
-    /// [`DeltaSink::write_files`]. Returns their Add actions; nothing is committed.
-    pub async fn finish(mut self, sink: &DeltaSink) -> Result<Vec<Add>> {
-        self.senders.clear();
-        let mut adds = Vec::new();
-        for task in std::mem::take(&mut self.tasks) {
-            let lane = task
-                .await
-                .map_err(|e| ProcessError::Internal(format!("parquet writer task: {e}")))??;
-            adds.extend(lane);
-        }
-        sink.sync_adds(&adds).await?;
-        Ok(adds)
-    }
-}
-
-impl Drop for FileLanes {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// One lane of [`FileLanes`]: write what arrives, one delta-rs writer; a batch within one partition is written as
-/// that partition's as it is (see [`write_batch`]).
-async fn lane(
-    name: String,
-    url: Url,
-    options: HashMap<String, String>,
-    schema: TableSchema,
-    partition_columns: Vec<String>,
-    mut batches: tokio::sync::mpsc::UnboundedReceiver<RecordBatch>,
-) -> Result<Vec<Add>> {
-    let mut writer = RecordBatchWriter::try_new(
-        url.as_str(),
-        schema.arrow(),
-        Some(partition_columns.clone()),
-        Some(options),
-    )
-    .map_err(|e| ProcessError::delta(&name, e))?
-    .with_writer_properties(writer_properties(&schema));
-    let (mut started, mut rows) = (None, 0);
-    while let Some(batch) = batches.recv().await {
-        started.get_or_insert_with(std::time::Instant::now);
-        rows += batch.num_rows();
-        let values = (!partition_columns.is_empty())
-            .then(|| single_partition_values(&batch, &partition_columns))
-            .flatten();
-        match &values {
-            Some(values) => writer
-                .write_partition(batch, values, WriteMode::Default)
-                .await
-                .map(|_| ()),
-            None => writer.write(batch).await,
-        }
-        .map_err(|e| ProcessError::delta(&name, e))?;
-    }
-    let adds = writer.flush().await.map_err(|e| ProcessError::delta(&name, e))?;
-    if let Some(started) = started {
-        tracing::debug!(table = %name, rows, ms = started.elapsed().as_millis() as u64, "wrote one lane's files");
-    }
-    Ok(adds)
-}
-
-/// The partition values of `batch` if all its rows are in one partition.
-fn single_partition_values<S: ScalarExt>(
-    batch: &RecordBatch,
-    partition_columns: &[String],
-) -> Option<indexmap::IndexMap<String, S>> {
-    single_partition(std::slice::from_ref(batch), partition_columns)
-        .then(|| partition_values_of(batch, partition_columns))
-        .flatten()
-}
-
-/// The partition values of `batch`'s first row.
-fn partition_values_of<S: ScalarExt>(
-    batch: &RecordBatch,
-    partition_columns: &[String],
-) -> Option<indexmap::IndexMap<String, S>> {
-    partition_columns
-        .iter()
-        .map(|name| {
-            let column = batch.column_by_name(name)?;
-            Some((name.clone(), S::from_array(column.as_ref(), 0)?))
-        })
-        .collect()
-}
-
 /// Fewest rows in a file that [`DeltaSink::write_files`] cuts out of a larger batch to write it in parallel.
 pub const MIN_ROWS_PER_FILE: usize = 131_072;
 
@@ -500,7 +348,7 @@ pub fn write_parts(rows: usize, cores: usize) -> usize {
     (rows / MIN_ROWS_PER_FILE).clamp(1, cores.max(1))
 }
 
-pub(crate) fn parallelism() -> usize {
+fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -563,8 +411,16 @@ async fn write_batch(
     let Some(head) = batches.iter().find(|b| b.num_rows() > 0) else {
         return Ok(Vec::new());
     };
-    let values = (single && !partition_columns.is_empty())
-        .then(|| partition_values_of(head, &partition_columns))
+    let values: Option<indexmap::IndexMap<String, _>> = (single && !partition_columns.is_empty())
+        .then(|| {
+            partition_columns
+                .iter()
+                .map(|name| {
+                    let column = head.column_by_name(name)?;
+                    Some((name.clone(), ScalarExt::from_array(column.as_ref(), 0)?))
+                })
+                .collect()
+        })
         .flatten();
     let mut writer = RecordBatchWriter::try_new(
         url.as_str(),
@@ -857,6 +713,8 @@ mod tests {
     /// in order; a batch spanning partitions is written by one writer (one file per partition).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn parallel_write_keeps_every_row_once() {
+        use deltalake::arrow::array::AsArray;
+        use deltalake::arrow::datatypes::Int64Type;
         let dir = tempfile::tempdir().unwrap();
         let url = Url::from_directory_path(dir.path().join("t")).unwrap();
         let s = schema();
@@ -893,53 +751,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(version, 1);
-        assert_eq!(by_day(url).await, expected(rows));
-    }
 
-    /// Lanes fed run by run write every row once, each run into its partitions' files.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn lanes_keep_every_row_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = Url::from_directory_path(dir.path().join("t")).unwrap();
-        let s = schema();
-        let mut sink = DeltaSink::open_or_create(
-            "t",
-            url.clone(),
-            HashMap::new(),
-            &s,
-            &["day".to_string()],
-            HashMap::new(),
-        )
-        .await
-        .unwrap();
-        let rows = MIN_ROWS_PER_FILE * 2 + 7;
-        let one = batch(&s, rows, |_| "2026-01-01");
-        let mixed = batch(&s, 1000, |i| if i % 2 == 0 { "2026-01-02" } else { "2026-01-03" });
-        let mut lanes = sink.start_files(&s, 2);
-        lanes.send(&[one.slice(0, 1_000)]);
-        lanes.send(&[one.slice(1_000, 150_000), mixed]);
-        lanes.send(&[one.slice(151_000, rows - 151_000)]);
-        assert_eq!(lanes.rows(), rows + 1000);
-        let adds = lanes.finish(&sink).await.unwrap();
-        // Lane 1: day 1 and the mixed batch's two days; lane 2: day 1.
-        assert_eq!(adds.len(), 4, "{adds:?}");
-        sink.commit(adds, None, Vec::new(), HashMap::new()).await.unwrap();
-        assert_eq!(by_day(url).await, expected(rows));
-    }
-
-    /// Day, rows, distinct `n`, min and max `n` of the rows written by the two tests above.
-    fn expected(rows: usize) -> Vec<(String, i64, i64, i64, i64)> {
-        let r = rows as i64;
-        vec![
-            ("2026-01-01".to_string(), r, r, 0, r - 1),
-            ("2026-01-02".to_string(), 500, 500, 0, 998),
-            ("2026-01-03".to_string(), 500, 500, 1, 999),
-        ]
-    }
-
-    async fn by_day(url: Url) -> Vec<(String, i64, i64, i64, i64)> {
-        use deltalake::arrow::array::AsArray;
-        use deltalake::arrow::datatypes::Int64Type;
         let table = deltalake::open_table(url).await.unwrap();
         let ctx = deltalake::datafusion::prelude::SessionContext::new();
         table.update_datafusion_session(&ctx.state()).unwrap();
@@ -952,7 +764,8 @@ mod tests {
             .collect()
             .await
             .unwrap();
-        out.iter()
+        let got: Vec<(String, i64, i64, i64, i64)> = out
+            .iter()
             .flat_map(|b| {
                 let day = deltalake::arrow::compute::cast(
                     b.column(0),
@@ -967,7 +780,16 @@ mod tests {
                     })
                     .collect::<Vec<_>>()
             })
-            .collect()
+            .collect();
+        let r = rows as i64;
+        assert_eq!(
+            got,
+            vec![
+                ("2026-01-01".to_string(), r, r, 0, r - 1),
+                ("2026-01-02".to_string(), 500, 500, 0, 998),
+                ("2026-01-03".to_string(), 500, 500, 1, 999),
+            ]
+        );
     }
 
     #[test]
