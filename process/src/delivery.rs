@@ -465,6 +465,8 @@ impl Delivery {
                         .await?
                 }
             };
+            // Reading waits while too much of what was read is still to be converted.
+            self.staging.make_room(&self.schema).await;
             let limits = ReadLimits {
                 records_max: freshet_storage::GET_RECORDS_MAX,
                 bytes_max: room.clamp(1 << 20, READ_BYTES_MAX),

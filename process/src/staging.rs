@@ -40,6 +40,9 @@ const PART_RECORDS_MIN: usize = 2 * CHUNK_RECORDS_MIN;
 const PART_RECORDS_MAX: usize = 8 * CHUNK_RECORDS_MIN;
 /// At a flush the rest is cut into about this many parts per core (each of at least a chunk).
 const FLUSH_PARTS_PER_THREAD: usize = 4;
+/// Records read but not converted yet (waiting or in running parts) beyond which reading waits for the conversions
+/// ([`Staging::make_room`]).
+const BACKLOG_RECORDS_MAX: usize = 4 * PART_RECORDS_MAX;
 
 /// The buffered reads of a delivery, with the conversions started on them.
 pub struct Staging {
@@ -57,6 +60,8 @@ pub struct Staging {
     part_min: usize,
     part_max: usize,
     chunk_min: usize,
+    /// [`BACKLOG_RECORDS_MAX`] (smaller in tests).
+    backlog_max: usize,
     /// Conversions started, in buffer order, each covering the reads before the next one's.
     parts: Vec<Part>,
     /// Reads after the last part, not being converted.
@@ -94,6 +99,7 @@ impl Staging {
             threads,
             permits: Arc::new(Semaphore::new(threads)),
             part_min: PART_RECORDS_MIN,
+            backlog_max: BACKLOG_RECORDS_MAX,
             part_max: PART_RECORDS_MAX,
             chunk_min: CHUNK_RECORDS_MIN,
             parts: Vec::new(),
@@ -157,6 +163,42 @@ impl Staging {
         self.pending_records += read.records.len();
         self.pending.push(Arc::new(read));
         self.poll(committed);
+        self.start_ready(committed);
+    }
+
+    /// Before a read: while more than [`BACKLOG_RECORDS_MAX`] records wait for their conversion, wait for the oldest
+    /// running part. Reading then waits for the cores instead of filling fresh memory (each page of it faulted in
+    /// by the kernel), and the records the finished parts let go give their memory to the next reads. Only when
+    /// records are let go (without `keep`): otherwise the buffer holds them all anyway.
+    pub async fn make_room(&mut self, committed: &TableSchema) {
+        if !self.eager || self.keep {
+            return;
+        }
+        loop {
+            self.poll(committed);
+            self.start_ready(committed);
+            let running: usize = self
+                .parts
+                .iter()
+                .filter(|p| matches!(p.state, State::Running(_)))
+                .map(|p| p.records)
+                .sum();
+            if self.pending_records + running <= self.backlog_max {
+                return;
+            }
+            match self
+                .parts
+                .iter_mut()
+                .find(|p| matches!(p.state, State::Running(_)))
+            {
+                Some(part) => part.settle().await,
+                None => return,
+            }
+        }
+    }
+
+    /// Start converting what has gathered while a core is free (see [`Staging::push`]).
+    fn start_ready(&mut self, committed: &TableSchema) {
         loop {
             let running = self
                 .parts
@@ -467,7 +509,23 @@ mod tests {
                         let mut s = Staging::new(cfg.clone(), true, keep);
                         (s.threads, s.part_min, s.part_max, s.chunk_min) = (threads, part_min, part_max, 3);
                         s.permits = Arc::new(Semaphore::new(threads));
+                        s.backlog_max = 2 * part_max;
                         for (i, read) in reads.iter().enumerate() {
+                            // Reading waits for the conversions (a no-op when records are kept).
+                            s.make_room(schema).await;
+                            if !keep {
+                                let backlog = s.pending_records
+                                    + s.parts
+                                        .iter()
+                                        .filter(|p| matches!(p.state, State::Running(_)))
+                                        .map(|p| p.records)
+                                        .sum::<usize>();
+                                let running = s.parts.iter().any(|p| matches!(p.state, State::Running(_)));
+                                assert!(
+                                    backlog <= s.backlog_max || !running,
+                                    "{what}: a backlog of {backlog}"
+                                );
+                            }
                             s.push(read.clone(), schema);
                             if wait || (now_and_then && i % 5 == 4) {
                                 for p in &mut s.parts {
