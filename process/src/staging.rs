@@ -177,13 +177,7 @@ impl Staging {
         loop {
             self.poll(committed);
             self.start_ready(committed);
-            let running: usize = self
-                .parts
-                .iter()
-                .filter(|p| matches!(p.state, State::Running(_)))
-                .map(|p| p.records)
-                .sum();
-            if self.pending_records + running <= self.backlog_max {
+            if self.pending_records + self.part_records(true) <= self.backlog_max {
                 return;
             }
             match self
@@ -195,6 +189,15 @@ impl Staging {
                 None => return,
             }
         }
+    }
+
+    /// Records of the parts still converting (`true`) or finished (`false`).
+    fn part_records(&self, running: bool) -> usize {
+        self.parts
+            .iter()
+            .filter(|p| matches!(p.state, State::Running(_)) == running)
+            .map(|p| p.records)
+            .sum()
     }
 
     /// Start converting what has gathered while a core is free (see [`Staging::push`]).
@@ -244,12 +247,7 @@ impl Staging {
         let columns = committed.columns.len();
         self.poll(committed);
         let started_early = self.records - self.pending_records;
-        let done_early: usize = self
-            .parts
-            .iter()
-            .filter(|p| matches!(p.state, State::Done(_)))
-            .map(|p| p.records)
-            .sum();
+        let done_early = self.part_records(false);
         let mut reconverted = 0;
         // Know the schema before the rest is cut up: wait for the first running part, or convert the first read
         // alone if nothing was started.
@@ -514,12 +512,7 @@ mod tests {
                             // Reading waits for the conversions (a no-op when records are kept).
                             s.make_room(schema).await;
                             if !keep {
-                                let backlog = s.pending_records
-                                    + s.parts
-                                        .iter()
-                                        .filter(|p| matches!(p.state, State::Running(_)))
-                                        .map(|p| p.records)
-                                        .sum::<usize>();
+                                let backlog = s.pending_records + s.part_records(true);
                                 let running = s.parts.iter().any(|p| matches!(p.state, State::Running(_)));
                                 assert!(
                                     backlog <= s.backlog_max || !running,
