@@ -976,6 +976,9 @@ enum Cell<'a> {
     Str(Cow<'a, str>),
 }
 
+/// Most bytes a row that [`ColumnBuilder::append`] reserves for a string column from its first value.
+const STRING_ROW_BYTES_GUESS_MAX: usize = 256;
+
 /// One column's values so far.
 enum ColumnBuilder {
     Boolean(BooleanBuilder),
@@ -1028,10 +1031,11 @@ impl ColumnBuilder {
             Self::String(b, rows) => match cell {
                 Some(Cell::Str(v)) => {
                     if *rows > 1 {
-                        // The first value sizes the bytes for all rows (half again, for longer ones): growing by
-                        // doubling would copy the values and touch twice the memory. Untouched room costs nothing.
-                        let mut sized =
-                            StringBuilder::with_capacity(*rows, *rows * (v.len() + v.len() / 2 + 8));
+                        // The first value sizes the bytes for all rows (half again, for longer ones; at most
+                        // `STRING_ROW_BYTES_GUESS_MAX` a row, so one long value does not reserve gigabytes): growing
+                        // by doubling would copy the values and touch twice the memory. Untouched room costs nothing.
+                        let per_row = (v.len() + v.len() / 2 + 8).min(STRING_ROW_BYTES_GUESS_MAX);
+                        let mut sized = StringBuilder::with_capacity(*rows, *rows * per_row);
                         for before in b.finish().iter() {
                             sized.append_option(before);
                         }
@@ -1817,6 +1821,11 @@ pub fn errors_batch(rows: &[ErrorRow], now_ms: i64) -> Result<RecordBatch> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::arrow::datatypes::{Float64Type, Int64Type};
+    use freshet_storage::SequenceNumber;
+
     #[test]
     fn days_since_epoch_is_the_utc_date() {
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
@@ -1840,11 +1849,6 @@ mod tests {
             );
         }
     }
-
-    use super::*;
-    use deltalake::arrow::array::{Array, AsArray};
-    use deltalake::arrow::datatypes::{Float64Type, Int64Type};
-    use freshet_storage::SequenceNumber;
 
     fn rec(shard: u32, seq: u64, data: &str) -> SourceRecord {
         SourceRecord {
@@ -2265,6 +2269,26 @@ mod tests {
                 test_records::assert_same(&planned, &general, &format!("config {i}"));
             }
         }
+    }
+
+    /// A string column's bytes are reserved from its first value, at most a bounded guess a row: a first value near
+    /// the size limit in a part of many rows converts (reserving 1.5 MiB for each of 100,000 rows would not).
+    #[test]
+    fn a_long_first_string_reserves_a_bounded_guess() {
+        let cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        let schema = TableSchema::initial(&cfg);
+        let long = "x".repeat(cfg.value_bytes_max);
+        let records = [
+            rec(0, 1, &format!(r#"{{"s": "{long}"}}"#)),
+            rec(0, 2, r#"{"s": "short"}"#),
+        ];
+        let out = ChunkConverter::new(&cfg, &schema, schema.columns.len(), 100_000)
+            .run(&records)
+            .unwrap();
+        assert_eq!(out.rows(), 2);
+        let batch = &out.batches[0];
+        let s = batch.column_by_name("s").unwrap().as_string::<i32>();
+        assert_eq!((s.value(0).len(), s.value(1)), (long.len(), "short"));
     }
 
     /// A layout whose records change the schema is planned again: a field that was only null gets its column, a
