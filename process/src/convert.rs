@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use deltalake::arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
     RecordBatch, StringBuilder, TimestampMicrosecondBuilder, new_null_array,
@@ -1661,23 +1661,21 @@ fn lineage_cells<'r>(
     ]
 }
 
-/// Event time as a UTC time (epoch millis out of range become the epoch).
-fn event_time(event_ms: i64) -> DateTime<Utc> {
-    DateTime::<Utc>::from_timestamp_millis(event_ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+/// Event time in epoch millis, as a UTC time can hold it (millis out of chrono's range become the epoch). Every UTC
+/// day is 86,400 s long, so dates and hours follow by division, with no calendar arithmetic per record.
+fn event_time(event_ms: i64) -> i64 {
+    const RANGE: std::ops::RangeInclusive<i64> =
+        DateTime::<Utc>::MIN_UTC.timestamp_millis()..=DateTime::<Utc>::MAX_UTC.timestamp_millis();
+    if RANGE.contains(&event_ms) { event_ms } else { 0 }
 }
 
-/// The value of an event-time partition expression (`None` for a field's).
-fn event_partition(expr: &PartitionExpr, event_time: DateTime<Utc>) -> Option<Cell<'static>> {
+/// The value of an event-time partition expression (`None` for a field's) for an [`event_time`].
+fn event_partition(expr: &PartitionExpr, event_time: i64) -> Option<Cell<'static>> {
     match expr {
-        PartitionExpr::EventDate => Some(Cell::Int(i64::from(days_since_epoch(event_time)))),
-        PartitionExpr::EventHour => Some(Cell::Int(i64::from(event_time.hour()))),
+        PartitionExpr::EventDate => Some(Cell::Int(event_time.div_euclid(86_400_000))),
+        PartitionExpr::EventHour => Some(Cell::Int(event_time.div_euclid(3_600_000).rem_euclid(24))),
         PartitionExpr::Field { .. } => None,
     }
-}
-
-/// Days from 1970-01-01 to the UTC date of `t` (every UTC day is 86,400 s long).
-fn days_since_epoch(t: DateTime<Utc>) -> i32 {
-    t.timestamp().div_euclid(86_400) as i32
 }
 
 /// Event times outside years 1–9999 are not times.
@@ -1826,13 +1824,17 @@ mod tests {
     use deltalake::arrow::datatypes::{Float64Type, Int64Type};
     use freshet_storage::SequenceNumber;
 
+    /// Event dates and hours by division agree with chrono's calendar, out-of-range times included.
     #[test]
-    fn days_since_epoch_is_the_utc_date() {
+    fn event_partitions_are_the_utc_date_and_hour() {
+        use chrono::Timelike;
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
         for ms in [
             0,
             -1,
             1,
+            3_599_999,
+            3_600_000,
             86_399_999,
             86_400_000,
             -86_400_000,
@@ -1840,13 +1842,16 @@ mod tests {
             1_700_000_000_000,
             *TIME_MS_RANGE.start(),
             *TIME_MS_RANGE.end(),
+            i64::MIN,
+            i64::MAX,
         ] {
-            let t = event_time(ms);
-            assert_eq!(
-                i64::from(days_since_epoch(t)),
-                (t.date_naive() - epoch).num_days(),
-                "{ms}"
+            let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+            let (date, hour) = (
+                event_partition(&PartitionExpr::EventDate, event_time(ms)),
+                event_partition(&PartitionExpr::EventHour, event_time(ms)),
             );
+            assert_eq!(date, Some(Cell::Int((t.date_naive() - epoch).num_days())), "{ms}");
+            assert_eq!(hour, Some(Cell::Int(i64::from(t.hour()))), "{ms}");
         }
     }
 
