@@ -4,8 +4,9 @@
 //! no hook in between. This link reads and writes the socket itself with rumqttd's codecs, so that:
 //!
 //! - a QoS 1 PUBACK (QoS 2 PUBREC) is written only once every record the publish produced — on target streams
-//!   or error streams — is durable in the store (its append [`Ticket`](crate::appender::Ticket) resolved);
-//!   acknowledgements go out in the order the publishes came in, as MQTT requires;
+//!   or error streams — is durable in the store: the records of one socket read are submitted to the
+//!   [`Sink`](crate::sink::Sink) together, and the run's [`Durable`] future resolves once they are written and
+//!   synced; acknowledgements go out in the order the publishes came in, as MQTT requires;
 //! - at most `max_inflight` publishes per connection await durability; beyond that the link stops reading the
 //!   socket, so a fast publisher is slowed by TCP backpressure instead of buffered without bound;
 //! - authentication and topic ACLs (publish and subscribe) are checked here ([`crate::auth`]);
@@ -20,11 +21,11 @@
 //! The will message is published (through the rules and to subscribers) when the connection ends without DISCONNECT.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use freshet_storage::PutResult;
 use futures::FutureExt;
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
@@ -36,11 +37,11 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
-use crate::appender::{AppendError, Outbox, Ticket};
 use crate::auth::{Identity, Refusal};
 use crate::codec::{self, Codec, Peek, Version};
 use crate::gateway::Shared;
 use crate::rules::Message;
+use crate::sink::{Durable, Outcomes, Records};
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -55,10 +56,21 @@ enum Close {
 struct Pending {
     pkid: u16,
     qos: u8,
-    tickets: Vec<Ticket>,
-    failure: Option<String>,
+    /// The run its records were submitted in (see [`Conn::batches`]), and their positions in it; an empty range
+    /// when the publish produced no record.
+    batch: u64,
+    records: Range<usize>,
     denied: bool,
 }
+
+/// A submitted run of records (one socket read's), not yet durable.
+struct Batch {
+    serial: u64,
+    durable: Durable,
+}
+
+/// Runs a connection may have submitted and not yet seen resolve before it stops reading its socket.
+const BATCHES_MAX: usize = 1024;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -204,7 +216,9 @@ where
         aliases: HashMap::new(),
         out: BytesMut::with_capacity(8 * 1024),
         router_unwoken: false,
-        outbox: Outbox::default(),
+        records: Records::default(),
+        batches: VecDeque::new(),
+        next_batch: 0,
     };
     let result = match write_packet(&mut wr, &conn.codec, ack).await {
         Ok(()) => {
@@ -227,6 +241,8 @@ where
     if let (Close::Abrupt(_), Some(will)) = (&result, will) {
         conn.fire_will(will).await;
     }
+    // Whatever was submitted is seen through (and counted), acknowledged or not.
+    conn.settle_batches().await;
     // Tell the router this connection is gone (its Disconnect handling frees the session state).
     let _ = conn
         .link_tx
@@ -330,8 +346,12 @@ struct Conn {
     out: BytesMut,
     /// Publishes put in the router link's buffer without waking the router yet (see [`Conn::wake_router`]).
     router_unwoken: bool,
-    /// Records of this read's publishes, sent to the appender together when the read is handled.
-    outbox: Outbox,
+    /// Records of this read's publishes, submitted together when the read is handled.
+    records: Records,
+    /// Submitted runs not yet resolved, oldest first; they are awaited in this order.
+    batches: VecDeque<Batch>,
+    /// The serial the records now gathering will be submitted as.
+    next_batch: u64,
 }
 
 impl Conn {
@@ -368,14 +388,17 @@ impl Conn {
             if let Err(e) = self.flush(wr).await {
                 return Close::Abrupt(e);
             }
-            let can_read = self.pending.len() < inflight_max;
+            let can_read = self.pending.len() < inflight_max && self.batches.len() < BATCHES_MAX;
             let deadline = keep_alive.map(|k| last_read + k);
             tokio::select! {
                 _ = shutdown.changed() => {
                     self.disconnect_v5(DisconnectReasonCode::ServerShuttingDown);
                     // Acknowledge what is already durable-bound before leaving.
-                    while !self.pending.is_empty() {
-                        self.settle_front().await;
+                    while let Some(batch) = self.batches.pop_front() {
+                        let outcomes = batch.durable.await;
+                        if self.ack_ready(batch.serial, &outcomes).is_err() {
+                            break;
+                        }
                     }
                     let _ = self.flush(wr).await;
                     return Close::Abrupt("server shutting down".into());
@@ -385,17 +408,20 @@ impl Conn {
                     let _ = self.flush(wr).await;
                     return Close::Abrupt("session taken over".into());
                 }
-                _ = wait_front(&mut self.pending), if !self.pending.is_empty() => {
-                    // One group commit settles many publishes at once: acknowledge every settled one in order
-                    // now, so they leave in one write instead of one loop turn (and one syscall) each.
-                    loop {
-                        if let Err(close) = self.ack_front() {
+                outcomes = front_durable(&mut self.batches), if !self.batches.is_empty() => {
+                    // One group commit settles many runs at once: acknowledge every settled one in order now, so
+                    // the acknowledgements leave in one write instead of one loop turn (and one syscall) each.
+                    let mut outcomes = Some(outcomes);
+                    while let Some(o) = outcomes.take() {
+                        let Some(batch) = self.batches.pop_front() else { break };
+                        if let Err(close) = self.ack_ready(batch.serial, &o) {
                             let _ = self.flush(wr).await;
                             return close;
                         }
-                        if !front_settled(&mut self.pending) {
-                            break;
-                        }
+                        outcomes = self
+                            .batches
+                            .front_mut()
+                            .and_then(|b| b.durable.as_mut().now_or_never());
                     }
                 }
                 read = rd.read_buf(buf), if can_read => {
@@ -459,22 +485,54 @@ impl Conn {
     /// connection, so the publishes before it are not lost.
     async fn parse(&mut self, buf: &mut BytesMut, inflight_max: usize) -> Result<(), Close> {
         let parsed = self.parse_packets(buf, inflight_max).await;
-        let sent = self.send_outbox().await;
+        let sent = self.submit().await;
         let woken = self.wake_router().await;
-        parsed.and(sent).and(woken)
+        // Publishes without records (denied, or matched by no rule) at the front need no wait.
+        let acked = self.ack_ready(u64::MAX, &Outcomes::default());
+        parsed.and(sent).and(woken).and(acked)
     }
 
-    /// Send the records gathered from this read's publishes to the appender (waits while its queue is full: the
+    /// Submit the records gathered from this read's publishes (waits while the store's queues are full: the
     /// connection reads no more meanwhile, which is the backpressure its client feels).
-    async fn send_outbox(&mut self) -> Result<(), Close> {
-        if self.outbox.is_empty() {
+    async fn submit(&mut self) -> Result<(), Close> {
+        if self.records.is_empty() {
             return Ok(());
         }
-        self.shared
-            .appender
-            .send(&mut self.outbox)
+        let durable = self
+            .shared
+            .sink
+            .submit(&mut self.records)
             .await
-            .map_err(|e| Close::Abrupt(format!("appender: {e}")))
+            .map_err(|e| Close::Abrupt(format!("appender: {e}")))?;
+        self.batches.push_back(Batch {
+            serial: self.next_batch,
+            durable,
+        });
+        self.next_batch += 1;
+        Ok(())
+    }
+
+    /// Acknowledge, in order, the publishes at the front that can be: those without records, and those of the
+    /// run `serial`, which has resolved to `outcomes`.
+    fn ack_ready(&mut self, serial: u64, outcomes: &Outcomes) -> Result<(), Close> {
+        while let Some(front) = self.pending.front() {
+            let failure = if front.records.is_empty() {
+                None
+            } else if front.batch == serial {
+                outcomes.failure_in(front.records.clone()).map(str::to_string)
+            } else {
+                break;
+            };
+            self.ack_front(failure)?;
+        }
+        Ok(())
+    }
+
+    /// Wait for every submitted run (used when the connection ends).
+    async fn settle_batches(&mut self) {
+        while let Some(batch) = self.batches.pop_front() {
+            batch.durable.await;
+        }
     }
 
     async fn parse_packets(&mut self, buf: &mut BytesMut, inflight_max: usize) -> Result<(), Close> {
@@ -609,15 +667,15 @@ impl Conn {
                 self.pending.push_back(Pending {
                     pkid,
                     qos,
-                    tickets: Vec::new(),
-                    failure: None,
+                    batch: self.next_batch,
+                    records: 0..0,
                     denied: true,
                 });
             }
             return Ok(());
         }
         let topic_owned = topic_str.to_string();
-        let tickets = self.route(&topic_owned, &publish.payload, qos > 0);
+        let records = self.route(&topic_owned, &publish.payload);
         // MQTT subscribers get the publish through rumqttd's router (as QoS 0 from the router's point of view;
         // subscribers receive it at their subscription's QoS).
         let forward = Publish::new(topic.clone(), publish.payload.clone(), publish.retain);
@@ -626,16 +684,16 @@ impl Conn {
             self.pending.push_back(Pending {
                 pkid,
                 qos,
-                tickets,
-                failure: None,
+                batch: self.next_batch,
+                records,
                 denied: false,
             });
         }
         Ok(())
     }
 
-    /// Apply the rules and gather the records in the outbox; returns the tickets when asked.
-    fn route(&mut self, topic: &str, payload: &Bytes, want_tickets: bool) -> Vec<Ticket> {
+    /// Apply the rules and gather the records; returns their positions among the records being gathered.
+    fn route(&mut self, topic: &str, payload: &Bytes) -> Range<usize> {
         let applied = self.shared.rules.apply(&Message {
             topic,
             client_id: &self.identity.client_id,
@@ -650,29 +708,28 @@ impl Conn {
         if applied.outputs.iter().any(|o| o.failure.is_some()) {
             self.shared.counters.failed();
         }
-        let mut tickets = Vec::new();
+        let start = self.records.len();
         for out in applied.outputs {
-            tickets.extend(self.outbox.push(out.stream, out.record, want_tickets));
+            self.records.push(out.stream, out.record);
         }
-        tickets
+        start..self.records.len()
     }
 
-    /// Acknowledge the front publish (its tickets have all resolved).
-    fn ack_front(&mut self) -> Result<(), Close> {
+    /// Acknowledge the front publish, whose records are durable or, with `failure`, are not.
+    fn ack_front(&mut self, failure: Option<String>) -> Result<(), Close> {
         let Some(p) = self.pending.pop_front() else {
             return Ok(());
         };
-        if p.failure.is_some() && !self.v5() {
+        if let (Some(failure), false) = (&failure, self.v5()) {
             // MQTT 3.1.1 cannot say "failed": no PUBACK, close, and the client sends it again.
             return Err(Close::Abrupt(format!(
-                "publish {} could not be made durable: {}",
-                p.pkid,
-                p.failure.unwrap_or_default()
+                "publish {} could not be made durable: {failure}",
+                p.pkid
             )));
         }
         let v5 = self.v5();
         if p.qos == 1 {
-            let reason = match (&p.failure, p.denied) {
+            let reason = match (&failure, p.denied) {
                 (_, true) => PubAckReason::NotAuthorized,
                 (Some(_), _) => PubAckReason::UnspecifiedError,
                 _ => PubAckReason::Success,
@@ -680,7 +737,7 @@ impl Conn {
             let reason = if v5 { reason } else { PubAckReason::Success };
             self.queue(Packet::PubAck(PubAck { pkid: p.pkid, reason }, None));
         } else {
-            let reason = match (&p.failure, p.denied) {
+            let reason = match (&failure, p.denied) {
                 (_, true) => PubRecReason::NotAuthorized,
                 (Some(_), _) => PubRecReason::UnspecifiedError,
                 _ => PubRecReason::Success,
@@ -689,14 +746,6 @@ impl Conn {
             self.queue(Packet::PubRec(PubRec { pkid: p.pkid, reason }, None));
         }
         Ok(())
-    }
-
-    /// Wait for the front publish and acknowledge it (used while shutting down).
-    async fn settle_front(&mut self) {
-        wait_front(&mut self.pending).await;
-        if self.ack_front().is_err() {
-            self.pending.clear();
-        }
     }
 
     async fn subscribe(
@@ -825,47 +874,21 @@ impl Conn {
             self.shared.counters.denied();
             return;
         }
-        self.route(&topic_str, &message, false);
-        let _ = self.send_outbox().await;
+        self.route(&topic_str, &message);
+        let _ = self.submit().await;
         let _ = self
             .send_router(Packet::Publish(Publish::new(topic, message, retain), None))
             .await;
     }
 }
 
-/// Wait until every ticket of the front publish has resolved (cancel-safe: a resolved ticket is removed
-/// only after it resolved, and its outcome is recorded in the entry).
-async fn wait_front(pending: &mut VecDeque<Pending>) {
-    let Some(front) = pending.front_mut() else { return };
-    while let Some(ticket) = front.tickets.last_mut() {
-        let outcome: Result<Result<PutResult, AppendError>, _> = ticket.await;
-        front.tickets.pop();
-        match outcome {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => front.failure = Some(e.to_string()),
-            Err(_) => front.failure = Some("the appender dropped the record".into()),
-        }
+/// The outcome of the oldest submitted run, once it has resolved (cancel-safe: the run stays in the queue until
+/// the caller takes it out).
+async fn front_durable(batches: &mut VecDeque<Batch>) -> Outcomes {
+    match batches.front_mut() {
+        Some(batch) => batch.durable.as_mut().await,
+        None => std::future::pending().await,
     }
-}
-
-/// Like [`wait_front`] without waiting: true when the front publish has no outstanding ticket left
-/// (its outcome recorded), false when one is still pending or there is no publish.
-fn front_settled(pending: &mut VecDeque<Pending>) -> bool {
-    let Some(front) = pending.front_mut() else {
-        return false;
-    };
-    while let Some(ticket) = front.tickets.last_mut() {
-        match ticket.try_recv() {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => front.failure = Some(e.to_string()),
-            Err(oneshot::error::TryRecvError::Empty) => return false,
-            Err(oneshot::error::TryRecvError::Closed) => {
-                front.failure = Some("the appender dropped the record".into())
-            }
-        }
-        front.tickets.pop();
-    }
-    true
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -1,4 +1,5 @@
-//! The gateway: listeners, rumqttd's router for MQTT subscribers, the rules, the appender, and their lifecycle.
+//! The gateway: listeners, rumqttd's router for MQTT subscribers, the rules, the sink into the store (see
+//! [`crate::sink`]), and their lifecycle.
 //!
 //! [`start`] checks everything that can be checked before a client connects, and fails with a clear error
 //! otherwise: every rule parses, every stream exists (or is created when `create_missing_streams_shards > 0`),
@@ -23,11 +24,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::appender::{AppendConfig, Appender};
+use crate::appender::AppendConfig;
 use crate::auth::{AuthConfig, Authenticator};
 use crate::error::{IngestError, Result};
 use crate::metrics::{Counters, Stats};
 use crate::rules::{RuleConfig, RuleLimits, RuleSet};
+use crate::sink::Sink;
 
 /// `[gateway]` in `freshet.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +56,7 @@ pub struct GatewayConfig {
     pub create_missing_streams_shards: u32,
     pub auth: AuthConfig,
     pub rules: Vec<RuleConfig>,
+    /// The batching appender, used when the store is not the embedded one (see [`crate::sink`]).
     pub append: AppendConfig,
     /// In-memory log of rumqttd's router (what MQTT *subscribers* read from).
     pub router: RouterLimits,
@@ -188,7 +191,7 @@ pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
     pub(crate) rules: RuleSet,
     pub(crate) auth: Arc<Authenticator>,
-    pub(crate) appender: Appender,
+    pub(crate) sink: Sink,
     pub(crate) counters: Arc<Counters>,
     pub(crate) links: LinkFactory,
     pub(crate) takeover: Takeover,
@@ -223,8 +226,8 @@ impl GatewayHandle {
         self.counters.snapshot()
     }
 
-    /// Stop accepting, close connections (acknowledging what became durable), write out the appender's
-    /// queue, and return.
+    /// Stop accepting, close connections (acknowledging what became durable, after waiting for what they had
+    /// queued), write out the appender's queue when there is one, and return.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
         while self.tasks.join_next().await.is_some() {}
@@ -319,13 +322,13 @@ pub async fn start(config: GatewayConfig, store: Arc<dyn StreamStore>) -> Result
     });
 
     let counters = Arc::new(Counters::default());
-    let (appender, batcher) = Appender::spawn(store, config.append.clone(), counters.clone());
+    let (sink, batcher) = Sink::new(store, config.append.clone(), counters.clone(), &streams);
     let max_connections = config.max_connections;
     let shared = Arc::new(Shared {
         config,
         rules,
         auth,
-        appender,
+        sink,
         counters: counters.clone(),
         links,
         takeover: Takeover::default(),
@@ -358,7 +361,7 @@ pub async fn start(config: GatewayConfig, store: Arc<dyn StreamStore>) -> Result
         shutdown_tx,
         tasks,
         shared: Some(shared),
-        batcher: Some(batcher),
+        batcher,
         connections,
     })
 }

@@ -42,6 +42,7 @@ pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod rules;
+mod sink;
 pub mod websocket;
 
 pub use auth::{AuthConfig, UserConfig, hash_password};

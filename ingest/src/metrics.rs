@@ -11,7 +11,7 @@
 //! | `freshet_ingest_records_appended_total{stream}` | counter | records durable in the store |
 //! | `freshet_ingest_append_failures_total` | counter | records whose append failed for good (reported to the client, never silent) |
 //! | `freshet_ingest_append_retries_total` | counter | record appends retried after a retryable store error |
-//! | `freshet_ingest_queue_depth` | gauge | records waiting in the appender's input queue |
+//! | `freshet_ingest_queue_depth` | gauge | records waiting in the appender's input queue (stores other than the embedded one) |
 //! | `freshet_ingest_append_latency_seconds` | histogram | from queueing a record to it being durable |
 //! | `freshet_ingest_connections` | gauge | open client connections |
 //! | `freshet_ingest_connections_refused_total{reason}` | counter | connections refused (auth, limit, protocol) |
@@ -87,6 +87,16 @@ impl Counters {
         self.appended.fetch_add(1, Relaxed);
         handles.total.increment(1);
         handles.latency.record(latency.as_secs_f64());
+    }
+
+    /// `records` of one stream made durable together, `latency` after they were queued.
+    pub fn appended_many(&self, handles: &AppendedMetrics, records: usize, latency: Duration) {
+        if records == 0 {
+            return;
+        }
+        self.appended.fetch_add(records as u64, Relaxed);
+        handles.total.increment(records as u64);
+        handles.latency.record_many(latency.as_secs_f64(), records);
     }
 
     pub fn append_failed(&self) {

@@ -41,6 +41,73 @@ use crate::hash::{hash_key_cached, uniform_ranges};
 use crate::shard::{LogConfig, Shard, ShardCore};
 use crate::types::*;
 
+/// Records queued by [`Store::enqueue`], not yet known to be durable.
+#[derive(Debug)]
+pub struct Queued {
+    stream: StreamName,
+    /// One per record, in input order; records refused before queueing hold their error already.
+    results: Vec<StoreResult<PutResult>>,
+    /// Per shard: the positions of its records in the input, their data bytes, and the writer's answer.
+    waits: Vec<(ShardId, Vec<usize>, usize, StoreResult<WriterAnswer>)>,
+}
+
+type WriterAnswer = tokio::sync::oneshot::Receiver<StoreResult<crate::shard::AppendOutcome>>;
+
+impl Queued {
+    /// Records in this append.
+    pub fn len(&self) -> usize {
+        self.results.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+
+    /// Wait until every queued record is durable (or has failed): one result per record, in input order.
+    pub async fn outcome(self) -> Vec<StoreResult<PutResult>> {
+        let Queued {
+            stream,
+            mut results,
+            waits,
+        } = self;
+        let mut appended = 0u64;
+        let mut bytes = 0u64;
+        // Records refused before queueing: every record not in a shard's group.
+        let mut failed = (results.len() - waits.iter().map(|w| w.1.len()).sum::<usize>()) as u64;
+        for (shard_id, positions, shard_bytes, queued) in waits {
+            let outcome = match queued {
+                Ok(rx) => rx.await.unwrap_or(Err(StoreError::ShuttingDown)),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(outcome) => {
+                    appended += positions.len() as u64;
+                    bytes += shard_bytes as u64;
+                    for (i, sequence_number) in positions.into_iter().zip(outcome.seqs()) {
+                        results[i] = Ok(PutResult {
+                            shard_id,
+                            sequence_number,
+                        });
+                    }
+                }
+                Err(e) => {
+                    failed += positions.len() as u64;
+                    for i in positions {
+                        results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        let labels = [("stream", stream.to_string())];
+        metrics::counter!("freshet_store_incoming_records_total", &labels).increment(appended);
+        metrics::counter!("freshet_store_incoming_bytes_total", &labels).increment(bytes);
+        if failed > 0 {
+            metrics::counter!("freshet_store_put_failures_total", &labels).increment(failed);
+        }
+        results
+    }
+}
+
 const STREAM_FILE: &str = "stream.json";
 const STREAM_FILE_FORMAT: u32 = 1;
 
@@ -292,6 +359,68 @@ impl Store {
         }
     }
 
+    /// Route `records` to their shards and queue them on the shards' writers, in order; returns once they are
+    /// queued (waiting while a writer's queue is full), and [`Queued::outcome`] then waits until they are durable.
+    ///
+    /// For callers that append in a pipeline (the MQTT gateway): records queued by one call are ahead of those of
+    /// every later call on their shard, so a caller that waits for each `enqueue` before the next keeps its order
+    /// without waiting for durability in between. Unlike [`StreamStore::put_records`] there is no limit on the
+    /// count, and a record over the limits fails on its own (its result is the error) instead of the whole call.
+    pub async fn enqueue(&self, name: &StreamName, records: Vec<PutRecord>) -> StoreResult<Queued> {
+        let stream = self.stream(name)?;
+        let count = records.len();
+        let mut results: Vec<StoreResult<PutResult>> =
+            (0..count).map(|_| Err(StoreError::ShuttingDown)).collect();
+        let mut waits = Vec::new();
+        let topology = stream.topology.read().await;
+        if topology.deleted {
+            return Err(StoreError::StreamNotFound(name.to_string()));
+        }
+        let mut groups: BTreeMap<ShardId, (Vec<usize>, Vec<PutRecord>)> = BTreeMap::new();
+        for (i, record) in records.into_iter().enumerate() {
+            if let Err(e) = self.validate_record(i, &record) {
+                results[i] = Err(e);
+                continue;
+            }
+            let key = record
+                .explicit_hash_key
+                .unwrap_or_else(|| hash_key_cached(&record.partition_key));
+            let group = groups.entry(topology.route(key)).or_default();
+            group.0.push(i);
+            group.1.push(record);
+        }
+        for (id, (positions, records)) in groups {
+            let bytes = records.iter().map(|r| r.data.len()).sum::<usize>();
+            let queued = match topology.shards.get(&id) {
+                Some(shard) => shard.append(records).await,
+                None => Err(StoreError::ShuttingDown),
+            };
+            waits.push((id, positions, bytes, queued));
+        }
+        Ok(Queued {
+            stream: name.clone(),
+            results,
+            waits,
+        })
+    }
+
+    fn validate_record(&self, i: usize, record: &PutRecord) -> StoreResult<()> {
+        let chars = record.partition_key.chars().count();
+        if chars == 0 || chars > PARTITION_KEY_CHARS_MAX {
+            return Err(StoreError::InvalidArgument(format!(
+                "record {i}: partition key must be 1 to {PARTITION_KEY_CHARS_MAX} characters, not {chars}"
+            )));
+        }
+        let max = self.inner.config.record_bytes_max;
+        let size = record.data.len() + record.partition_key.len();
+        if size > max {
+            return Err(StoreError::InvalidArgument(format!(
+                "record {i}: {size} bytes of data and partition key exceed the record limit of {max} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     fn validate_put(&self, records: &[PutRecord]) -> StoreResult<()> {
         if records.is_empty() || records.len() > PUT_RECORDS_MAX {
             return Err(StoreError::InvalidArgument(format!(
@@ -299,20 +428,8 @@ impl Store {
                 records.len()
             )));
         }
-        let max = self.inner.config.record_bytes_max;
         for (i, record) in records.iter().enumerate() {
-            let chars = record.partition_key.chars().count();
-            if chars == 0 || chars > PARTITION_KEY_CHARS_MAX {
-                return Err(StoreError::InvalidArgument(format!(
-                    "record {i}: partition key must be 1 to {PARTITION_KEY_CHARS_MAX} characters, not {chars}"
-                )));
-            }
-            let size = record.data.len() + record.partition_key.len();
-            if size > max {
-                return Err(StoreError::InvalidArgument(format!(
-                    "record {i}: {size} bytes of data and partition key exceed the record limit of {max} bytes"
-                )));
-            }
+            self.validate_record(i, record)?;
         }
         Ok(())
     }
@@ -758,67 +875,17 @@ impl StreamStore for Store {
         Ok(topology.desc.clone())
     }
 
+    fn embedded(&self) -> Option<&Store> {
+        Some(self)
+    }
+
     async fn put_records(
         &self,
         name: &StreamName,
         records: Vec<PutRecord>,
     ) -> StoreResult<Vec<StoreResult<PutResult>>> {
         self.validate_put(&records)?;
-        let stream = self.stream(name)?;
-        let count = records.len();
-        let bytes: usize = records.iter().map(|r| r.data.len()).sum();
-        let mut waits = Vec::new();
-        {
-            let topology = stream.topology.read().await;
-            if topology.deleted {
-                return Err(StoreError::StreamNotFound(name.to_string()));
-            }
-            let mut groups: BTreeMap<ShardId, (Vec<usize>, Vec<PutRecord>)> = BTreeMap::new();
-            for (i, record) in records.into_iter().enumerate() {
-                let key = record
-                    .explicit_hash_key
-                    .unwrap_or_else(|| hash_key_cached(&record.partition_key));
-                let group = groups.entry(topology.route(key)).or_default();
-                group.0.push(i);
-                group.1.push(record);
-            }
-            for (id, (positions, records)) in groups {
-                let shard = topology.shards.get(&id).ok_or(StoreError::ShuttingDown)?;
-                waits.push((id, positions, shard.append(records).await));
-            }
-        }
-        let mut results: Vec<StoreResult<PutResult>> =
-            (0..count).map(|_| Err(StoreError::ShuttingDown)).collect();
-        let mut failed = 0u64;
-        for (shard_id, positions, queued) in waits {
-            let outcome = match queued {
-                Ok(rx) => rx.await.unwrap_or(Err(StoreError::ShuttingDown)),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(outcome) => {
-                    for (i, sequence_number) in positions.into_iter().zip(outcome.seqs()) {
-                        results[i] = Ok(PutResult {
-                            shard_id,
-                            sequence_number,
-                        });
-                    }
-                }
-                Err(e) => {
-                    failed += positions.len() as u64;
-                    for i in positions {
-                        results[i] = Err(e.clone());
-                    }
-                }
-            }
-        }
-        let labels = [("stream", name.to_string())];
-        metrics::counter!("freshet_store_incoming_records_total", &labels).increment(count as u64 - failed);
-        metrics::counter!("freshet_store_incoming_bytes_total", &labels).increment(bytes as u64);
-        if failed > 0 {
-            metrics::counter!("freshet_store_put_failures_total", &labels).increment(failed);
-        }
-        Ok(results)
+        Ok(self.enqueue(name, records).await?.outcome().await)
     }
 
     async fn get_shard_iterator(

@@ -28,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Store, StoreConfig};
+pub use engine::{Queued, Store, StoreConfig};
 pub use error::{Fault, StoreError, StoreResult};
 pub use shard::{FsyncPolicy, LogConfig};
 pub use types::*;
@@ -48,6 +48,12 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug + 'static {
         name: &StreamName,
         records: Vec<PutRecord>,
     ) -> StoreResult<Vec<StoreResult<PutResult>>>;
+
+    /// The embedded store behind this one, when it is one: callers that can use [`Store::enqueue`] (queue now,
+    /// wait for durability later) do so; every other store is used through this trait alone.
+    fn embedded(&self) -> Option<&Store> {
+        None
+    }
 
     /// Append one record.
     async fn put_record(&self, name: &StreamName, record: PutRecord) -> StoreResult<PutResult> {

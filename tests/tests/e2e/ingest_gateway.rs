@@ -27,10 +27,20 @@ struct Gw {
 }
 
 impl Gw {
-    async fn start(mut config: GatewayConfig, streams: &[(&str, u32)]) -> Gw {
+    async fn start(config: GatewayConfig, streams: &[(&str, u32)]) -> Gw {
+        Self::start_with(config, streams, |_| {}).await
+    }
+
+    /// Like [`Gw::start`], with the store's configuration changed by `store_config` first.
+    async fn start_with(
+        mut config: GatewayConfig,
+        streams: &[(&str, u32)],
+        store_config: impl FnOnce(&mut StoreConfig),
+    ) -> Gw {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn StreamStore> =
-            Arc::new(Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap());
+        let mut sc = StoreConfig::new(dir.path());
+        store_config(&mut sc);
+        let store: Arc<dyn StreamStore> = Arc::new(Store::open(sc, Arc::new(SystemClock)).unwrap());
         for (name, shards) in streams {
             store
                 .create_stream(&StreamName::new(*name).unwrap(), *shards)
@@ -305,6 +315,57 @@ async fn ingest_non_json_oversized_and_unmatched_are_kept_and_counted() {
         (3, 2, 1, 2),
         "{stats:?}"
     );
+    gw.stop().await;
+}
+
+/// A record the store refuses (here: over the store's own record limit, which is below the gateway's) is never
+/// acknowledged as durable: MQTT 5 gets PUBACK 0x80 Unspecified Error, MQTT 3.1.1 is disconnected without a
+/// PUBACK (so the client sends it again). The failure is counted, and publishes around it land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_a_record_the_store_refuses_is_not_acknowledged() {
+    let gw = Gw::start_with(config(vec![telemetry_rule()]), &[("telemetry", 1)], |sc| {
+        sc.record_bytes_max = 1024
+    })
+    .await;
+    let big = format!(r#"{{"x": "{}"}}"#, "y".repeat(2000));
+    let pub_as = |version: &'static str, id: &'static str, payload: String| {
+        let port = gw.port;
+        async move {
+            mosquitto_pub(
+                port,
+                &[
+                    "-V",
+                    version,
+                    "-q",
+                    "1",
+                    "-i",
+                    id,
+                    "-t",
+                    "devices/d1/telemetry",
+                    "-m",
+                    &payload,
+                ],
+            )
+            .await
+        }
+    };
+    let out = pub_as("mqttv5", "v5", r#"{"n":1}"#.into()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = pub_as("mqttv5", "v5", big.clone()).await;
+    assert!(
+        text(&out).to_lowercase().contains("unspecified error"),
+        "{}",
+        text(&out)
+    );
+    let out = pub_as("mqttv311", "v311", big).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = pub_as("mqttv311", "v311", r#"{"n":2}"#.into()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let records = gw.records("telemetry").await;
+    let ns: Vec<i64> = records.iter().map(|(_, _, d)| d["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![1, 2], "{records:?}");
+    let stats = gw.handle().stats();
+    assert_eq!((stats.appended, stats.append_failed), (2, 2), "{stats:?}");
     gw.stop().await;
 }
 
