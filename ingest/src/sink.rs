@@ -230,7 +230,7 @@ async fn submit_direct(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use freshet_storage::{ShardId, StartingPosition, StoreConfig, SystemClock};
+    use freshet_storage::{StartingPosition, StoreConfig, SystemClock};
 
     /// Every record's data in `stream`, shard by shard, as text.
     async fn data(store: &Store, stream: &StreamName) -> Vec<String> {
@@ -264,7 +264,12 @@ mod tests {
         store.create_stream(&b, 1).await.unwrap();
         let counters = Arc::new(Counters::default());
         let dyn_store: Arc<dyn StreamStore> = Arc::new(store.clone());
-        let (sink, task) = Sink::new(dyn_store, AppendConfig::default(), counters.clone(), &[a.clone()]);
+        let (sink, task) = Sink::new(
+            dyn_store,
+            AppendConfig::default(),
+            counters.clone(),
+            std::slice::from_ref(&a),
+        );
         assert!(task.is_none() && matches!(sink, Sink::Direct { .. }));
         let too_big = "x".repeat(100);
         let mut outcomes = Vec::new();
