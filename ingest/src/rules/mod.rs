@@ -462,7 +462,9 @@ impl RuleSet {
                 ),
             ));
         }
-        Ok(Some((key, Bytes::from(data))))
+        // A boxed slice becomes `Bytes` without the extra allocation a `Vec` with spare capacity needs (shrinking in
+        // place where the allocator can).
+        Ok(Some((key, Bytes::from(data.into_boxed_slice()))))
     }
 }
 
@@ -554,7 +556,7 @@ fn verbatim_record(extra: &[SelectItem], payload: &[u8], ctx: &Context<'_>) -> O
         if !std::mem::take(&mut first) {
             data.push(b',');
         }
-        serde_json::to_writer(&mut *data, name).ok()?;
+        write_json_str(data, name);
         data.push(b':');
         Some(())
     };
@@ -568,13 +570,26 @@ fn verbatim_record(extra: &[SelectItem], payload: &[u8], ctx: &Context<'_>) -> O
         }
     }
     field(&mut data, "_topic")?;
-    serde_json::to_writer(&mut data, ctx.topic).ok()?;
+    write_json_str(&mut data, ctx.topic);
     field(&mut data, "_client_id")?;
-    serde_json::to_writer(&mut data, ctx.client_id).ok()?;
+    write_json_str(&mut data, ctx.client_id);
     field(&mut data, "_arrival_time")?;
     serde_json::to_writer(&mut data, &ctx.arrival_ms).ok()?;
     data.push(b'}');
     Some(data)
+}
+
+/// `s` as a JSON string, as `serde_json` writes it: copied between quotes when nothing in it needs an escape
+/// (topics and client ids, nearly always), else through `serde_json`.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("writing to a Vec does not fail");
+    }
 }
 
 /// The top-level keys of a JSON object (borrowed; an escaped key fails), every value checked and dropped.
@@ -705,15 +720,41 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
-    let mut t = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
+    // Level by level over the bytes of both ('/' is ASCII, so byte positions are level boundaries); `+` and `#`
+    // are wildcards only as whole levels, and `#` only as the last.
+    let (f, t) = (filter.as_bytes(), topic.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let whole = |at: usize| at + 1 == f.len() || f[at + 1] == b'/';
+        if f.get(i) == Some(&b'#') && i + 1 == f.len() {
             return true;
         }
-        match t.next() {
-            Some(level) if f == "+" || f == level => {}
-            _ => return false,
+        if f.get(i) == Some(&b'+') && whole(i) {
+            while j < t.len() && t[j] != b'/' {
+                j += 1;
+            }
+            i += 1;
+        } else {
+            while i < f.len() && f[i] != b'/' {
+                if t.get(j) != Some(&f[i]) {
+                    return false;
+                }
+                i += 1;
+                j += 1;
+            }
+            if j < t.len() && t[j] != b'/' {
+                return false;
+            }
+        }
+        match (i == f.len(), j == t.len()) {
+            (true, true) => return true,
+            (true, false) => return false,
+            // Only a last `/#` matches its parent level ("a/#" matches "a").
+            (false, true) => return &f[i..] == b"/#",
+            (false, false) => {
+                i += 1;
+                j += 1;
+            }
         }
     }
-    t.next().is_none()
 }

@@ -583,6 +583,54 @@ fn topic_filters() {
     }
 }
 
+/// The byte-level matcher agrees with the MQTT definition written level by level, over every filter and topic of
+/// up to four levels drawn from a small alphabet (empty levels, `$` topics and wildcards included).
+#[test]
+fn topic_matching_agrees_with_the_level_by_level_definition() {
+    fn by_levels(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let mut t = topic.split('/');
+        for f in filter.split('/') {
+            if f == "#" {
+                return true;
+            }
+            match t.next() {
+                Some(level) if f == "+" || f == level => {}
+                _ => return false,
+            }
+        }
+        t.next().is_none()
+    }
+    fn all(alphabet: &[&str], levels: usize) -> Vec<String> {
+        let mut out: Vec<String> = alphabet.iter().map(|s| s.to_string()).collect();
+        let mut last = out.clone();
+        for _ in 1..levels {
+            last = last
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |a| format!("{p}/{a}")))
+                .collect();
+            out.extend(last.iter().cloned());
+        }
+        out
+    }
+    let topics = all(&["a", "b", "", "$S", "ab"], 4);
+    let filters: Vec<String> = all(&["a", "+", "", "ab", "$S"], 3)
+        .into_iter()
+        .flat_map(|f| [f.clone(), format!("{f}/#")])
+        .chain(["#".to_string()])
+        .collect();
+    let mut checked = 0;
+    for f in &filters {
+        for t in &topics {
+            assert_eq!(topic_matches(f, t), by_levels(f, t), "{f:?} vs {t:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100_000, "{checked}");
+}
+
 /// `SELECT *` without WHERE copies the payload's bytes (no `Value` tree); its records must mean exactly what the
 /// general path (`WHERE true` forces it) makes of the same publish, and it must fall back where they would differ.
 #[test]
@@ -747,4 +795,27 @@ fn keys_from_the_publish_render_as_evaluated() {
             .count();
     }
     assert_eq!(fast_paths, 8);
+}
+
+/// Lineage strings are written exactly as `serde_json` writes them, whatever they hold.
+#[test]
+fn json_strings_are_written_as_serde_json_writes_them() {
+    for s in [
+        "devices/d1/telemetry",
+        "",
+        "quote\"d",
+        "back\\slash",
+        "tab\tnew\nline\u{1}",
+        "del\u{7f}",
+        "é/漢字/🙂",
+        "\u{2028}",
+    ] {
+        let mut out = Vec::new();
+        write_json_str(&mut out, s);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string(s).unwrap(),
+            "{s:?}"
+        );
+    }
 }
