@@ -35,7 +35,8 @@ use crate::metrics::{AppendedMetrics, Counters};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppendConfig {
-    /// Records per put, at most 500 (Kinesis's PutRecords limit).
+    /// Records per put, at most 500 (Kinesis's PutRecords limit). With the embedded store (no appender), the most
+    /// records of one socket read handed to the shard writers at once.
     pub batch_records_max: usize,
     /// Bytes of data + keys per put.
     pub batch_bytes_max: usize,

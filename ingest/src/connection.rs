@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use freshet_storage::PUT_RECORDS_MAX;
 use futures::FutureExt;
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
@@ -539,7 +540,20 @@ impl Conn {
         while self.pending.len() < inflight_max && !buf.is_empty() {
             let ids = codec::peek_publish(buf);
             match self.codec.read(buf, self.shared.config.max_packet_bytes) {
-                Ok(packet) => self.handle_client(packet, ids).await?,
+                Ok(packet) => {
+                    self.handle_client(packet, ids).await?;
+                    // A read of many small publishes goes to the store in runs of at most a put's size.
+                    if self.records.len()
+                        >= self
+                            .shared
+                            .config
+                            .append
+                            .batch_records_max
+                            .clamp(1, PUT_RECORDS_MAX)
+                    {
+                        self.submit().await?;
+                    }
+                }
                 Err(protocol::Error::InsufficientBytes(_)) => return Ok(()),
                 Err(e @ (protocol::Error::PayloadSizeLimitExceeded(_) | protocol::Error::PayloadTooLong)) => {
                     self.disconnect_v5(DisconnectReasonCode::PacketTooLarge);

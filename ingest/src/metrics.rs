@@ -11,7 +11,7 @@
 //! | `freshet_ingest_records_appended_total{stream}` | counter | records durable in the store |
 //! | `freshet_ingest_append_failures_total` | counter | records whose append failed for good (reported to the client, never silent) |
 //! | `freshet_ingest_append_retries_total` | counter | record appends retried after a retryable store error |
-//! | `freshet_ingest_queue_depth` | gauge | records waiting in the appender's input queue (stores other than the embedded one) |
+//! | `freshet_ingest_queue_depth` | gauge | records handed to the store and not yet durable (embedded store), or waiting in the appender's input queue (any other store) |
 //! | `freshet_ingest_append_latency_seconds` | histogram | from queueing a record to it being durable |
 //! | `freshet_ingest_connections` | gauge | open client connections |
 //! | `freshet_ingest_connections_refused_total{reason}` | counter | connections refused (auth, limit, protocol) |
@@ -32,6 +32,7 @@ pub struct Counters {
     append_retries: AtomicU64,
     connections: AtomicU64,
     refused: AtomicU64,
+    queued: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -47,6 +48,8 @@ pub struct Stats {
     pub append_retries: u64,
     pub connections: u64,
     pub refused: u64,
+    /// The queue depth now (see `freshet_ingest_queue_depth`).
+    pub queued: u64,
 }
 
 impl Counters {
@@ -110,6 +113,19 @@ impl Counters {
     }
 
     pub fn queue_depth(&self, depth: u64) {
+        self.queued.store(depth, Relaxed);
+        metrics::gauge!("freshet_ingest_queue_depth").set(depth as f64);
+    }
+
+    /// `records` handed to the store, not yet durable.
+    pub fn queued_more(&self, records: u64) {
+        let depth = self.queued.fetch_add(records, Relaxed) + records;
+        metrics::gauge!("freshet_ingest_queue_depth").set(depth as f64);
+    }
+
+    /// `records` handed to the store are durable or have failed.
+    pub fn queued_less(&self, records: u64) {
+        let depth = self.queued.fetch_sub(records, Relaxed).saturating_sub(records);
         metrics::gauge!("freshet_ingest_queue_depth").set(depth as f64);
     }
 
@@ -140,6 +156,7 @@ impl Counters {
             append_retries: self.append_retries.load(Relaxed),
             connections: self.connections.load(Relaxed),
             refused: self.refused.load(Relaxed),
+            queued: self.queued.load(Relaxed),
         }
     }
 }

@@ -156,6 +156,7 @@ async fn submit_direct(
 ) -> Result<Durable, AppendError> {
     let since = Instant::now();
     let count = items.len();
+    counters.queued_more(count as u64);
     // Usually every record of a read goes to one stream; records for an error stream make a second group.
     let mut groups: Vec<Group> = Vec::with_capacity(1);
     for (i, (stream, record)) in items.into_iter().enumerate() {
@@ -187,6 +188,7 @@ async fn submit_direct(
             .unwrap_or_else(|| counters.appended_metrics(g.stream.as_str()));
         let q = store.enqueue(&g.stream, g.records).await;
         if matches!(q, Err(freshet_storage::StoreError::ShuttingDown)) {
+            counters.queued_less(count as u64);
             return Err(AppendError::Stopped);
         }
         queued.push((g.positions, handles, q));
@@ -222,6 +224,7 @@ async fn submit_direct(
             }
             counters.appended_many(&handles, ok, since.elapsed());
         }
+        counters.queued_less(count as u64);
         outcomes.failures.sort_unstable_by_key(|(i, _)| *i);
         outcomes
     }))
@@ -284,6 +287,11 @@ mod tests {
             outcomes.push(sink.submit(&mut records).await.unwrap());
             assert!(records.is_empty());
         }
+        assert_eq!(
+            counters.snapshot().queued,
+            7,
+            "records handed over, not yet seen durable"
+        );
         let second = outcomes.pop().unwrap().await;
         let first = outcomes.pop().unwrap().await;
         assert_eq!(first.failures.len(), 1, "{first:?}");
@@ -298,7 +306,11 @@ mod tests {
         assert_eq!(data(&store, &a).await, ["0", "4", "6"]);
         assert_eq!(data(&store, &b).await, ["1", "3", "5"]);
         let stats = counters.snapshot();
-        assert_eq!((stats.appended, stats.append_failed), (6, 1), "{stats:?}");
+        assert_eq!(
+            (stats.appended, stats.append_failed, stats.queued),
+            (6, 1, 0),
+            "{stats:?}"
+        );
     }
 
     #[test]

@@ -369,6 +369,82 @@ async fn ingest_a_record_the_store_refuses_is_not_acknowledged() {
     gw.stop().await;
 }
 
+/// Many publishes in one TCP write: the gateway hands them to the store in runs of `append.batch_records_max`
+/// (1 here, so one read makes a run per publish, and the first run's group commit is under way while the others
+/// are queued), acknowledges every one in order and only once it is durable, and the records land in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_a_read_of_many_publishes_is_acknowledged_in_order() {
+    let mut cfg = config(vec![telemetry_rule()]);
+    cfg.append.batch_records_max = 1;
+    let gw = Gw::start(cfg, &[("telemetry", 2)]).await;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    // CONNECT (3.1.1, clean session, client id "bulk", keep-alive 30 s); CONNACK is 4 bytes.
+    socket
+        .write_all(&[
+            0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 4, b'b', b'u', b'l', b'k',
+        ])
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    socket.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    // Rounds of 100 publishes, each round one write; the packet ids start again at 1 once a round is acknowledged.
+    let (n, rounds) = (100u16, 8i64);
+    for round in 0..rounds {
+        let mut bytes = Vec::new();
+        for i in 1..=n {
+            let topic = format!("devices/d{}/telemetry", i % 3);
+            let payload = format!(r#"{{"n":{}}}"#, round * 1000 + i64::from(i));
+            let body = 2 + topic.len() + 2 + payload.len();
+            assert!(body < 128, "one-byte remaining length");
+            bytes.extend_from_slice(&[0x32, body as u8]);
+            bytes.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(topic.as_bytes());
+            bytes.extend_from_slice(&i.to_be_bytes());
+            bytes.extend_from_slice(payload.as_bytes());
+        }
+        assert!(bytes.len() < 8 * 1024, "fits one read of the connection's buffer");
+        socket.write_all(&bytes).await.unwrap();
+        let mut acks = vec![0u8; 4 * usize::from(n)];
+        tokio::time::timeout(DEADLINE, socket.read_exact(&mut acks))
+            .await
+            .expect("every PUBACK in time")
+            .unwrap();
+        for (i, ack) in acks.chunks(4).enumerate() {
+            let pkid = (i + 1) as u16;
+            assert_eq!(
+                ack,
+                [0x40, 2, (pkid >> 8) as u8, pkid as u8],
+                "round {round}, PUBACK {i}"
+            );
+        }
+        // PUBACK means durable: every record acknowledged so far is readable at once.
+        let records = gw.records("telemetry").await;
+        assert_eq!(records.len() as i64, (round + 1) * i64::from(n), "round {round}");
+    }
+    // Each device's records are in publish order.
+    let records = gw.records("telemetry").await;
+    for device in 0..3 {
+        let key = format!("d{device}");
+        let ns: Vec<i64> = records
+            .iter()
+            .filter(|(_, k, _)| *k == key)
+            .map(|(_, _, d)| d["n"].as_i64().unwrap())
+            .collect();
+        let expected: Vec<i64> = (0..rounds)
+            .flat_map(|r| {
+                (1..=i64::from(n))
+                    .filter(|i| i % 3 == device)
+                    .map(move |i| r * 1000 + i)
+            })
+            .collect();
+        assert_eq!(ns, expected, "{key}");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_wrong_password_refused_and_acls_enforced() {
     let params = argon2_cheap();
