@@ -145,3 +145,76 @@ async fn a_corrupt_record_in_the_middle_is_skipped_not_returned() {
     );
     store.shutdown().await;
 }
+
+/// Copy a directory tree (the store's files as a crash would leave them: the copy is taken while it runs).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// With fsync `always` the writer keeps zeroed room past its records (so most syncs write data only). A crash
+/// leaves that room behind: recovery cuts it, keeps every record (and nothing else), and the shard takes appends
+/// again. A clean stop leaves no room behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeroed_room_left_by_a_crash_is_cut_and_every_record_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = StreamName::new("torn").unwrap();
+    let store = Store::open(StoreConfig::new(dir.path()), Arc::new(SystemClock)).unwrap();
+    store.create_stream(&stream, 1).await.unwrap();
+    for batch in 0..5 {
+        let records = (0..20)
+            .map(|i| PutRecord::new(format!("k{i}"), format!("batch {batch} record {i}")))
+            .collect();
+        for result in store.put_records(&stream, records).await.unwrap() {
+            result.unwrap();
+        }
+    }
+    let original = read_shard(&store, &stream, ShardId(0)).await;
+    let records_end = HEADER_BYTES as usize
+        + original
+            .iter()
+            .map(|r| segment::frame_bytes(&r.partition_key, r.data.len()))
+            .sum::<usize>();
+
+    // The files as a crash now would leave them: the records, then zeros.
+    let crashed = tempfile::tempdir().unwrap();
+    copy_tree(dir.path(), crashed.path());
+    let path = the_segment(crashed.path());
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes.len() > records_end && bytes.len() as u64 >= HEADER_BYTES + shard::ZERO_AHEAD_BYTES,
+        "zeroed room after the records: {} bytes for {records_end} of records",
+        bytes.len()
+    );
+    assert!(bytes[records_end..].iter().all(|b| *b == 0));
+
+    let recovered = Store::open(StoreConfig::new(crashed.path()), Arc::new(SystemClock)).unwrap();
+    assert_eq!(read_shard(&recovered, &stream, ShardId(0)).await, original);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len() as usize,
+        records_end,
+        "room cut"
+    );
+    let fresh = recovered
+        .put_record(&stream, PutRecord::new("after", "after the crash"))
+        .await
+        .unwrap();
+    let after = read_shard(&recovered, &stream, ShardId(0)).await;
+    assert_eq!(after.len(), original.len() + 1);
+    assert_eq!(after.last().unwrap().sequence_number, fresh.sequence_number);
+    assert_eq!(&after.last().unwrap().data[..], b"after the crash");
+    recovered.shutdown().await;
+
+    // A clean stop cuts the room: the file ends with the last record.
+    store.shutdown().await;
+    let path = the_segment(dir.path());
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, records_end);
+}
