@@ -3,6 +3,10 @@
 //! (in memory, a child process on 127.0.0.1) and against a bare rumqttd (no store behind it), each broker with one
 //! subscriber draining it. Reports sustained publishes/s, publish → PUBACK latency (for freshet that is publish →
 //! durable), peak RSS, and the ratios. The load generator is `freshet_ingest::bench`.
+//!
+//! With `--rounds N` (default 3) the brokers are started once and measured in turn N times (freshet, Mosquitto,
+//! bare rumqttd, freshet, ...): a VM's speed drifts by tens of percent over a minute, so each round's ratio compares
+//! runs a few seconds apart, and the report gives each broker's median round and the median of the rounds' ratios.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,9 +28,12 @@ const FILTER: &str = "bench/+/telemetry";
 
 #[derive(Debug, Args)]
 pub struct IngestBenchArgs {
-    /// Target seconds of the measured run per broker (its size comes from a short calibration run).
+    /// Target seconds of the measured run per broker and round (its size comes from a short calibration run).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Rounds: every broker is measured once per round, in turn; the report takes medians over the rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Concurrent MQTT clients (client i publishes to `bench/<i>/telemetry`).
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
@@ -85,9 +92,15 @@ struct Report {
     payload_bytes: usize,
     shards: u32,
     fsync: String,
+    rounds: usize,
+    /// Per broker, its median round (by publishes/s).
     results: Vec<BrokerResult>,
+    /// The median over rounds of freshet's publishes/s over the peer's in the same round.
     freshet_over_mosquitto: Option<f64>,
     freshet_over_rumqttd: Option<f64>,
+    /// Each round's ratio, in round order.
+    rounds_over_mosquitto: Vec<f64>,
+    rounds_over_rumqttd: Vec<f64>,
 }
 
 /// A Mosquitto child process with an in-memory configuration, killed on drop.
@@ -171,28 +184,32 @@ fn load_config(args: &IngestBenchArgs, addr: SocketAddr, messages_per_client: us
     }
 }
 
-/// A calibration run (which also warms up the broker), then the measured run sized to `--seconds`, with one
-/// subscriber draining the broker during it. Returns the measured run and what the subscriber received.
+/// Publishes per client for a measured run of `--seconds`, from a short calibration run (which also warms the
+/// broker up), unless `--messages-per-client` fixes it.
+async fn calibrate(args: &IngestBenchArgs, addr: SocketAddr, name: &str) -> anyhow::Result<usize> {
+    if let Some(n) = args.messages_per_client {
+        return Ok(n);
+    }
+    let warm = run_load(load_config(args, addr, 2_000))
+        .await
+        .with_context(|| format!("{name}: calibration run"))?;
+    let n = warm.publishes_per_s * args.seconds as f64 / args.clients.max(1) as f64;
+    eprintln!(
+        "  {name} calibration: {:.0} publishes/s → {:.0} per client",
+        warm.publishes_per_s, n
+    );
+    Ok((n as usize).max(1_000))
+}
+
+/// One measured run of `per_client` publishes per client, with one subscriber draining the broker during it.
+/// Returns the run, what the subscriber received, and (freshet) the records made durable meanwhile.
 async fn measure(
     args: &IngestBenchArgs,
     addr: SocketAddr,
     name: &str,
+    per_client: usize,
     gateway: Option<&freshet_ingest::GatewayHandle>,
 ) -> anyhow::Result<(LoadReport, u64, u64)> {
-    let per_client = match args.messages_per_client {
-        Some(n) => n,
-        None => {
-            let warm = run_load(load_config(args, addr, 2_000))
-                .await
-                .with_context(|| format!("{name}: calibration run"))?;
-            let n = warm.publishes_per_s * args.seconds as f64 / args.clients.max(1) as f64;
-            eprintln!(
-                "  {name} calibration: {:.0} publishes/s → {:.0} per client",
-                warm.publishes_per_s, n
-            );
-            (n as usize).max(1_000)
-        }
-    };
     let expected = (per_client * args.clients) as u64;
     let drain_timeout = Duration::from_secs(args.seconds * 10 + 70);
     let subscriber = tokio::spawn(drain(addr, FILTER, expected, drain_timeout));
@@ -241,8 +258,101 @@ fn result(
     }
 }
 
-async fn freshet(args: &IngestBenchArgs, base: &Path) -> anyhow::Result<BrokerResult> {
-    let (_dir, store) = super::temp_store(base, args.fsync)?;
+/// One broker under test, started once for all rounds.
+struct Broker {
+    name: String,
+    addr: SocketAddr,
+    per_client: usize,
+    /// freshet's gateway (for its durable count).
+    gateway: Option<freshet_ingest::GatewayHandle>,
+    /// Each round's run, what its subscriber received and (freshet) what became durable.
+    runs: Vec<(LoadReport, u64, u64)>,
+    rss: Option<f64>,
+}
+
+impl Broker {
+    fn new(name: String, addr: SocketAddr, gateway: Option<freshet_ingest::GatewayHandle>) -> Self {
+        Self {
+            name,
+            addr,
+            per_client: 0,
+            gateway,
+            runs: Vec::new(),
+            rss: None,
+        }
+    }
+
+    async fn round(&mut self, args: &IngestBenchArgs) -> anyhow::Result<()> {
+        if self.runs.is_empty() {
+            self.per_client = calibrate(args, self.addr, &self.name).await?;
+        }
+        let run = measure(
+            args,
+            self.addr,
+            &self.name,
+            self.per_client,
+            self.gateway.as_ref(),
+        )
+        .await?;
+        self.runs.push(run);
+        Ok(())
+    }
+
+    /// The median round by publishes/s.
+    fn median(&self) -> &(LoadReport, u64, u64) {
+        let mut order: Vec<usize> = (0..self.runs.len()).collect();
+        order.sort_by(|a, b| {
+            self.runs[*a]
+                .0
+                .publishes_per_s
+                .total_cmp(&self.runs[*b].0.publishes_per_s)
+        });
+        &self.runs[order[order.len() / 2]]
+    }
+
+    fn result(&self, system: &str) -> BrokerResult {
+        let (report, received, durable) = self.median();
+        result(
+            system,
+            report,
+            *received,
+            self.rss,
+            self.gateway.as_ref().map(|_| *durable),
+        )
+    }
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+pub async fn run(args: IngestBenchArgs) -> anyhow::Result<()> {
+    if args.clients == 0
+        || args.seconds == 0
+        || args.inflight == 0
+        || args.payload_bytes < 16
+        || args.rounds == 0
+    {
+        bail!("--clients, --seconds, --inflight and --rounds must be > 0, --payload-bytes >= 16");
+    }
+    let mosquitto_binary = if args.no_mosquitto {
+        None
+    } else {
+        Some(find_mosquitto().context(
+            "mosquitto is not installed: run `apt-get install mosquitto` (Debian), or pass --no-mosquitto",
+        )?)
+    };
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+
+    // freshet: the embedded store and the gateway with one rule into `bench`.
+    let (_dir, store) = super::temp_store(&base, args.fsync)?;
     store
         .create_stream(&StreamName::new("bench")?, args.shards)
         .await?;
@@ -262,11 +372,67 @@ async fn freshet(args: &IngestBenchArgs, base: &Path) -> anyhow::Result<BrokerRe
         .await
         .context("starting the gateway")?;
     let addr = gateway.local_addrs()[0];
-    let (report, received, appended) = measure(args, addr, "freshet", Some(&gateway)).await?;
-    let stats = gateway.stats();
-    // VmHWM of this process, before the bare rumqttd runs in it: store + gateway + load generator + subscriber.
-    let rss = peak_rss_mib(None);
-    gateway.shutdown().await;
+    let mut freshet = Broker::new("freshet".into(), addr, Some(gateway));
+
+    let mosquitto_dir = tempfile::tempdir_in(&base)?;
+    let mosquitto = match &mosquitto_binary {
+        Some(binary) => Some(Mosquitto::start(binary, mosquitto_dir.path()).await?),
+        None => None,
+    };
+    let mut mosquitto_broker = mosquitto
+        .as_ref()
+        .map(|m| Broker::new("mosquitto".into(), m.addr, None));
+    let mut rumqttd = None;
+
+    for round in 1..=args.rounds {
+        eprintln!("round {round} of {}:", args.rounds);
+        freshet.round(&args).await?;
+        if round == 1 {
+            // VmHWM of this process after freshet's first round, before the bare rumqttd ever runs in it: store +
+            // gateway + load generator + subscriber.
+            freshet.rss = peak_rss_mib(None);
+        }
+        if let (Some(b), Some(m)) = (&mut mosquitto_broker, &mosquitto) {
+            b.round(&args).await?;
+            b.rss = peak_rss_mib(Some(m.pid()));
+        }
+        if !args.no_rumqttd {
+            if rumqttd.is_none() {
+                // Started at its first turn: rumqttd cannot be stopped and runs inside this process until it exits.
+                let addr = free_addr()?;
+                start_bare_rumqttd(addr)?;
+                super::wait_listening(addr, "bare rumqttd").await?;
+                rumqttd = Some(Broker::new("rumqttd".into(), addr, None));
+            }
+            if let Some(b) = &mut rumqttd {
+                b.round(&args).await?;
+            }
+        }
+    }
+
+    let stats = freshet.gateway.as_ref().map(|g| g.stats()).unwrap_or_default();
+    let ratios = |peer: &Option<Broker>| -> Vec<f64> {
+        peer.as_ref().map_or_else(Vec::new, |p| {
+            freshet
+                .runs
+                .iter()
+                .zip(&p.runs)
+                .map(|(f, q)| f.0.publishes_per_s / q.0.publishes_per_s)
+                .collect()
+        })
+    };
+    let rounds_over_mosquitto = ratios(&mosquitto_broker);
+    let rounds_over_rumqttd = ratios(&rumqttd);
+    let mut results = vec![freshet.result(&format!("freshet (fsync {:?})", args.fsync))];
+    if let (Some(b), Some(m)) = (&mosquitto_broker, &mosquitto) {
+        results.push(b.result(&format!("Mosquitto ({}, in memory)", m.version)));
+    }
+    if let Some(b) = &rumqttd {
+        results.push(b.result("bare rumqttd 0.20 (no store)"));
+    }
+    if let Some(g) = freshet.gateway.take() {
+        g.shutdown().await;
+    }
     store.shutdown().await;
     if stats.append_failed > 0 || stats.failed > 0 {
         bail!(
@@ -275,69 +441,6 @@ async fn freshet(args: &IngestBenchArgs, base: &Path) -> anyhow::Result<BrokerRe
             stats.append_failed
         );
     }
-    Ok(result(
-        &format!("freshet (fsync {:?})", args.fsync),
-        &report,
-        received,
-        rss,
-        Some(appended),
-    ))
-}
-
-pub async fn run(args: IngestBenchArgs) -> anyhow::Result<()> {
-    if args.clients == 0 || args.seconds == 0 || args.inflight == 0 || args.payload_bytes < 16 {
-        bail!("--clients, --seconds and --inflight must be > 0, --payload-bytes >= 16");
-    }
-    let mosquitto_binary = if args.no_mosquitto {
-        None
-    } else {
-        Some(find_mosquitto().context(
-            "mosquitto is not installed: run `apt-get install mosquitto` (Debian), or pass --no-mosquitto",
-        )?)
-    };
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut results = Vec::new();
-
-    eprintln!("freshet gateway (durable appends):");
-    results.push(freshet(&args, &base).await?);
-
-    if let Some(binary) = &mosquitto_binary {
-        let dir = tempfile::tempdir_in(&base)?;
-        let server = Mosquitto::start(binary, dir.path()).await?;
-        eprintln!("{}:", server.version);
-        let (report, received, _) = measure(&args, server.addr, "mosquitto", None).await?;
-        let rss = peak_rss_mib(Some(server.pid()));
-        results.push(result(
-            &format!("Mosquitto ({}, in memory)", server.version),
-            &report,
-            received,
-            rss,
-            None,
-        ));
-    }
-
-    if !args.no_rumqttd {
-        // Last: rumqttd cannot be stopped and runs inside this process until it exits.
-        let addr = free_addr()?;
-        start_bare_rumqttd(addr)?;
-        super::wait_listening(addr, "bare rumqttd").await?;
-        eprintln!("bare rumqttd (no store):");
-        let (report, received, _) = measure(&args, addr, "rumqttd", None).await?;
-        results.push(result(
-            "bare rumqttd 0.20 (no store)",
-            &report,
-            received,
-            None,
-            None,
-        ));
-    }
-
-    let ratio = |prefix: &str| {
-        results
-            .iter()
-            .find(|r| r.system.starts_with(prefix))
-            .map(|peer| results[0].publishes_per_s / peer.publishes_per_s)
-    };
     let report = Report {
         machine: machine(),
         clients: args.clients,
@@ -345,8 +448,11 @@ pub async fn run(args: IngestBenchArgs) -> anyhow::Result<()> {
         payload_bytes: args.payload_bytes,
         shards: args.shards,
         fsync: format!("{:?}", args.fsync),
-        freshet_over_mosquitto: ratio("Mosquitto"),
-        freshet_over_rumqttd: ratio("bare rumqttd"),
+        rounds: args.rounds,
+        freshet_over_mosquitto: median(rounds_over_mosquitto.clone()),
+        freshet_over_rumqttd: median(rounds_over_rumqttd.clone()),
+        rounds_over_mosquitto,
+        rounds_over_rumqttd,
         results,
     };
     print_report(&report);
@@ -360,8 +466,9 @@ fn print_report(r: &Report) {
     println!("\nfreshet bench ingest — {}", r.machine);
     println!(
         "{} clients, QoS 1, {} publishes in flight per client, {} B JSON payloads; freshet: rule → stream `bench` \
-         ({} shards, key ${{topic(2)}}), fsync {}; one QoS 0 subscriber on `{FILTER}` per broker\n",
-        r.clients, r.inflight, r.payload_bytes, r.shards, r.fsync
+         ({} shards, key ${{topic(2)}}), fsync {}; one QoS 0 subscriber on `{FILTER}` per broker; {} round(s), \
+         each broker's median round below\n",
+        r.clients, r.inflight, r.payload_bytes, r.shards, r.fsync, r.rounds
     );
     println!(
         "| system | publishes/s | PUBACK p50 ms | PUBACK p99 ms | PUBACK max ms | subscriber got | peak RSS MiB |"
@@ -389,14 +496,33 @@ fn print_report(r: &Report) {
             f.published
         );
     }
+    let rounds = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
     if let Some(x) = r.freshet_over_mosquitto {
-        println!("freshet/Mosquitto publishes/s: {x:.2}x (target >= 2x)");
+        println!(
+            "freshet/Mosquitto publishes/s: {x:.2}x, median of the rounds' ratios ({}) (target >= 2x)",
+            rounds(&r.rounds_over_mosquitto)
+        );
     }
     if let Some(x) = r.freshet_over_rumqttd {
-        println!("freshet/bare rumqttd publishes/s: {x:.2}x (target >= 0.8x)");
+        println!(
+            "freshet/bare rumqttd publishes/s: {x:.2}x, median of the rounds' ratios ({}) (target >= 0.8x)",
+            rounds(&r.rounds_over_rumqttd)
+        );
     }
     println!(
-        "peak RSS: freshet = VmHWM of this process after the freshet run (store + gateway + load generator); \
-         Mosquitto = its child process; bare rumqttd runs in this process afterwards (n/a)"
+        "peak RSS: freshet = VmHWM of this process after freshet's first round (store + gateway + load generator), \
+         before the bare rumqttd runs in it (n/a); Mosquitto = its child process"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
 }
