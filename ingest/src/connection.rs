@@ -220,6 +220,7 @@ where
         records: Records::default(),
         batches: VecDeque::new(),
         next_batch: 0,
+        arrival_ms: None,
     };
     let result = match write_packet(&mut wr, &conn.codec, ack).await {
         Ok(()) => {
@@ -353,6 +354,8 @@ struct Conn {
     batches: VecDeque<Batch>,
     /// The serial the records now gathering will be submitted as.
     next_batch: u64,
+    /// The arrival time of the publishes of the read being handled (one clock read per read, not per publish).
+    arrival_ms: Option<i64>,
 }
 
 impl Conn {
@@ -485,6 +488,7 @@ impl Conn {
     /// and the router is woken once for all the publishes it forwards. Both happen even when a packet ends the
     /// connection, so the publishes before it are not lost.
     async fn parse(&mut self, buf: &mut BytesMut, inflight_max: usize) -> Result<(), Close> {
+        self.arrival_ms = None;
         let parsed = self.parse_packets(buf, inflight_max).await;
         let sent = self.submit().await;
         let woken = self.wake_router().await;
@@ -711,7 +715,7 @@ impl Conn {
         let applied = self.shared.rules.apply(&Message {
             topic,
             client_id: &self.identity.client_id,
-            arrival_ms: now_ms(),
+            arrival_ms: *self.arrival_ms.get_or_insert_with(now_ms),
             payload,
         });
         if applied.matched == 0 {
@@ -873,6 +877,7 @@ impl Conn {
     }
 
     async fn fire_will(&mut self, will: LastWill) {
+        self.arrival_ms = None; // the will arrives now, not with the last read
         let LastWill {
             topic,
             message,
