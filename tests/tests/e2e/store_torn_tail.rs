@@ -218,3 +218,67 @@ async fn zeroed_room_left_by_a_crash_is_cut_and_every_record_kept() {
     let path = the_segment(dir.path());
     assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, records_end);
 }
+
+/// Sealed segments carry no zeroed room (a roll cuts it while the store runs), and without fsync `always` the
+/// writer keeps none at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolls_cut_the_zeroed_room_and_only_fsync_always_keeps_one() {
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path());
+        config.log.fsync = fsync;
+        config.log.segment_bytes_max = 16 * 1024;
+        let stream = StreamName::new("torn").unwrap();
+        let store = Store::open(config, Arc::new(SystemClock)).unwrap();
+        store.create_stream(&stream, 1).await.unwrap();
+        for batch in 0..20 {
+            let records = (0..10)
+                .map(|i| PutRecord::new(format!("k{i}"), vec![b'a' + (batch % 26) as u8; 300]))
+                .collect();
+            for result in store.put_records(&stream, records).await.unwrap() {
+                result.unwrap();
+            }
+        }
+        let records = read_shard(&store, &stream, ShardId(0)).await;
+        assert_eq!(records.len(), 200);
+        // While the store runs: every segment but the newest ends with its last record.
+        let shard_dir = dir.path().join("streams/torn/shards/0000000000");
+        let mut segments: Vec<_> = std::fs::read_dir(&shard_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        segments.sort();
+        assert!(
+            segments.len() > 3,
+            "{fsync:?}: rolled {} times",
+            segments.len() - 1
+        );
+        let mut lengths = Vec::new();
+        for path in &segments {
+            let bytes = std::fs::read(path).unwrap();
+            let mut end = HEADER_BYTES as usize;
+            // Frames: body length (u32 LE), checksum, body; zeros are no frame.
+            while end + 8 <= bytes.len() {
+                let body = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
+                if body == 0 || end + 8 + body > bytes.len() {
+                    break;
+                }
+                end += 8 + body;
+            }
+            lengths.push((bytes.len(), end));
+        }
+        let (newest, sealed) = lengths.split_last().unwrap();
+        for (i, (len, end)) in sealed.iter().enumerate() {
+            assert_eq!(
+                len, end,
+                "{fsync:?}: sealed segment {i} has bytes after its last record"
+            );
+        }
+        match fsync {
+            FsyncPolicy::Always => assert!(newest.0 > newest.1, "{fsync:?}: no room in the newest segment"),
+            _ => assert_eq!(newest.0, newest.1, "{fsync:?}: room without fsync always"),
+        }
+        store.shutdown().await;
+    }
+}
