@@ -47,6 +47,90 @@ pub struct BenchArgs {
     /// Minutes of real time for the files-per-hour run (1,000 rows/s, default 60 s / 5 MiB buffering); 0 skips it.
     #[arg(long, default_value_t = 2)]
     pub files_minutes: u64,
+    /// Throughput rounds: freshet (a new delivery into a new table each round) and DuckDB in turn; the report
+    /// gives the median round and the median of the rounds' ratios.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+}
+
+/// One throughput round of freshet: a delivery of every record of `bench` into its own table.
+struct Round {
+    secs: f64,
+    startup_ms: f64,
+    /// User and system CPU seconds and minor faults during the round.
+    cpu: Option<(f64, f64, u64)>,
+    rss_before: Option<u64>,
+}
+
+async fn freshet_round(
+    store: &Arc<dyn StreamStore>,
+    warehouse: &str,
+    table: &str,
+    records: u64,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Round> {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+    let mut config = DeliveryConfig::new(table, "bench", table, warehouse);
+    config.buffer_bytes = 128 << 20;
+    config.buffer_interval_ms = 1_000;
+    config.maintenance.optimize_every_commits = 0;
+    // Throughput is timed from the moment the delivery has created its tables and loaded its positions (it starts
+    // reading right then), as DuckDB's is timed once its connection is open: creating a table happens once per
+    // delivery, not per row. How long that took is printed.
+    let spawned = Instant::now();
+    let d = freshet_process::spawn_delivery(config, store.clone(), shutdown.clone());
+    d.started().await;
+    let startup_ms = spawned.elapsed().as_secs_f64() * 1e3;
+    let rss_before = rss_mib();
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    // The input ends once every record is read: flush then, as DuckDB converts once it has read its whole file,
+    // rather than idle until the 1 s interval (which would cap a run of N records at N rows/s).
+    let mut flushed_at_end = false;
+    while d.counters().rows.load(Relaxed) < records {
+        anyhow::ensure!(!d.is_finished(), "the delivery stopped");
+        if !flushed_at_end && d.counters().records_read.load(Relaxed) >= records {
+            d.flush_now().await?;
+            flushed_at_end = true;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await; // polling the delivery's counters
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| (after.0 - before.0, after.1 - before.1, after.2 - before.2));
+    d.shutdown().await?;
+    Ok(Round {
+        secs,
+        startup_ms,
+        cpu,
+        rss_before,
+    })
+}
+
+/// A DuckDB round's seconds and CPU seconds, or what it printed when it failed.
+type DuckRound = Result<(f64, Option<f64>), String>;
+
+/// One DuckDB round: NDJSON → Parquet of the same records.
+fn duckdb_round(path: &std::path::Path, round: usize) -> anyhow::Result<DuckRound> {
+    let script = format!(
+        "import duckdb,time\nc=duckdb.connect()\nt=time.perf_counter()\np=time.process_time()\n\
+         c.sql(\"COPY (SELECT * FROM read_json_auto('{0}')) TO '{0}.{1}.parquet' (FORMAT parquet)\")\n\
+         print(time.perf_counter()-t, time.process_time()-p)",
+        path.display(),
+        round
+    );
+    let duck = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()?;
+    let out = String::from_utf8_lossy(&duck.stdout);
+    let mut numbers = out.split_whitespace().map(|n| n.parse::<f64>().ok());
+    Ok(match numbers.next().flatten() {
+        Some(secs) => Ok((secs, numbers.next().flatten())),
+        None => Err(String::from_utf8_lossy(&duck.stderr).trim().to_string()),
+    })
 }
 
 #[derive(Debug, Args)]
@@ -454,61 +538,45 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let warehouse = dir.path().join("warehouse").display().to_string();
-    let mut config = DeliveryConfig::new("bench", "bench", "bench", &warehouse);
-    config.buffer_bytes = 128 << 20;
-    config.buffer_interval_ms = 1_000;
-    config.maintenance.optimize_every_commits = 0;
-    let shutdown = CancellationToken::new();
-    // The delivery's own peak: the high-water mark restarts here (writing 5 to clear_refs resets VmHWM).
-    let setup_peak = peak_rss_mib();
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    // Throughput is timed from the moment the delivery has created its tables and loaded its positions (it starts
-    // reading right then), as DuckDB's is timed once its connection is open: creating a table happens once per
-    // delivery, not per row. How long that took is printed.
-    let spawned = Instant::now();
-    let d = freshet_process::spawn_delivery(config.clone(), dyn_store.clone(), shutdown.clone());
-    d.started().await;
-    let startup_ms = spawned.elapsed().as_secs_f64() * 1e3;
-    let rss_before = rss_mib();
-    let cpu_before = cpu_seconds();
-    let started = Instant::now();
-    // The input ends once every record is read: flush then, as DuckDB converts once it has read its whole file,
-    // rather than idle until the 1 s interval (which would cap a run of N records at N rows/s).
-    let mut flushed_at_end = false;
-    while d.counters().rows.load(Relaxed) < args.records {
-        anyhow::ensure!(!d.is_finished(), "the delivery stopped");
-        if !flushed_at_end && d.counters().records_read.load(Relaxed) >= args.records {
-            d.flush_now().await?;
-            flushed_at_end = true;
-            continue;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await; // polling the delivery's counters
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let delivery_peak = peak_rss_mib();
-    let cpu_split = cpu_seconds()
-        .zip(cpu_before)
-        .map(|(after, before)| (after.0 - before.0, after.1 - before.1, after.2 - before.2));
-    let cpu = cpu_split.map(|(user, system, _)| user + system);
-    let ours = args.records as f64 / secs;
-    d.shutdown().await?;
-
     let path = dir.path().join("bench.ndjson");
     std::fs::write(&path, &ndjson)?;
     drop(ndjson);
-    let script = format!(
-        "import duckdb,time\nc=duckdb.connect()\nt=time.perf_counter()\np=time.process_time()\n\
-         c.sql(\"COPY (SELECT * FROM read_json_auto('{0}')) TO '{0}.parquet' (FORMAT parquet)\")\n\
-         print(time.perf_counter()-t, time.process_time()-p)",
-        path.display()
-    );
-    let duck = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()?;
-    let duck_out = String::from_utf8_lossy(&duck.stdout);
-    let mut duck_numbers = duck_out.split_whitespace().map(|n| n.parse::<f64>().ok());
-    let duck_secs: Option<f64> = duck_numbers.next().flatten();
-    let duck_cpu: Option<f64> = duck_numbers.next().flatten();
+    let shutdown = CancellationToken::new();
+    // The deliveries' own peak: the high-water mark restarts here (writing 5 to clear_refs resets VmHWM).
+    let setup_peak = peak_rss_mib();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    // Rounds in turn, freshet then DuckDB, so that each round's ratio compares runs a moment apart.
+    let mut rounds: Vec<(Round, DuckRound)> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let table = if round == 1 {
+            "bench".to_string()
+        } else {
+            format!("bench_{round}")
+        };
+        let ours = freshet_round(&dyn_store, &warehouse, &table, args.records, &shutdown).await?;
+        let theirs = duckdb_round(&path, round)?;
+        rounds.push((ours, theirs));
+    }
+    let delivery_peak = peak_rss_mib();
+    let ratio = |(ours, theirs): &(Round, DuckRound)| theirs.as_ref().ok().map(|(ds, _)| ds / ours.secs);
+    let ratios: Vec<f64> = rounds.iter().filter_map(ratio).collect();
+    // The median round: by ratio when DuckDB ran, else by freshet's time.
+    let mut order: Vec<usize> = (0..rounds.len()).collect();
+    order.sort_by(|a, b| {
+        let key = |i: usize| ratio(&rounds[i]).unwrap_or(1.0 / rounds[i].0.secs);
+        key(*a).total_cmp(&key(*b))
+    });
+    let (median_round, duck) = &rounds[order[order.len() / 2]];
+    let secs = median_round.secs;
+    let startup_ms = median_round.startup_ms;
+    let rss_before = median_round.rss_before;
+    let cpu_split = median_round.cpu;
+    let cpu = cpu_split.map(|(user, system, _)| user + system);
+    let ours = args.records as f64 / secs;
+    let (duck_secs, duck_cpu) = match duck {
+        Ok((s, c)) => (Some(*s), *c),
+        Err(_) => (None, None),
+    };
 
     // Latency: one record every 20 ms into a fresh stream, 1 s interval; a record is queryable when the
     // delivery's committed row count covers it (each flush commits everything read so far).
@@ -583,7 +651,22 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Some(ds) => {
             let theirs = args.records as f64 / ds;
             println!("  DuckDB NDJSON→Parquet:  {theirs:.0} rows/s ({ds:.2} s)");
-            println!("  ratio freshet/DuckDB:   {:.2}x", ours / theirs);
+            let mut sorted = ratios.clone();
+            sorted.sort_by(f64::total_cmp);
+            let n = sorted.len();
+            let median = if n % 2 == 1 {
+                sorted[n / 2]
+            } else {
+                (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+            };
+            println!(
+                "  ratio freshet/DuckDB:   {median:.2}x (median of {n} rounds: {})",
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             if let (Some(dc), Some(c)) = (duck_cpu, cpu) {
                 println!(
                     "  DuckDB CPU:             {dc:.2} s user+system; CPU ratio DuckDB/freshet {:.2}x (higher is \
@@ -594,7 +677,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         None => println!(
             "  DuckDB: not run ({})",
-            String::from_utf8_lossy(&duck.stderr).trim()
+            duck.as_ref().err().map_or("", |e| e.as_str())
         ),
     }
     println!(
