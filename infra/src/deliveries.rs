@@ -651,14 +651,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Some(ds) => {
             let theirs = args.records as f64 / ds;
             println!("  DuckDB NDJSON→Parquet:  {theirs:.0} rows/s ({ds:.2} s)");
-            let mut sorted = ratios.clone();
-            sorted.sort_by(f64::total_cmp);
-            let n = sorted.len();
-            let median = if n % 2 == 1 {
-                sorted[n / 2]
-            } else {
-                (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-            };
+            let n = ratios.len();
+            let median = crate::bench::median(ratios.clone()).unwrap_or(f64::NAN);
             println!(
                 "  ratio freshet/DuckDB:   {median:.2}x (median of {n} rounds: {})",
                 ratios

@@ -21,7 +21,7 @@ use freshet_ingest::{GatewayConfig, ListenerConfig, RuleConfig};
 use freshet_storage::{FsyncPolicy, StreamName, StreamStore};
 use serde::Serialize;
 
-use super::{machine, peak_rss_mib};
+use super::{machine, median, peak_rss_mib};
 
 const TOPIC_PREFIX: &str = "bench";
 const FILTER: &str = "bench/+/telemetry";
@@ -322,17 +322,6 @@ impl Broker {
     }
 }
 
-/// The median (the mean of the middle two for an even count).
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
 pub async fn run(args: IngestBenchArgs) -> anyhow::Result<()> {
     if args.clients == 0
         || args.seconds == 0
@@ -513,16 +502,4 @@ fn print_report(r: &Report) {
         "peak RSS: freshet = VmHWM of this process after freshet's first round (store + gateway + load generator), \
          before the bare rumqttd runs in it (n/a); Mosquitto = its child process"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn medians_of_odd_and_even_counts() {
-        assert_eq!(median(vec![]), None);
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
-    }
 }

@@ -60,6 +60,17 @@ pub fn ms(h: &Histogram<u64>, quantile: f64) -> f64 {
     h.value_at_quantile(quantile) as f64 / 1000.0
 }
 
+/// The median (the mean of the middle two for an even count); `None` for no values.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
 /// Peak resident set size of a process, in MiB (VmHWM of /proc/<pid>/status).
 pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     status_mib(pid, "VmHWM:")
@@ -180,4 +191,16 @@ pub async fn wait_listening(addr: std::net::SocketAddr, what: &str) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(20)).await; // polling the port with a deadline
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod median_tests {
+    use super::median;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
 }
