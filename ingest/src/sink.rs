@@ -203,13 +203,14 @@ async fn submit_direct(
                     (0..n).map(|_| Err(e.clone())).collect()
                 }
             };
-            let mut ok = 0usize;
+            let (mut ok, mut failed) = (0usize, 0usize);
             let mut first_error = None;
             for (k, result) in results.into_iter().enumerate() {
                 match result {
                     Ok(_) => ok += 1,
                     Err(e) => {
                         let at = positions.as_ref().map_or(k, |p| p[k]);
+                        failed += 1;
                         counters.append_failed();
                         outcomes
                             .failures
@@ -219,7 +220,6 @@ async fn submit_direct(
                 }
             }
             if let Some(e) = first_error {
-                let failed = outcomes.failures.len();
                 tracing::error!(records = failed, error = %e, "append failed");
             }
             counters.appended_many(&handles, ok, since.elapsed());
