@@ -35,6 +35,8 @@ use serde_json::Value;
 use crate::config::{ColumnType, DeliveryConfig, LINEAGE_COLUMNS, PartitionExpr, invalid_column_name};
 use crate::error::{ProcessError, Result};
 
+mod scan;
+
 /// Why a record went to the error table. The string forms are what the `error_kind` column holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -770,6 +772,44 @@ struct Plan {
     event_field: Option<usize>,
     /// Per column: where its cell comes from.
     fill: Vec<Fill>,
+    /// Whether [`scan::scan`] may read these records (keys that need no escaping), and how often it did and did
+    /// not: once it gives up on a layout's records far more often than it reads them, the serde path takes them all.
+    plain_keys: bool,
+    scanned: usize,
+    scan_misses: usize,
+}
+
+impl Plan {
+    /// Whether [`scan::scan`] is worth trying on the next record.
+    fn scan_worthwhile(&self) -> bool {
+        self.plain_keys && self.scan_misses <= self.scanned + 16
+    }
+
+    /// Put the value of the field at `position` where the plan says; `None` when the general path must decide.
+    fn take<'r>(
+        &self,
+        position: usize,
+        value: Json<'r>,
+        value_bytes_max: usize,
+        cells: &mut [Option<Cell<'r>>],
+        out: &mut PlannedFields<'r>,
+    ) -> Option<()> {
+        if self.event_field == Some(position) {
+            out.event_ms = value.time_ms();
+        }
+        match self.targets[position] {
+            Target::Column(_, ty) => cells[position] = Some(fit(value.into_cell()?, ty, value_bytes_max)?),
+            Target::Ignored => {}
+            Target::Topic => out.topic = value.into_lineage_text().ok()?,
+            Target::ClientId => out.client_id = value.into_lineage_text().ok()?,
+            Target::Arrival => {
+                if !matches!(value, Json::Null) {
+                    out.arrival_ms = Some(value.time_ms()?);
+                }
+            }
+        }
+        Some(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -852,32 +892,8 @@ impl<'de> Visitor<'de> for Planned<'_, 'de> {
                 continue;
             }
             let value = map.next_value::<Json<'de>>()?;
-            if plan.event_field == Some(position) {
-                self.out.event_ms = value.time_ms();
-            }
-            match plan.targets[position] {
-                Target::Column(_, ty) => {
-                    let seed = CellSeed {
-                        ty,
-                        value_bytes_max: self.value_bytes_max,
-                    };
-                    self.cells[position] = Some(seed.fit(value.into_cell().ok_or_else(off)?)?);
-                }
-                Target::Ignored => {}
-                Target::Topic | Target::ClientId => {
-                    let text = value.into_lineage_text().map_err(|_| off())?;
-                    if plan.targets[position] == Target::Topic {
-                        self.out.topic = text;
-                    } else {
-                        self.out.client_id = text;
-                    }
-                }
-                Target::Arrival => {
-                    if !matches!(value, Json::Null) {
-                        self.out.arrival_ms = Some(value.time_ms().ok_or_else(off)?);
-                    }
-                }
-            }
+            plan.take(position, value, self.value_bytes_max, self.cells, self.out)
+                .ok_or_else(off)?;
             position += 1;
         }
         if position == plan.keys.len() {
@@ -897,13 +913,18 @@ struct CellSeed {
 
 impl CellSeed {
     fn fit<'a, E: de::Error>(self, cell: Cell<'a>) -> std::result::Result<Cell<'a>, E> {
-        if let Cell::Str(s) = &cell
-            && s.len() > self.value_bytes_max
-        {
-            return Err(E::custom(""));
-        }
-        coerce(cell, self.ty).map_err(|_| E::custom(""))
+        fit(cell, self.ty, self.value_bytes_max).ok_or_else(|| E::custom(""))
     }
+}
+
+/// A planned column's cell as the general path would store it, or `None` where the general path must decide.
+fn fit(cell: Cell<'_>, ty: ColumnType, value_bytes_max: usize) -> Option<Cell<'_>> {
+    if let Cell::Str(s) = &cell
+        && s.len() > value_bytes_max
+    {
+        return None;
+    }
+    coerce(cell, ty).ok()
 }
 
 impl<'de> DeserializeSeed<'de> for CellSeed {
@@ -1128,6 +1149,10 @@ struct ChunkConverter<'c> {
     /// Whether plans are made (off only to compare the two paths in tests) and how many rows took one.
     planning: bool,
     planned_rows: usize,
+    /// Whether planned records are first tried with [`scan::scan`] (off only to compare paths in tests), and how
+    /// many rows it read.
+    scanning: bool,
+    scanned_rows: usize,
     builders: Vec<ColumnBuilder>,
     rows: usize,
     capacity: usize,
@@ -1181,6 +1206,8 @@ impl<'c> ChunkConverter<'c> {
             plan: None,
             planning: true,
             planned_rows: 0,
+            scanning: true,
+            scanned_rows: 0,
             rows: 0,
             capacity,
             errors: Vec::new(),
@@ -1195,9 +1222,20 @@ impl<'c> ChunkConverter<'c> {
 
     /// [`ChunkConverter::run`], also telling how many rows a plan converted.
     #[cfg(test)]
-    fn run_counted(mut self, records: &[SourceRecord], planned: &mut usize) -> Result<Converted> {
+    fn run_counted(self, records: &[SourceRecord], planned: &mut usize) -> Result<Converted> {
+        self.run_counted_scans(records, planned, &mut 0)
+    }
+
+    /// [`ChunkConverter::run_counted`], also telling how many of the planned rows [`scan::scan`] read.
+    #[cfg(test)]
+    fn run_counted_scans(
+        mut self,
+        records: &[SourceRecord],
+        planned: &mut usize,
+        scanned: &mut usize,
+    ) -> Result<Converted> {
         self.convert_all(records.iter().map(|s| (s.shard_id, &s.record)))?;
-        *planned = self.planned_rows;
+        (*planned, *scanned) = (self.planned_rows, self.scanned_rows);
         self.finish()
     }
 
@@ -1526,6 +1564,9 @@ impl<'c> ChunkConverter<'c> {
             targets: Vec::new(),
             event_field: position(&cfg.event_time_field),
             fill: vec![Fill::Null; self.schema.columns.len()],
+            plain_keys: keys.iter().all(|k| scan::plain_key(k)),
+            scanned: 0,
+            scan_misses: 0,
         };
         let targets: Option<Vec<Target>> = keys
             .iter()
@@ -1584,7 +1625,7 @@ impl<'c> ChunkConverter<'c> {
         shard_name: &'r str,
         cells: &mut Vec<Option<Cell<'r>>>,
     ) -> bool {
-        let Some(plan) = self.plan.as_ref().filter(|p| p.usable) else {
+        let Some(plan) = self.plan.as_mut().filter(|p| p.usable) else {
             return false;
         };
         // One UTF-8 check of the whole payload: a `str` parser then takes its strings as they are, where a bytes
@@ -1598,15 +1639,33 @@ impl<'c> ChunkConverter<'c> {
         cells.clear();
         cells.resize(plan.keys.len(), None);
         let mut out = PlannedFields::default();
-        let mut de = serde_json::Deserializer::from_str(text);
-        let seed = Planned {
-            plan,
-            value_bytes_max: self.cfg.value_bytes_max,
-            cells,
-            out: &mut out,
-        };
-        if seed.deserialize(&mut de).and_then(|()| de.end()).is_err() {
-            return false;
+        let value_bytes_max = self.cfg.value_bytes_max;
+        let tried = self.scanning && plan.scan_worthwhile();
+        let scanned = tried && scan::scan(plan, text, value_bytes_max, cells, &mut out).is_some();
+        if tried {
+            if scanned {
+                plan.scanned += 1;
+                self.scanned_rows += 1;
+            } else {
+                plan.scan_misses += 1;
+            }
+        }
+        if !scanned {
+            if tried {
+                cells.clear();
+                cells.resize(plan.keys.len(), None);
+                out = PlannedFields::default();
+            }
+            let mut de = serde_json::Deserializer::from_str(text);
+            let seed = Planned {
+                plan,
+                value_bytes_max,
+                cells,
+                out: &mut out,
+            };
+            if seed.deserialize(&mut de).and_then(|()| de.end()).is_err() {
+                return false;
+            }
         }
         let arrival_ms = out.arrival_ms.unwrap_or(record.arrival_ms);
         let event_ms = out.event_ms.unwrap_or(arrival_ms);
@@ -2195,17 +2254,76 @@ mod tests {
                     .into_bytes()
             }),
         ];
-        let records: Vec<SourceRecord> = (0..400u64)
+        // A flat layout that the scanner reads, and what it must leave to the serde path, or read exactly as it
+        // would: whitespace, number forms, escapes, nulls, keys out of order.
+        let flat = |i: u64| {
+            format!(
+                r#"{{"ts": {}, "dev": "d{}", "n": {i}, "ok": true, "_topic": "t/{i}", "_client_id": "c", "_arrival_time": 1700000000123, "temp": 20.5}}"#,
+                1_700_000_000_000 + 3_600_000 * i,
+                i % 3
+            )
+        };
+        let temp = move |to: &'static str| move |i: u64| flat(i).replace("20.5", to);
+        let n = move |to: &'static str| {
+            move |i: u64| flat(i).replace(&format!(r#""n": {i}"#), &format!(r#""n": {to}"#))
+        };
+        let flat_variants: Vec<Box<dyn Fn(u64) -> String>> = vec![
+            Box::new(flat),
+            Box::new(move |i| flat(i).replace(", ", ",").replace(": ", ":")),
+            Box::new(move |i| format!(" \n{}\t\r ", flat(i).replace(", ", " ,\n\t").replace(": ", " : "))),
+            Box::new(move |i| flat(i).replace("20.5", &i.to_string())),
+            Box::new(temp("-0")),
+            Box::new(temp("-0.0")),
+            Box::new(temp("1e3")),
+            Box::new(temp("2.5E-3")),
+            Box::new(temp("29.912299999999998")),
+            Box::new(temp("1e400")),
+            Box::new(temp("01")),
+            Box::new(temp("\"20.5\"")),
+            Box::new(n("-0")),
+            Box::new(n("3.0")),
+            Box::new(n("3.5")),
+            Box::new(n("1234567890123456789")),
+            Box::new(n("-12")),
+            Box::new(move |i| flat(i).replace(r#""dev": "d"#, r#""dev": "\u0041d"#)),
+            Box::new(move |i| flat(i).replace(r#""dev": "d"#, "\"dev\": \"\u{fc}n\u{ef}")),
+            Box::new(move |i| flat(i).replace(r#""dev": "d"#, &format!(r#""dev": "{}"#, "long".repeat(20)))),
+            Box::new(move |i| flat(i).replace("true", "false")),
+            Box::new(move |i| flat(i).replace(r#""t/"#, "null, \"x\": \"")),
+            Box::new(move |i| flat(i).replace(r#""c""#, "null")),
+            Box::new(move |i| flat(i).replace("1700000000123", r#""later""#)),
+            Box::new(move |i| {
+                flat(i).replace(
+                    &format!(r#""ts": {}"#, 1_700_000_000_000 + 3_600_000 * i),
+                    r#""ts": "2024-05-01T10:00:00Z""#,
+                )
+            }),
+            Box::new(move |i| {
+                flat(i).replace(
+                    &format!(r#""ts": {}"#, 1_700_000_000_000 + 3_600_000 * i),
+                    r#""ts": 1e20"#,
+                )
+            }),
+            Box::new(move |i| format!("{} x", flat(i))),
+            Box::new(move |i| flat(i).replace(r#""ok": true, "#, "")),
+            Box::new(move |i| {
+                flat(i)
+                    .replace(r#""ok": true, "_topic""#, r#""_topic""#)
+                    .replace(r#""temp""#, r#""ok": true, "temp""#)
+            }),
+        ];
+        let records: Vec<SourceRecord> = (0..800u64)
             .map(|i| {
-                // Mostly the base layout, so that plans are made and used between the variants.
-                let v = if i % 3 == 0 {
-                    0
+                // Mostly the base layouts, so that plans are made and used between the variants.
+                let pick = |n: usize| if i % 3 == 0 { 0 } else { (i as usize * 7) % n };
+                let data = if i < 400 {
+                    variants[pick(variants.len())](i)
                 } else {
-                    (i as usize * 7) % variants.len()
+                    flat_variants[pick(flat_variants.len())](i).into_bytes()
                 };
                 let seq = if i == 200 { u64::MAX } else { i };
                 let mut r = rec((i % 4) as u32, seq, "");
-                r.record.data = bytes::Bytes::from(variants[v](i));
+                r.record.data = bytes::Bytes::from(data);
                 r
             })
             .collect();
@@ -2252,26 +2370,33 @@ mod tests {
         configs.push(declared);
         for (i, cfg) in configs.iter().enumerate() {
             let schema = TableSchema::initial(cfg);
-            let convert = |planning: bool, schema: &TableSchema| {
+            let convert = |planning: bool, scanning: bool, schema: &TableSchema| {
                 let mut c = ChunkConverter::new(cfg, schema, schema.columns.len(), records.len());
-                c.planning = planning;
-                let (rows, planned) = (records.len(), &mut 0);
-                let out = c.run_counted(&records, planned).unwrap();
+                (c.planning, c.scanning) = (planning, scanning);
+                let (rows, planned, scanned) = (records.len(), &mut 0, &mut 0);
+                let out = c.run_counted_scans(&records, planned, scanned).unwrap();
                 assert!(out.rows() + out.errors.len() == rows);
-                (out, *planned)
+                (out, *planned, *scanned)
             };
-            for schema in [schema.clone(), convert(false, &schema).0.schema] {
-                let (general, none) = convert(false, &schema);
-                let (planned, used) = convert(true, &schema);
-                assert_eq!(none, 0);
+            for schema in [schema.clone(), convert(false, false, &schema).0.schema] {
+                let (general, none, _) = convert(false, false, &schema);
+                let (planned, used, not_scanned) = convert(true, false, &schema);
+                let (scanned, used_too, read) = convert(true, true, &schema);
+                assert_eq!((none, not_scanned), (0, 0));
                 // Config 2 partitions by a long field's text, which a plan leaves to the general path.
                 if i == 2 {
                     assert_eq!(used, 0, "config {i}");
                 } else {
                     assert!(used > records.len() / 4, "config {i}: {used} planned rows");
+                    // The first layout has a nested field: the flat one is read by the scanner.
+                    assert!(
+                        used_too >= used && read > records.len() / 6,
+                        "config {i}: {read} scanned rows"
+                    );
                 }
-                assert!(general.rows() > 100 && general.errors.len() > 20, "config {i}");
+                assert!(general.rows() > 200 && general.errors.len() > 40, "config {i}");
                 test_records::assert_same(&planned, &general, &format!("config {i}"));
+                test_records::assert_same(&scanned, &general, &format!("config {i}, scanned"));
             }
         }
     }

@@ -1,0 +1,330 @@
+//! A reader for the planned path that knows the layout it expects.
+//!
+//! A [`Plan`] knows a record's keys, in order. [`scan`] walks the payload's bytes once, comparing each key with the
+//! plan's and reading each value as the plain scalar it most often is: a string without escapes, a number, `true`
+//! or `false`. Anything else (an escape, `null`, a nested value, a key out of the plan, an integer of 19 digits or
+//! more, a number out of range, bytes that are not JSON) makes it give up, and the record takes the serde path
+//! ([`super::Planned`]), which decides exactly as before. So this reader only has to be right about what it takes:
+//!
+//! - Strings are the bytes between the quotes: with no backslash and no control character, JSON text is the
+//!   string itself (the payload was checked as UTF-8 as a whole).
+//! - Integers of at most 18 digits are exact in an `i64`; `-0` is the double `-0.0`, as `serde_json` reads it.
+//! - Numbers with a fraction or an exponent are parsed by the standard library, which rounds correctly, as
+//!   `serde_json` does with its `float_roundtrip` feature (enabled in the workspace for this reason).
+//! - Keys are compared as raw bytes only when the plan's keys need no escaping ([`plain_key`]).
+
+use super::{Json, Plan, PlannedFields};
+use crate::convert::Cell;
+
+/// Whether a key's JSON text is its own bytes (no character JSON must escape).
+pub(super) fn plain_key(key: &str) -> bool {
+    key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// Read a payload laid out as `plan` into `cells` (by field position) and `out`; `None` where the serde path must
+/// decide (then `cells` and `out` may hold part of the record and must be reset).
+pub(super) fn scan<'r>(
+    plan: &Plan,
+    text: &'r str,
+    value_bytes_max: usize,
+    cells: &mut [Option<Cell<'r>>],
+    out: &mut PlannedFields<'r>,
+) -> Option<()> {
+    let mut s = Scanner { text, at: 0 };
+    s.punct(b'{')?;
+    for (position, key) in plan.keys.iter().enumerate() {
+        if position > 0 {
+            s.punct(b',')?;
+        }
+        s.key(key)?;
+        s.punct(b':')?;
+        let value = s.scalar()?;
+        plan.take(position, value, value_bytes_max, cells, out)?;
+    }
+    s.punct(b'}')?;
+    s.skip_whitespace();
+    (s.at == text.len()).then_some(())
+}
+
+/// A position in one payload.
+struct Scanner<'r> {
+    text: &'r str,
+    at: usize,
+}
+
+impl<'r> Scanner<'r> {
+    fn byte(&self, i: usize) -> Option<u8> {
+        self.text.as_bytes().get(i).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.byte(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The byte `b`, after any whitespace.
+    fn punct(&mut self, b: u8) -> Option<()> {
+        self.skip_whitespace();
+        (self.byte(self.at)? == b).then(|| self.at += 1)
+    }
+
+    /// The quoted `key` (a [`plain_key`]), after any whitespace.
+    fn key(&mut self, key: &str) -> Option<()> {
+        self.skip_whitespace();
+        let end = self.at + key.len() + 2;
+        let quoted = self.text.as_bytes().get(self.at..end)?;
+        let (open, rest) = quoted.split_first()?;
+        let (close, inner) = rest.split_last()?;
+        (*open == b'"' && *close == b'"' && inner == key.as_bytes()).then(|| self.at = end)
+    }
+
+    /// A string, number or boolean, after any whitespace.
+    fn scalar(&mut self) -> Option<Json<'r>> {
+        self.skip_whitespace();
+        match self.byte(self.at)? {
+            b'"' => self.string(),
+            b'-' | b'0'..=b'9' => self.number(),
+            b't' => self.word("true", Json::Bool(true)),
+            b'f' => self.word("false", Json::Bool(false)),
+            _ => None,
+        }
+    }
+
+    fn word(&mut self, word: &str, value: Json<'r>) -> Option<Json<'r>> {
+        let end = self.at + word.len();
+        (self.text.as_bytes().get(self.at..end)? == word.as_bytes()).then(|| {
+            self.at = end;
+            value
+        })
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<Json<'r>> {
+        let start = self.at + 1;
+        let mut i = start;
+        loop {
+            match self.byte(i)? {
+                b'"' => break,
+                b'\\' | 0..0x20 => return None,
+                _ => i += 1,
+            }
+        }
+        self.at = i + 1;
+        // The quotes are ASCII, so both ends are character boundaries.
+        Some(Json::Str(self.text.get(start..i)?.into()))
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while let Some(b'0'..=b'9') = self.byte(self.at) {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    /// A number by the JSON grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Option<Json<'r>> {
+        let start = self.at;
+        let negative = self.byte(self.at) == Some(b'-');
+        if negative {
+            self.at += 1;
+        }
+        let int_start = self.at;
+        let int_digits = self.digits();
+        if int_digits == 0 || (int_digits > 1 && self.byte(int_start) == Some(b'0')) {
+            return None;
+        }
+        let mut fractional = false;
+        if self.byte(self.at) == Some(b'.') {
+            self.at += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+            fractional = true;
+        }
+        if let Some(b'e' | b'E') = self.byte(self.at) {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.byte(self.at) {
+                self.at += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+            fractional = true;
+        }
+        if fractional {
+            let f: f64 = self.text.get(start..self.at)?.parse().ok()?;
+            return f.is_finite().then_some(Json::Float(f));
+        }
+        if int_digits > 18 {
+            return None;
+        }
+        let magnitude = self.text.as_bytes()[int_start..self.at]
+            .iter()
+            .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+        Some(match (negative, magnitude) {
+            (true, 0) => Json::Float(-0.0),
+            (true, m) => Json::Int(-m),
+            (false, m) => Json::Int(m),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the serde path's visitor makes of the same text.
+    fn serde_scalar(text: &str) -> Option<Json<'_>> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let v = <Json as serde::Deserialize>::deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        Some(v)
+    }
+
+    fn same(a: &Json, b: &Json) -> bool {
+        match (a, b) {
+            (Json::Float(x), Json::Float(y)) => x.to_bits() == y.to_bits(),
+            (Json::Int(x), Json::Int(y)) => x == y,
+            (Json::Bool(x), Json::Bool(y)) => x == y,
+            (Json::Str(x), Json::Str(y)) => x == y,
+            _ => false,
+        }
+    }
+
+    /// Every value the scanner takes, it reads as `serde_json` does (bit for bit for doubles), and it gives up on
+    /// what it must not take. Numbers come from a seeded generator over the grammar's corners.
+    #[test]
+    fn scalars_read_as_serde_json_reads_them() {
+        use rand::{Rng, SeedableRng};
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "-0.0",
+            "0.0",
+            "1",
+            "-1",
+            "17",
+            "123456789012345678",
+            "-123456789012345678",
+            "1234567890123456789",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551616",
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "1E5",
+            "1e-5",
+            "2.5e-3",
+            "1e308",
+            "1e309",
+            "-1e309",
+            "4.9e-324",
+            "2e-324",
+            "29.912299999999998",
+            "20.0123",
+            "0.1",
+            "1013.25",
+            "\"\"",
+            "\"plain\"",
+            "\"a\\\"b\"",
+            "\"tab\tin\"",
+            "\"\u{e9}t\u{e9}\"",
+            "\"\\u00e9\"",
+            "true",
+            "false",
+            "tru",
+            "falsey",
+            "null",
+            "[1]",
+            "{}",
+            "\"unterminated",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let digits = |rng: &mut rand::rngs::StdRng, n: usize| -> String {
+                (0..n)
+                    .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+                    .collect()
+            };
+            let mut s = String::new();
+            if rng.random_bool(0.3) {
+                s.push('-');
+            }
+            let n = rng.random_range(1..21);
+            s.push_str(&digits(&mut rng, n));
+            if rng.random_bool(0.6) {
+                s.push('.');
+                let n = rng.random_range(1..20);
+                s.push_str(&digits(&mut rng, n));
+            }
+            if rng.random_bool(0.2) {
+                s.push(['e', 'E'][rng.random_range(0..2)]);
+                if rng.random_bool(0.5) {
+                    s.push(['+', '-'][rng.random_range(0..2)]);
+                }
+                let n = rng.random_range(1..4);
+                s.push_str(&digits(&mut rng, n));
+            }
+            cases.push(s);
+            // Doubles as a device's JSON library prints them.
+            let f = f64::from_bits(rng.random::<u64>());
+            if f.is_finite() {
+                cases.push(serde_json::to_string(&f).unwrap());
+            }
+        }
+        let mut taken = 0;
+        for case in &cases {
+            let mut s = Scanner { text: case, at: 0 };
+            let scanned = s.scalar().filter(|_| s.at == case.len());
+            match (scanned, serde_scalar(case)) {
+                (Some(a), Some(b)) => {
+                    assert!(same(&a, &b), "{case}: scanned {a:?}, serde {b:?}");
+                    taken += 1;
+                }
+                (Some(a), None) => panic!("{case}: scanned {a:?}, which serde refuses"),
+                (None, _) => {}
+            }
+        }
+        assert!(taken > cases.len() / 2, "{taken} of {} taken", cases.len());
+        // What the scanner gives up on, by kind.
+        for refused in [
+            "01",
+            "-",
+            "1.",
+            "1e",
+            "1e309",
+            "null",
+            "[1]",
+            "\"a\\\"b\"",
+            "\"tab\tin\"",
+            "tru",
+        ] {
+            let mut s = Scanner { text: refused, at: 0 };
+            assert!(
+                s.scalar().filter(|_| s.at == refused.len()).is_none(),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_compared_as_bytes_only_when_plain() {
+        assert!(plain_key("temp") && plain_key("t\u{e9}") && plain_key(""));
+        assert!(!plain_key("a\"b") && !plain_key("a\\") && !plain_key("a\nb"));
+        let mut s = Scanner {
+            text: r#"  "temp" :"#,
+            at: 0,
+        };
+        assert!(s.key("tem").is_none());
+        assert!(s.key("temp").is_some() && s.punct(b':').is_some());
+    }
+}
