@@ -764,6 +764,8 @@ impl Shape {
 struct Plan {
     /// Field names in document order.
     keys: Vec<Box<str>>,
+    /// Each key as compact JSON writes it, see [`scan::key_token`].
+    key_tokens: Vec<Box<[u8]>>,
     /// Whether the fast path takes records of these keys (else `targets` is empty).
     usable: bool,
     /// What each field (document order) feeds.
@@ -796,6 +798,16 @@ impl Plan {
     ) -> Option<()> {
         if self.event_field == Some(position) {
             out.event_ms = value.time_ms();
+        } else if let Target::Column(_, ty) = self.targets[position] {
+            // The usual values straight into their cells, as `fit` would put them.
+            cells[position] = Some(match (ty, value) {
+                (ColumnType::String, Json::Str(s)) if s.len() <= value_bytes_max => Cell::Str(s),
+                (ColumnType::Long, Json::Int(i)) => Cell::Int(i),
+                (ColumnType::Double, Json::Float(f)) => Cell::Float(f),
+                (ColumnType::Double, Json::Int(i)) => Cell::Float(i as f64),
+                (ty, value) => fit(value.into_cell()?, ty, value_bytes_max)?,
+            });
+            return Some(());
         }
         match self.targets[position] {
             Target::Column(_, ty) => cells[position] = Some(fit(value.into_cell()?, ty, value_bytes_max)?),
@@ -1560,6 +1572,7 @@ impl<'c> ChunkConverter<'c> {
         let position = |name: &str| keys.iter().position(|k| **k == *name);
         let mut plan = Plan {
             keys: keys.to_vec(),
+            key_tokens: keys.iter().map(|k| scan::key_token(k)).collect(),
             usable: false,
             targets: Vec::new(),
             event_field: position(&cfg.event_time_field),

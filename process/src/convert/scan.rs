@@ -21,6 +21,11 @@ pub(super) fn plain_key(key: &str) -> bool {
     key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
+/// A plain key as compact JSON writes it before its value: `"key":`.
+pub(super) fn key_token(key: &str) -> Box<[u8]> {
+    [b"\"", key.as_bytes(), b"\":"].concat().into()
+}
+
 /// Read a payload laid out as `plan` into `cells` (by field position) and `out`; `None` where the serde path must
 /// decide (then `cells` and `out` may hold part of the record and must be reset).
 pub(super) fn scan<'r>(
@@ -31,13 +36,22 @@ pub(super) fn scan<'r>(
     out: &mut PlannedFields<'r>,
 ) -> Option<()> {
     let mut s = Scanner { text, at: 0 };
-    s.punct(b'{')?;
-    for (position, key) in plan.keys.iter().enumerate() {
-        if position > 0 {
-            s.punct(b',')?;
+    if plan.keys.is_empty() {
+        s.punct(b'{')?;
+    }
+    for (position, (key, token)) in plan.keys.iter().zip(&plan.key_tokens).enumerate() {
+        let before = if position == 0 { b'{' } else { b',' };
+        // Compact JSON (what most devices send) in one comparison, else token by token.
+        if s.rest()
+            .split_first()
+            .is_some_and(|(b, rest)| *b == before && rest.starts_with(token))
+        {
+            s.at += 1 + token.len();
+        } else {
+            s.punct(before)?;
+            s.key(key)?;
+            s.punct(b':')?;
         }
-        s.key(key)?;
-        s.punct(b':')?;
         let value = s.scalar()?;
         plan.take(position, value, value_bytes_max, cells, out)?;
     }
@@ -55,6 +69,10 @@ struct Scanner<'r> {
 impl<'r> Scanner<'r> {
     fn byte(&self, i: usize) -> Option<u8> {
         self.text.as_bytes().get(i).copied()
+    }
+
+    fn rest(&self) -> &'r [u8] {
+        self.text.as_bytes().get(self.at..).unwrap_or_default()
     }
 
     fn skip_whitespace(&mut self) {
@@ -102,25 +120,20 @@ impl<'r> Scanner<'r> {
     /// A string without escapes or control characters.
     fn string(&mut self) -> Option<Json<'r>> {
         let start = self.at + 1;
-        let mut i = start;
-        loop {
-            match self.byte(i)? {
-                b'"' => break,
-                b'\\' | 0..0x20 => return None,
-                _ => i += 1,
-            }
+        let rest = self.text.as_bytes().get(start..)?;
+        let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
         }
-        self.at = i + 1;
+        self.at = start + len + 1;
         // The quotes are ASCII, so both ends are character boundaries.
-        Some(Json::Str(self.text.get(start..i)?.into()))
+        Some(Json::Str(self.text.get(start..start + len)?.into()))
     }
 
     fn digits(&mut self) -> usize {
-        let start = self.at;
-        while let Some(b'0'..=b'9') = self.byte(self.at) {
-            self.at += 1;
-        }
-        self.at - start
+        let n = self.rest().iter().take_while(|b| b.is_ascii_digit()).count();
+        self.at += n;
+        n
     }
 
     /// A number by the JSON grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
