@@ -768,8 +768,9 @@ struct Plan {
     key_tokens: Vec<Box<[u8]>>,
     /// Whether the fast path takes records of these keys (else `targets` is empty).
     usable: bool,
-    /// What each field (document order) feeds.
+    /// What each field (document order) feeds, and how [`scan::scan`] reads it.
     targets: Vec<Target>,
+    reads: Vec<scan::Read>,
     /// Position of the event-time field, when the record has one.
     event_field: Option<usize>,
     /// Per column: where its cell comes from.
@@ -1575,6 +1576,7 @@ impl<'c> ChunkConverter<'c> {
             key_tokens: keys.iter().map(|k| scan::key_token(k)).collect(),
             usable: false,
             targets: Vec::new(),
+            reads: Vec::new(),
             event_field: position(&cfg.event_time_field),
             fill: vec![Fill::Null; self.schema.columns.len()],
             plain_keys: keys.iter().all(|k| scan::plain_key(k)),
@@ -1625,6 +1627,9 @@ impl<'c> ChunkConverter<'c> {
                 _ => Fill::Partition(k),
             };
         }
+        plan.reads = (targets.iter().enumerate())
+            .map(|(pos, t)| scan::Read::of(*t, plan.event_field == Some(pos)))
+            .collect();
         plan.targets = targets;
         plan.usable = true;
         plan
