@@ -1013,6 +1013,19 @@ enum Cell<'a> {
 /// Most bytes a row that [`ColumnBuilder::append`] reserves for a string column from its first value.
 const STRING_ROW_BYTES_GUESS_MAX: usize = 256;
 
+/// Make a string column's builder for `rows` rows, sized from its first value of `first_len` bytes (half again, for
+/// longer ones; at most [`STRING_ROW_BYTES_GUESS_MAX`] a row, so one long value does not reserve gigabytes): growing
+/// by doubling would copy the values and touch twice the memory. Untouched room costs nothing.
+#[cold]
+fn size_string_builder(b: &mut StringBuilder, rows: usize, first_len: usize) {
+    let per_row = (first_len + first_len / 2 + 8).min(STRING_ROW_BYTES_GUESS_MAX);
+    let mut sized = StringBuilder::with_capacity(rows, rows * per_row);
+    for before in b.finish().iter() {
+        sized.append_option(before);
+    }
+    *b = sized;
+}
+
 /// One column's values so far.
 enum ColumnBuilder {
     Boolean(BooleanBuilder),
@@ -1043,6 +1056,7 @@ impl ColumnBuilder {
     }
 
     /// Append a cell (already coerced to the column's type); anything else is a null.
+    #[inline]
     fn append(&mut self, cell: Option<&Cell<'_>>) {
         match self {
             Self::Boolean(b) => b.append_option(match cell {
@@ -1065,15 +1079,7 @@ impl ColumnBuilder {
             Self::String(b, rows) => match cell {
                 Some(Cell::Str(v)) => {
                     if *rows > 1 {
-                        // The first value sizes the bytes for all rows (half again, for longer ones; at most
-                        // `STRING_ROW_BYTES_GUESS_MAX` a row, so one long value does not reserve gigabytes): growing
-                        // by doubling would copy the values and touch twice the memory. Untouched room costs nothing.
-                        let per_row = (v.len() + v.len() / 2 + 8).min(STRING_ROW_BYTES_GUESS_MAX);
-                        let mut sized = StringBuilder::with_capacity(*rows, *rows * per_row);
-                        for before in b.finish().iter() {
-                            sized.append_option(before);
-                        }
-                        *b = sized;
+                        size_string_builder(b, *rows, v.len());
                     }
                     *rows = 0;
                     b.append_value(v)

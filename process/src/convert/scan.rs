@@ -185,7 +185,13 @@ impl<'r> Scanner<'r> {
             self.at += 1;
         }
         let int_start = self.at;
-        let int_digits = self.digits();
+        // The integer part's value as it is read (wrapping: only used when it has at most 18 digits).
+        let (mut magnitude, mut int_digits) = (0i64, 0);
+        for &d in self.rest().iter().take_while(|b| b.is_ascii_digit()) {
+            magnitude = magnitude.wrapping_mul(10).wrapping_add(i64::from(d - b'0'));
+            int_digits += 1;
+        }
+        self.at += int_digits;
         if int_digits == 0 || (int_digits > 1 && self.byte(int_start) == Some(b'0')) {
             return None;
         }
@@ -214,9 +220,6 @@ impl<'r> Scanner<'r> {
         if int_digits > 18 {
             return None;
         }
-        let magnitude = self.text.as_bytes()[int_start..self.at]
-            .iter()
-            .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
         Some(match (negative, magnitude) {
             (true, 0) => Json::Float(-0.0),
             (true, m) => Json::Int(-m),
