@@ -1652,11 +1652,6 @@ impl<'c> ChunkConverter<'c> {
         let Some(plan) = self.plan.as_mut().filter(|p| p.usable) else {
             return false;
         };
-        // One UTF-8 check of the whole payload: a `str` parser then takes its strings as they are, where a bytes
-        // parser checks each string on its own (more, shorter checks: slower on these records).
-        let Ok(text) = std::str::from_utf8(&record.data) else {
-            return false;
-        };
         let Some(seq) = sequence_long(record) else {
             return false;
         };
@@ -1665,7 +1660,7 @@ impl<'c> ChunkConverter<'c> {
         let mut out = PlannedFields::default();
         let value_bytes_max = self.cfg.value_bytes_max;
         let tried = self.scanning && plan.scan_worthwhile();
-        let scanned = tried && scan::scan(plan, text, value_bytes_max, cells, &mut out).is_some();
+        let scanned = tried && scan::scan(plan, &record.data, value_bytes_max, cells, &mut out).is_some();
         if tried {
             if scanned {
                 plan.scanned += 1;
@@ -1680,6 +1675,11 @@ impl<'c> ChunkConverter<'c> {
                 cells.resize(plan.keys.len(), None);
                 out = PlannedFields::default();
             }
+            // One UTF-8 check of the whole payload: a `str` parser then takes its strings as they are, where a bytes
+            // parser checks each string on its own (more, shorter checks: slower on these records).
+            let Ok(text) = std::str::from_utf8(&record.data) else {
+                return false;
+            };
             let mut de = serde_json::Deserializer::from_str(text);
             let seed = Planned {
                 plan,

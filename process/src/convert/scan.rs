@@ -7,7 +7,8 @@
 //! ([`super::Planned`]), which decides exactly as before. So this reader only has to be right about what it takes:
 //!
 //! - Strings are the bytes between the quotes: with no backslash and no control character, JSON text is the
-//!   string itself (the payload was checked as UTF-8 as a whole).
+//!   string itself once it is checked as UTF-8. Everything else the scanner takes is ASCII it matched (keys
+//!   equal to the plan's, numbers, punctuation, whitespace), so a payload it reads is UTF-8 as a whole.
 //! - Integers of at most 18 digits are exact in an `i64`; `-0` is the double `-0.0`, as `serde_json` reads it.
 //! - Numbers with a fraction or an exponent are parsed by the standard library, which rounds correctly, as
 //!   `serde_json` does with its `float_roundtrip` feature (enabled in the workspace for this reason).
@@ -52,7 +53,7 @@ pub(super) fn key_token(key: &str) -> Box<[u8]> {
 /// decide (then `cells` and `out` may hold part of the record and must be reset).
 pub(super) fn scan<'r>(
     plan: &Plan,
-    text: &'r str,
+    text: &'r [u8],
     value_bytes_max: usize,
     cells: &mut [Option<Cell<'r>>],
     out: &mut PlannedFields<'r>,
@@ -101,19 +102,44 @@ pub(super) fn scan<'r>(
     (s.at == text.len()).then_some(())
 }
 
+/// Where a JSON string's text ends: the position of its first quote, backslash or control character, if any.
+/// Eight bytes at a time: a byte of a word is flagged when it equals `"` or `\\` or is below 0x20 (bytes of
+/// 0x80 and up never are); a borrow can flag bytes above a flagged one, never below, so the lowest flag is right.
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x;
+    let mut words = bytes.chunks_exact(8);
+    for (i, word) in words.by_ref().enumerate() {
+        let x = u64::from_le_bytes(word.try_into().ok()?);
+        let flags = (zero_in(x ^ (ONES * u64::from(b'"')))
+            | zero_in(x ^ (ONES * u64::from(b'\\')))
+            | (x.wrapping_sub(ONES * 0x20) & !x))
+            & HIGHS;
+        if flags != 0 {
+            return Some(i * 8 + flags.trailing_zeros() as usize / 8);
+        }
+    }
+    let tail = words.remainder();
+    let at = bytes.len() - tail.len();
+    tail.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|p| at + p)
+}
+
 /// A position in one payload.
 struct Scanner<'r> {
-    text: &'r str,
+    text: &'r [u8],
     at: usize,
 }
 
 impl<'r> Scanner<'r> {
     fn byte(&self, i: usize) -> Option<u8> {
-        self.text.as_bytes().get(i).copied()
+        self.text.get(i).copied()
     }
 
     fn rest(&self) -> &'r [u8] {
-        self.text.as_bytes().get(self.at..).unwrap_or_default()
+        self.text.get(self.at..).unwrap_or_default()
     }
 
     fn skip_whitespace(&mut self) {
@@ -132,7 +158,7 @@ impl<'r> Scanner<'r> {
     fn key(&mut self, key: &str) -> Option<()> {
         self.skip_whitespace();
         let end = self.at + key.len() + 2;
-        let quoted = self.text.as_bytes().get(self.at..end)?;
+        let quoted = self.text.get(self.at..end)?;
         let (open, rest) = quoted.split_first()?;
         let (close, inner) = rest.split_last()?;
         (*open == b'"' && *close == b'"' && inner == key.as_bytes()).then(|| self.at = end)
@@ -152,7 +178,7 @@ impl<'r> Scanner<'r> {
 
     fn word(&mut self, word: &str, value: Json<'r>) -> Option<Json<'r>> {
         let end = self.at + word.len();
-        (self.text.as_bytes().get(self.at..end)? == word.as_bytes()).then(|| {
+        (self.text.get(self.at..end)? == word.as_bytes()).then(|| {
             self.at = end;
             value
         })
@@ -161,14 +187,13 @@ impl<'r> Scanner<'r> {
     /// A string without escapes or control characters.
     fn string(&mut self) -> Option<Json<'r>> {
         let start = self.at + 1;
-        let rest = self.text.as_bytes().get(start..)?;
-        let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let rest = self.text.get(start..)?;
+        let len = string_end(rest)?;
         if rest[len] != b'"' {
             return None;
         }
         self.at = start + len + 1;
-        // The quotes are ASCII, so both ends are character boundaries.
-        Some(Json::Str(self.text.get(start..start + len)?.into()))
+        Some(Json::Str(std::str::from_utf8(&rest[..len]).ok()?.into()))
     }
 
     fn digits(&mut self) -> usize {
@@ -214,7 +239,7 @@ impl<'r> Scanner<'r> {
             fractional = true;
         }
         if fractional {
-            let f: f64 = self.text.get(start..self.at)?.parse().ok()?;
+            let f: f64 = std::str::from_utf8(&self.text[start..self.at]).ok()?.parse().ok()?;
             return f.is_finite().then_some(Json::Float(f));
         }
         if int_digits > 18 {
@@ -340,7 +365,10 @@ mod tests {
         }
         let mut taken = 0;
         for case in &cases {
-            let mut s = Scanner { text: case, at: 0 };
+            let mut s = Scanner {
+                text: case.as_bytes(),
+                at: 0,
+            };
             let scanned = s.scalar().filter(|_| s.at == case.len());
             match (scanned, serde_scalar(case)) {
                 (Some(a), Some(b)) => {
@@ -365,11 +393,31 @@ mod tests {
             "\"tab\tin\"",
             "tru",
         ] {
-            let mut s = Scanner { text: refused, at: 0 };
+            let mut s = Scanner {
+                text: refused.as_bytes(),
+                at: 0,
+            };
             assert!(
                 s.scalar().filter(|_| s.at == refused.len()).is_none(),
                 "{refused}"
             );
+        }
+    }
+
+    /// The word-at-a-time search finds what a byte-by-byte one does, for bytes of every kind at every offset.
+    #[test]
+    fn string_ends_are_found_a_word_at_a_time() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let kinds = [b'a', b'"', b'\\', 0x1f, 0x00, 0x20, 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b'[', b']'];
+        for _ in 0..50_000 {
+            let len = rng.random_range(0..40);
+            // Mostly plain text, with a rare byte of another kind.
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| if rng.random_bool(0.9) { b'x' } else { kinds[rng.random_range(0..kinds.len())] })
+                .collect();
+            let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            assert_eq!(string_end(&bytes), naive, "{bytes:?}");
         }
     }
 
@@ -378,7 +426,7 @@ mod tests {
         assert!(plain_key("temp") && plain_key("t\u{e9}") && plain_key(""));
         assert!(!plain_key("a\"b") && !plain_key("a\\") && !plain_key("a\nb"));
         let mut s = Scanner {
-            text: r#"  "temp" :"#,
+            text: br#"  "temp" :"#,
             at: 0,
         };
         assert!(s.key("tem").is_none());
