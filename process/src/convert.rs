@@ -2425,6 +2425,34 @@ mod tests {
         }
     }
 
+    /// A layout whose records the scanner keeps giving up on (an escape in every record) stops being scanned: each
+    /// such record would otherwise be read twice. A new plan tries again.
+    #[test]
+    fn the_scanner_stops_trying_a_layout_it_cannot_read() {
+        let cfg = DeliveryConfig::new("d", "s", "t", "/tmp/w");
+        let schema = TableSchema::initial(&cfg);
+        let records: Vec<SourceRecord> = (0..1_000u64)
+            .map(|i| rec(0, i, &format!(r#"{{"a": {i}, "b": "x\"{i}"}}"#)))
+            .chain((1_000..1_100u64).map(|i| rec(0, i, &format!(r#"{{"a": {i}, "c": "y{i}"}}"#))))
+            .collect();
+        let mut c = ChunkConverter::new(&cfg, &schema, schema.columns.len(), records.len());
+        c.convert_all(records.iter().map(|s| (s.shard_id, &s.record)))
+            .unwrap();
+        // The first record of each layout makes its plan: 999 and 99 planned records.
+        assert_eq!(c.planned_rows, 999 + 99);
+        let plan = c.plan.as_ref().unwrap();
+        assert_eq!((plan.scanned, plan.scan_misses), (99, 0));
+        assert_eq!(c.scanned_rows, 99);
+        let out = c.finish().unwrap();
+        assert_eq!((out.rows(), out.errors.len()), (1_100, 0));
+        // The escaped layout's misses, before it stopped: counted through a converter that only sees it.
+        let mut c = ChunkConverter::new(&cfg, &schema, schema.columns.len(), 1_000);
+        c.convert_all(records[..1_000].iter().map(|s| (s.shard_id, &s.record)))
+            .unwrap();
+        let plan = c.plan.as_ref().unwrap();
+        assert_eq!((plan.scanned, plan.scan_misses, c.planned_rows), (0, 17, 999));
+    }
+
     /// A string column's bytes are reserved from its first value, at most a bounded guess a row: a first value near
     /// the size limit in a part of many rows converts (reserving 1.5 MiB for each of 100,000 rows would not).
     #[test]

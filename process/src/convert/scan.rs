@@ -239,7 +239,10 @@ impl<'r> Scanner<'r> {
             fractional = true;
         }
         if fractional {
-            let f: f64 = std::str::from_utf8(&self.text[start..self.at]).ok()?.parse().ok()?;
+            let f: f64 = std::str::from_utf8(&self.text[start..self.at])
+                .ok()?
+                .parse()
+                .ok()?;
             return f.is_finite().then_some(Json::Float(f));
         }
         if int_digits > 18 {
@@ -409,12 +412,20 @@ mod tests {
     fn string_ends_are_found_a_word_at_a_time() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let kinds = [b'a', b'"', b'\\', 0x1f, 0x00, 0x20, 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b'[', b']'];
+        let kinds = [
+            b'a', b'"', b'\\', 0x1f, 0x00, 0x20, 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b'[', b']',
+        ];
         for _ in 0..50_000 {
             let len = rng.random_range(0..40);
             // Mostly plain text, with a rare byte of another kind.
             let bytes: Vec<u8> = (0..len)
-                .map(|_| if rng.random_bool(0.9) { b'x' } else { kinds[rng.random_range(0..kinds.len())] })
+                .map(|_| {
+                    if rng.random_bool(0.9) {
+                        b'x'
+                    } else {
+                        kinds[rng.random_range(0..kinds.len())]
+                    }
+                })
                 .collect();
             let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
             assert_eq!(string_end(&bytes), naive, "{bytes:?}");
