@@ -768,9 +768,8 @@ struct Plan {
     key_tokens: Vec<Box<[u8]>>,
     /// Whether the fast path takes records of these keys (else `targets` is empty).
     usable: bool,
-    /// What each field (document order) feeds, and how [`scan::scan`] reads it.
+    /// What each field (document order) feeds.
     targets: Vec<Target>,
-    reads: Vec<scan::Read>,
     /// Position of the event-time field, when the record has one.
     event_field: Option<usize>,
     /// Per column: where its cell comes from.
@@ -799,19 +798,9 @@ impl Plan {
     ) -> Option<()> {
         if self.event_field == Some(position) {
             out.event_ms = value.time_ms();
-        } else if let Target::Column(_, ty) = self.targets[position] {
-            // The usual values straight into their cells, as `fit` would put them.
-            cells[position] = Some(match (ty, value) {
-                (ColumnType::String, Json::Str(s)) if s.len() <= value_bytes_max => Cell::Str(s),
-                (ColumnType::Long, Json::Int(i)) => Cell::Int(i),
-                (ColumnType::Double, Json::Float(f)) => Cell::Float(f),
-                (ColumnType::Double, Json::Int(i)) => Cell::Float(i as f64),
-                (ty, value) => fit(value.into_cell()?, ty, value_bytes_max)?,
-            });
-            return Some(());
         }
         match self.targets[position] {
-            Target::Column(_, ty) => cells[position] = Some(fit(value.into_cell()?, ty, value_bytes_max)?),
+            Target::Column(_, ty) => cells[position] = Some(column_cell(value, ty, value_bytes_max)?),
             Target::Ignored => {}
             Target::Topic => out.topic = value.into_lineage_text().ok()?,
             Target::ClientId => out.client_id = value.into_lineage_text().ok()?,
@@ -927,6 +916,18 @@ struct CellSeed {
 impl CellSeed {
     fn fit<'a, E: de::Error>(self, cell: Cell<'a>) -> std::result::Result<Cell<'a>, E> {
         fit(cell, self.ty, self.value_bytes_max).ok_or_else(|| E::custom(""))
+    }
+}
+
+/// A planned column's cell from a value, as [`fit`] makes it (the usual cases without `coerce`).
+#[inline]
+fn column_cell(value: Json<'_>, ty: ColumnType, value_bytes_max: usize) -> Option<Cell<'_>> {
+    match (ty, value) {
+        (ColumnType::String, Json::Str(s)) if s.len() <= value_bytes_max => Some(Cell::Str(s)),
+        (ColumnType::Long, Json::Int(i)) => Some(Cell::Int(i)),
+        (ColumnType::Double, Json::Float(f)) => Some(Cell::Float(f)),
+        (ColumnType::Double, Json::Int(i)) => Some(Cell::Float(i as f64)),
+        (ty, value) => fit(value.into_cell()?, ty, value_bytes_max),
     }
 }
 
@@ -1582,7 +1583,6 @@ impl<'c> ChunkConverter<'c> {
             key_tokens: keys.iter().map(|k| scan::key_token(k)).collect(),
             usable: false,
             targets: Vec::new(),
-            reads: Vec::new(),
             event_field: position(&cfg.event_time_field),
             fill: vec![Fill::Null; self.schema.columns.len()],
             plain_keys: keys.iter().all(|k| scan::plain_key(k)),
@@ -1633,9 +1633,6 @@ impl<'c> ChunkConverter<'c> {
                 _ => Fill::Partition(k),
             };
         }
-        plan.reads = (targets.iter().enumerate())
-            .map(|(pos, t)| scan::Read::of(*t, plan.event_field == Some(pos)))
-            .collect();
         plan.targets = targets;
         plan.usable = true;
         plan

@@ -14,34 +14,11 @@
 //!   `serde_json` does with its `float_roundtrip` feature (enabled in the workspace for this reason).
 //! - Keys are compared as raw bytes only when the plan's keys need no escaping ([`plain_key`]).
 
-use super::{Cell, Json, Plan, PlannedFields, Target};
-use crate::config::ColumnType;
+use super::{Cell, Json, Plan, PlannedFields, Target, column_cell};
 
 /// Whether a key's JSON text is its own bytes (no character JSON must escape).
 pub(super) fn plain_key(key: &str) -> bool {
     key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
-}
-
-/// How [`scan`] reads a field's value, worked out once per plan.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Read {
-    /// Into a column of this type (not the event-time field).
-    String,
-    Long,
-    Double,
-    /// Through [`Plan::take`].
-    Other,
-}
-
-impl Read {
-    pub(super) fn of(target: Target, event_field: bool) -> Self {
-        match target {
-            Target::Column(_, ColumnType::String) if !event_field => Self::String,
-            Target::Column(_, ColumnType::Long) if !event_field => Self::Long,
-            Target::Column(_, ColumnType::Double) if !event_field => Self::Double,
-            _ => Self::Other,
-        }
-    }
 }
 
 /// A plain key as compact JSON writes it before its value: `"key":`.
@@ -75,27 +52,14 @@ pub(super) fn scan<'r>(
             s.key(key)?;
             s.punct(b':')?;
         }
-        // The usual column values straight into their cells (as `Plan::take` would put them), the rest through it.
-        let cell = match plan.reads[position] {
-            Read::String => match s.scalar()? {
-                Json::Str(v) if v.len() <= value_bytes_max => Cell::Str(v),
-                _ => return None,
-            },
-            Read::Long | Read::Double => match (plan.reads[position], s.scalar()?) {
-                (Read::Long, Json::Int(i)) => Cell::Int(i),
-                (Read::Double, Json::Int(i)) => Cell::Float(i as f64),
-                (Read::Double, Json::Float(f)) => Cell::Float(f),
-                (_, value) => {
-                    plan.take(position, value, value_bytes_max, cells, out)?;
-                    continue;
-                }
-            },
-            Read::Other => {
-                plan.take(position, s.scalar()?, value_bytes_max, cells, out)?;
-                continue;
+        let value = s.scalar()?;
+        match plan.targets[position] {
+            // A column's value straight into its cell (the event-time field also gives the event time).
+            Target::Column(_, ty) if plan.event_field != Some(position) => {
+                cells[position] = Some(column_cell(value, ty, value_bytes_max)?);
             }
-        };
-        cells[position] = Some(cell);
+            _ => plan.take(position, value, value_bytes_max, cells, out)?,
+        }
     }
     s.punct(b'}')?;
     s.skip_whitespace();
