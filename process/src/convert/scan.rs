@@ -11,7 +11,8 @@
 //!   equal to the plan's, numbers, punctuation, whitespace), so a payload it reads is UTF-8 as a whole.
 //! - Integers of at most 18 digits are exact in an `i64`; `-0` is the double `-0.0`, as `serde_json` reads it.
 //! - Numbers with a fraction or an exponent are parsed by the standard library, which rounds correctly, as
-//!   `serde_json` does with its `float_roundtrip` feature (enabled in the workspace for this reason).
+//!   `serde_json` does with its `float_roundtrip` feature (enabled in the workspace for this reason); those of at
+//!   most 15 digits without an exponent by one exact division, which gives the same correctly rounded double.
 //! - Keys are compared as raw bytes only when the plan's keys need no escaping ([`plain_key`]).
 
 use super::{Cell, Json, Plan, PlannedFields, Target, column_cell};
