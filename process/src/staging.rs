@@ -166,7 +166,7 @@ impl Staging {
         self.start_ready(committed);
     }
 
-    /// Before a read: while more than [`BACKLOG_RECORDS_MAX`] records wait for their conversion, wait for the oldest
+    /// Before a read: while more than `BACKLOG_RECORDS_MAX` records wait for their conversion, wait for the oldest
     /// running part. Reading then waits for the cores instead of filling fresh memory (each page of it faulted in
     /// by the kernel), and the records the finished parts let go give their memory to the next reads. Only when
     /// records are let go (without `keep`): otherwise the buffer holds them all anyway.
