@@ -613,22 +613,30 @@ mod tests {
         .unwrap()
     }
 
+    /// A reader of `b` written as one Parquet file with the data files' writer properties.
+    fn written(
+        s: &TableSchema,
+        b: &RecordBatch,
+    ) -> deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder<bytes::Bytes> {
+        use deltalake::parquet::arrow::ArrowWriter;
+        use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let mut file = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut file, s.arrow(), Some(writer_properties(s))).unwrap();
+        writer.write(b).unwrap();
+        writer.close().unwrap();
+        ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap()
+    }
+
     /// Integer columns are delta-encoded and string columns dictionary-encoded, and the values read back as written.
     #[test]
     fn data_files_use_the_chosen_encodings() {
-        use deltalake::parquet::arrow::ArrowWriter;
-        use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let s = schema();
         let b = batch(
             &s,
             5_000,
             |i| if i % 2 == 0 { "2026-01-01" } else { "2026-01-02" },
         );
-        let mut file = Vec::new();
-        let mut writer = ArrowWriter::try_new(&mut file, s.arrow(), Some(writer_properties(&s))).unwrap();
-        writer.write(&b).unwrap();
-        writer.close().unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap();
+        let reader = written(&s, &b);
         let chunks = reader.metadata().row_group(0).columns().to_vec();
         let encodings = |i: usize| chunks[i].encodings().collect::<Vec<_>>();
         assert!(
@@ -650,8 +658,6 @@ mod tests {
     /// both dictionary-encoded.
     #[test]
     fn lineage_strings_have_no_statistics() {
-        use deltalake::parquet::arrow::ArrowWriter;
-        use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let s = TableSchema {
             columns: ["dev", "_shard_id", "_partition_key"]
                 .map(|name| Column {
@@ -666,11 +672,7 @@ mod tests {
             vec![Arc::new(values()), Arc::new(values()), Arc::new(values())],
         )
         .unwrap();
-        let mut file = Vec::new();
-        let mut writer = ArrowWriter::try_new(&mut file, s.arrow(), Some(writer_properties(&s))).unwrap();
-        writer.write(&b).unwrap();
-        writer.close().unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap();
+        let reader = written(&s, &b);
         let chunks = reader.metadata().row_group(0).columns().to_vec();
         let has_statistics: Vec<bool> = chunks.iter().map(|c| c.statistics().is_some()).collect();
         assert_eq!(has_statistics, [true, false, false]);
