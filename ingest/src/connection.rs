@@ -41,7 +41,7 @@ use tokio::sync::{oneshot, watch};
 use crate::auth::{Identity, Refusal};
 use crate::codec::{self, Codec, Peek, Version};
 use crate::gateway::Shared;
-use crate::rules::Message;
+use crate::rules::{Message, TopicCache};
 use crate::sink::{Durable, Outcomes, Records};
 
 /// Why a connection ends.
@@ -221,6 +221,7 @@ where
         batches: VecDeque::new(),
         next_batch: 0,
         arrival_ms: None,
+        topic_cache: TopicCache::default(),
     };
     let result = match write_packet(&mut wr, &conn.codec, ack).await {
         Ok(()) => {
@@ -356,6 +357,8 @@ struct Conn {
     next_batch: u64,
     /// The arrival time of the publishes of the read being handled (one clock read per read, not per publish).
     arrival_ms: Option<i64>,
+    /// The rules' work that depends on the topic only, kept from one publish to the next.
+    topic_cache: TopicCache,
 }
 
 impl Conn {
@@ -692,8 +695,7 @@ impl Conn {
             }
             return Ok(());
         }
-        let topic_owned = topic_str.to_string();
-        let records = self.route(&topic_owned, &publish.payload);
+        let records = self.route(topic_str, &publish.payload);
         // MQTT subscribers get the publish through rumqttd's router (as QoS 0 from the router's point of view;
         // subscribers receive it at their subscription's QoS).
         let forward = Publish::new(topic.clone(), publish.payload.clone(), publish.retain);
@@ -712,12 +714,13 @@ impl Conn {
 
     /// Apply the rules and gather the records; returns their positions among the records being gathered.
     fn route(&mut self, topic: &str, payload: &Bytes) -> Range<usize> {
-        let applied = self.shared.rules.apply(&Message {
+        let message = Message {
             topic,
             client_id: &self.identity.client_id,
             arrival_ms: *self.arrival_ms.get_or_insert_with(now_ms),
             payload,
-        });
+        };
+        let applied = self.shared.rules.apply_cached(&message, &mut self.topic_cache);
         if applied.matched == 0 {
             self.shared.counters.unmatched();
         } else {

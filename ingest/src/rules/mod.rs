@@ -166,6 +166,20 @@ impl Template {
         Ok(out)
     }
 
+    /// True when the template is text and `topic()`, `topic(n)` and `clientid()` only: the same key for every
+    /// publish on one topic from one client.
+    fn topic_and_client_only(&self) -> bool {
+        let probe = Context {
+            topic: "",
+            client_id: "",
+            arrival_ms: 0,
+        };
+        self.parts.iter().all(|p| match p {
+            TemplatePart::Text(_) => true,
+            TemplatePart::Expr(e) => context_text(e, &probe).is_some(),
+        })
+    }
+
     /// True when the template needs no payload (only topic/client functions and text).
     fn payload_free(&self) -> bool {
         self.parts.iter().all(|p| match p {
@@ -176,7 +190,7 @@ impl Template {
 }
 
 /// The text of `topic()`, `topic(n)` (`None` when the topic has no level `n`) and `clientid()`, as
-/// [`eval::eval`] gives it; `None` for any other expression.
+/// [`eval::eval`] gives it; `None` for any other expression (whatever `ctx` holds).
 fn context_text<'c>(e: &Expr, ctx: &Context<'c>) -> Option<Option<&'c str>> {
     use serde_json::Value;
     use sql::Function;
@@ -345,25 +359,39 @@ impl RuleSet {
     /// Apply every rule to one publish. An empty result means no rule matched the topic, or every matching
     /// rule's WHERE was false; `matched` tells them apart (rules whose filter matched).
     pub fn apply(&self, msg: &Message<'_>) -> Applied {
+        self.apply_cached(msg, &mut TopicCache::default())
+    }
+
+    /// [`RuleSet::apply`], with what depends only on the topic, the client and the arrival time kept in `cache`
+    /// from the previous publish (a connection keeps one: devices publish to the same topic again and again).
+    pub fn apply_cached(&self, msg: &Message<'_>, cache: &mut TopicCache) -> Applied {
         let mut applied = Applied::default();
         let ctx = Context {
             topic: msg.topic,
             client_id: msg.client_id,
             arrival_ms: msg.arrival_ms,
         };
+        cache.update(self, &ctx);
         // Parsed lazily, once, for all the rules that match the topic.
         let mut parsed: Option<std::result::Result<Value, (FailureKind, String)>> = None;
-        for (idx, rule) in self.rules.iter().enumerate() {
-            if !topic_matches(rule.topic_filter(), msg.topic) {
-                continue;
-            }
+        for (at, &idx) in cache.matching.iter().enumerate() {
+            let rule = &self.rules[idx];
             applied.matched += 1;
             if rule.verbatim
                 && parsed.is_none()
                 && msg.payload.len() <= self.limits.payload_bytes_max
-                && let Some(data) = verbatim_record(&rule.statement.items[1..], msg.payload, &ctx)
+                && let Some(data) = verbatim_record(
+                    &rule.statement.items[1..],
+                    msg.payload,
+                    &ctx,
+                    &cache.lineage,
+                    &cache.arrival_text,
+                )
             {
-                let result = self.key_and_check(rule, &Value::Null, &ctx, data);
+                let result = match &cache.keys[at] {
+                    Some(key) => key.clone().and_then(|key| self.check_size(key, data)),
+                    None => self.key_and_check(rule, &Value::Null, &ctx, data),
+                };
                 push_output(&mut applied, idx, rule, result, msg);
                 continue;
             }
@@ -445,13 +473,16 @@ impl RuleSet {
             rule.partition_key.render(payload, ctx)
         }
         .map_err(|e| (FailureKind::PartitionKey, e.0))?;
-        let key_chars = key.chars().count();
-        if key_chars == 0 || key_chars > PARTITION_KEY_CHARS_MAX {
-            return Err((
-                FailureKind::PartitionKey,
-                format!("partition key of {key_chars} characters is not within 1-{PARTITION_KEY_CHARS_MAX}"),
-            ));
-        }
+        check_key_chars(&key)?;
+        self.check_size(key, data)
+    }
+
+    /// Check the record against the size limit and make it `Some((key, data))`.
+    fn check_size(
+        &self,
+        key: String,
+        data: Vec<u8>,
+    ) -> std::result::Result<Option<(String, Bytes)>, (FailureKind, String)> {
         if data.len() + key.len() > self.limits.record_bytes_max {
             return Err((
                 FailureKind::RecordTooLarge,
@@ -465,6 +496,81 @@ impl RuleSet {
         // A boxed slice becomes `Bytes` without the extra allocation a `Vec` with spare capacity needs (shrinking in
         // place where the allocator can).
         Ok(Some((key, Bytes::from(data.into_boxed_slice()))))
+    }
+}
+
+/// A partition key must have 1 to [`PARTITION_KEY_CHARS_MAX`] characters.
+fn check_key_chars(key: &str) -> std::result::Result<(), (FailureKind, String)> {
+    let key_chars = key.chars().count();
+    if key_chars == 0 || key_chars > PARTITION_KEY_CHARS_MAX {
+        return Err((
+            FailureKind::PartitionKey,
+            format!("partition key of {key_chars} characters is not within 1-{PARTITION_KEY_CHARS_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+/// What [`RuleSet::apply_cached`] keeps between publishes: everything that depends only on the topic, the client
+/// id and the arrival time, worked out again when one of them changes. A cache serves one rule set (a gateway's
+/// rules are fixed while it runs).
+#[derive(Debug, Default)]
+pub struct TopicCache {
+    topic: String,
+    client_id: String,
+    arrival_ms: Option<i64>,
+    /// Indices of the rules whose topic filter matches the topic, in rule order.
+    matching: Vec<usize>,
+    /// Per matching rule: its partition key, checked, when the key needs no payload (`${topic(2)}`).
+    keys: Vec<Option<std::result::Result<String, (FailureKind, String)>>>,
+    /// The lineage fields as JSON, up to the arrival time's value: `"_topic":"…","_client_id":"…","_arrival_time":`.
+    lineage: Vec<u8>,
+    /// The arrival time as JSON.
+    arrival_text: Vec<u8>,
+}
+
+impl TopicCache {
+    fn update(&mut self, rules: &RuleSet, ctx: &Context<'_>) {
+        if self.arrival_ms != Some(ctx.arrival_ms) {
+            self.arrival_ms = Some(ctx.arrival_ms);
+            self.arrival_text.clear();
+            serde_json::to_writer(&mut self.arrival_text, &ctx.arrival_ms)
+                .expect("writing to a Vec does not fail");
+        }
+        if !self.lineage.is_empty() && self.topic == ctx.topic && self.client_id == ctx.client_id {
+            return;
+        }
+        self.topic.clear();
+        self.topic.push_str(ctx.topic);
+        self.client_id.clear();
+        self.client_id.push_str(ctx.client_id);
+        self.matching.clear();
+        self.keys.clear();
+        for (idx, rule) in rules.rules.iter().enumerate() {
+            if topic_matches(rule.topic_filter(), ctx.topic) {
+                self.matching.push(idx);
+                self.keys
+                    .push(rule.partition_key.topic_and_client_only().then(|| {
+                        let key = rule
+                            .partition_key
+                            .render(&Value::Null, ctx)
+                            .map_err(|e| (FailureKind::PartitionKey, e.0))?;
+                        check_key_chars(&key)?;
+                        Ok(key)
+                    }));
+            }
+        }
+        self.lineage.clear();
+        write_json_str(&mut self.lineage, "_topic");
+        self.lineage.push(b':');
+        write_json_str(&mut self.lineage, ctx.topic);
+        self.lineage.push(b',');
+        write_json_str(&mut self.lineage, "_client_id");
+        self.lineage.push(b':');
+        write_json_str(&mut self.lineage, ctx.client_id);
+        self.lineage.push(b',');
+        write_json_str(&mut self.lineage, "_arrival_time");
+        self.lineage.push(b':');
     }
 }
 
@@ -528,7 +634,13 @@ fn verbatim_select(items: &[SelectItem]) -> bool {
 /// or an expression that fails (the general path keeps the last value of a repeated key, lets later items
 /// override earlier ones and reports the error). Nested values are kept exactly as written (number spelling,
 /// key order, a repeated key inside a nested object).
-fn verbatim_record(extra: &[SelectItem], payload: &[u8], ctx: &Context<'_>) -> Option<Vec<u8>> {
+fn verbatim_record(
+    extra: &[SelectItem],
+    payload: &[u8],
+    ctx: &Context<'_>,
+    lineage: &[u8],
+    arrival_text: &[u8],
+) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(payload).ok()?;
     let TopKeys(keys) = serde_json::from_str(text).ok()?;
     let repeated = if keys.len() <= 32 {
@@ -549,7 +661,8 @@ fn verbatim_record(extra: &[SelectItem], payload: &[u8], ctx: &Context<'_>) -> O
     }
     let body = text.trim_end();
     let open = body.strip_suffix('}')?;
-    let mut data = Vec::with_capacity(body.len() + ctx.topic.len() + ctx.client_id.len() + 64);
+    // Exact when there are no expressions (the usual `SELECT *`), so the record needs no second allocation.
+    let mut data = Vec::with_capacity(open.len() + 1 + lineage.len() + arrival_text.len() + 1);
     data.extend_from_slice(open.as_bytes());
     let mut first = keys.is_empty();
     let mut field = |data: &mut Vec<u8>, name: &str| -> Option<()> {
@@ -569,12 +682,11 @@ fn verbatim_record(extra: &[SelectItem], payload: &[u8], ctx: &Context<'_>) -> O
             serde_json::to_writer(&mut data, &value).ok()?;
         }
     }
-    field(&mut data, "_topic")?;
-    write_json_str(&mut data, ctx.topic);
-    field(&mut data, "_client_id")?;
-    write_json_str(&mut data, ctx.client_id);
-    field(&mut data, "_arrival_time")?;
-    serde_json::to_writer(&mut data, &ctx.arrival_ms).ok()?;
+    if !first {
+        data.push(b',');
+    }
+    data.extend_from_slice(lineage);
+    data.extend_from_slice(arrival_text);
     data.push(b'}');
     Some(data)
 }

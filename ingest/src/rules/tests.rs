@@ -819,3 +819,82 @@ fn json_strings_are_written_as_serde_json_writes_them() {
         );
     }
 }
+
+/// A connection's cache carried across publishes (topics, clients and arrival times changing and coming back)
+/// gives exactly what applying each publish with a fresh cache gives.
+#[test]
+fn one_cache_across_publishes_gives_what_a_fresh_apply_gives() {
+    let rule = |name: &str, sql: &str, key: &str| RuleConfig {
+        name: name.into(),
+        sql: sql.into(),
+        stream: "out".into(),
+        partition_key: key.into(),
+        error_stream: None,
+    };
+    let set = RuleSet::new(
+        &[
+            rule("plain", "SELECT * FROM 'devices/+/telemetry'", "${topic(2)}"),
+            rule(
+                "extra",
+                "SELECT *, topic(1) AS first FROM 'devices/#'",
+                "${topic(3)}-${clientid()}",
+            ),
+            rule(
+                "clocked",
+                "SELECT * FROM 'devices/+/telemetry'",
+                "k${timestamp()}",
+            ),
+            // After this one parses a payload, later verbatim rules take the general path for that publish.
+            rule("filtered", "SELECT t FROM '#' WHERE t > 1", "${clientid()}"),
+        ],
+        &StreamName::new("errors").unwrap(),
+        limits(),
+    )
+    .unwrap();
+    let topics = [
+        TOPIC,
+        TOPIC,
+        "devices/d2/telemetry",
+        "devices/a\"b/telemetry",
+        "devices/short",
+        TOPIC,
+        "elsewhere",
+    ];
+    let payloads = [
+        r#"{"t":2}"#,
+        r#"{"t":0,"u":"x"}"#,
+        "not json",
+        "[1]",
+        r#"{"_topic":1}"#,
+    ];
+    let mut cache = TopicCache::default();
+    let mut compared = 0;
+    // Each topic twice in a row, the arrival time changing every publish and the client now and then.
+    for i in 0..60 {
+        let topic = topics[(i / 2) % topics.len()];
+        let msg = Message {
+            topic,
+            client_id: if (i / 5) % 2 == 0 { CLIENT } else { "client-2" },
+            arrival_ms: ARRIVAL_MS + i as i64,
+            payload: payloads[i % payloads.len()].as_bytes(),
+        };
+        let (cached, fresh) = (set.apply_cached(&msg, &mut cache), set.apply(&msg));
+        assert_eq!(
+            (cached.matched, cached.filtered),
+            (fresh.matched, fresh.filtered),
+            "{i}"
+        );
+        assert_eq!(cached.outputs.len(), fresh.outputs.len(), "{i}");
+        for (c, f) in cached.outputs.iter().zip(&fresh.outputs) {
+            assert_eq!(
+                (c.rule, &c.stream, c.failure),
+                (f.rule, &f.stream, f.failure),
+                "{i}"
+            );
+            assert_eq!(c.record.partition_key, f.record.partition_key, "{i}");
+            assert_eq!(c.record.data, f.record.data, "{i}: {topic}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 90, "only {compared} outputs compared");
+}
