@@ -642,11 +642,12 @@ fn verbatim_record(
     arrival_text: &[u8],
 ) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(payload).ok()?;
-    let TopKeys(keys) = serde_json::from_str(text).ok()?;
+    let top: TopKeys = serde_json::from_str(text).ok()?;
+    let keys = top.keys();
     let repeated = if keys.len() <= 32 {
         keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k))
     } else {
-        let mut sorted = keys.clone();
+        let mut sorted = keys.to_vec();
         sorted.sort_unstable();
         sorted.windows(2).any(|w| w[0] == w[1])
     };
@@ -705,7 +706,36 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The top-level keys of a JSON object (borrowed; an escaped key fails), every value checked and dropped.
-struct TopKeys<'a>(Vec<&'a str>);
+/// The first [`TopKeys::INLINE`] keys are kept inline (no allocation for the usual small object).
+struct TopKeys<'a> {
+    inline: [&'a str; TopKeys::INLINE],
+    len: usize,
+    spilled: Vec<&'a str>,
+}
+
+impl<'a> TopKeys<'a> {
+    const INLINE: usize = 16;
+
+    fn push(&mut self, key: &'a str) {
+        if self.len < Self::INLINE {
+            self.inline[self.len] = key;
+            self.len += 1;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(key);
+        }
+    }
+
+    fn keys(&self) -> &[&'a str] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for TopKeys<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -719,12 +749,16 @@ impl<'de> Deserialize<'de> for TopKeys<'de> {
                 self,
                 mut map: A,
             ) -> std::result::Result<Self::Value, A::Error> {
-                let mut keys = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                let mut keys = TopKeys {
+                    inline: [""; TopKeys::INLINE],
+                    len: 0,
+                    spilled: Vec::new(),
+                };
                 while let Some(key) = map.next_key::<&'de str>()? {
                     keys.push(key);
                     map.next_value::<Checked>()?;
                 }
-                Ok(TopKeys(keys))
+                Ok(keys)
             }
         }
         d.deserialize_map(Keys)

@@ -663,8 +663,31 @@ fn verbatim_select_star_matches_the_general_path() {
         ("{\"t\":\"\u{fffd}\"}", true),
         ("", false),
     ];
+    // Objects with more keys than are kept inline (16) and than are compared pairwise (32), with and without a
+    // repeated key, at and past those bounds.
+    let names: Vec<String> = ('a'..='z').chain('A'..='N').map(String::from).collect();
+    let object = |keys: &[String]| {
+        let fields: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("\"{k}\":{}", i % 10))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    };
+    let mut many: Vec<(String, bool)> = Vec::new();
+    for n in [16, 17, 20, 33, 39] {
+        many.push((object(&names[..n]), true));
+        let mut repeated = names[..n].to_vec();
+        repeated.push(names[n - 1].clone());
+        many.push((object(&repeated), false));
+        let mut first_again = names[..n].to_vec();
+        first_again.push(names[0].clone());
+        many.push((object(&first_again), false));
+    }
+    let many: Vec<(&str, bool)> = many.iter().map(|(p, fast)| (p.as_str(), *fast)).collect();
     for select in ["*", "*, topic(2) AS device_id, 1 + 2 AS three, topic(9) AS gone"] {
         verbatim_cases(select, payloads);
+        verbatim_cases(select, &many);
     }
     for select in [
         "topic(2) AS d, *",
