@@ -579,7 +579,7 @@ impl Conn {
         match packet {
             Packet::Publish(publish, props) => {
                 let (qos, pkid) = ids.unwrap_or((0, 0));
-                self.publish(publish, props, qos, pkid).await
+                self.publish(publish, props, qos, pkid)
             }
             Packet::PubRel(pubrel, _) => {
                 self.queue(Packet::PubComp(
@@ -639,7 +639,7 @@ impl Conn {
             .map_err(|e| Close::Abrupt(format!("router link: {e}")))
     }
 
-    async fn publish(
+    fn publish(
         &mut self,
         publish: Publish,
         props: Option<PublishProperties>,
