@@ -84,7 +84,7 @@ struct Item {
 /// One queued record of a known stream.
 struct Entry {
     record: PutRecord,
-    done: Option<oneshot::Sender<Result<PutResult, AppendError>>>,
+    done: oneshot::Sender<Result<PutResult, AppendError>>,
     enqueued: Instant,
 }
 
@@ -98,15 +98,10 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Add a record. With `want_ticket`, returns a ticket that resolves once the record is durable (or has
-    /// failed for good); it resolves only after the outbox is sent.
-    pub fn push(&mut self, stream: StreamName, record: PutRecord, want_ticket: bool) -> Option<Ticket> {
-        let (done, ticket) = if want_ticket {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+    /// Add a record. Returns a ticket that resolves once the record is durable (or has failed for good); it
+    /// resolves only after the outbox is sent.
+    pub fn push(&mut self, stream: StreamName, record: PutRecord) -> Ticket {
+        let (done, ticket) = oneshot::channel();
         let enqueued = *self.since.get_or_insert_with(Instant::now);
         self.items.push(Item {
             stream,
@@ -170,16 +165,11 @@ impl Appender {
         )
     }
 
-    /// Queue one record; waits while the queue is full. With `want_ticket`, returns a ticket that
-    /// resolves once the record is durable (or has failed for good).
-    pub async fn append(
-        &self,
-        stream: StreamName,
-        record: PutRecord,
-        want_ticket: bool,
-    ) -> Result<Option<Ticket>, AppendError> {
+    /// Queue one record; waits while the queue is full. Returns a ticket that resolves once the record is
+    /// durable (or has failed for good).
+    pub async fn append(&self, stream: StreamName, record: PutRecord) -> Result<Ticket, AppendError> {
         let mut outbox = Outbox::default();
-        let ticket = outbox.push(stream, record, want_ticket);
+        let ticket = outbox.push(stream, record);
         self.send(&mut outbox).await?;
         Ok(ticket)
     }
@@ -485,10 +475,8 @@ fn finish(
         Ok(_) => counters.appended(handles, now.saturating_duration_since(entry.enqueued)),
         Err(_) => counters.append_failed(),
     }
-    if let Some(done) = entry.done {
-        // The waiter may have gone (its connection closed); the record's fate is counted either way.
-        let _ = done.send(result);
-    }
+    // The waiter may have gone (its connection closed); the record's fate is counted either way.
+    let _ = entry.done.send(result);
 }
 
 #[cfg(test)]
@@ -545,10 +533,10 @@ mod tests {
         let mut tickets = Vec::new();
         for i in 0..50 {
             let t = appender
-                .append(stream.clone(), PutRecord::new("k", format!("{i}")), i % 2 == 0)
+                .append(stream.clone(), PutRecord::new("k", format!("{i}")))
                 .await
                 .unwrap();
-            tickets.extend(t);
+            tickets.push(t);
         }
         resolve_in_order(tickets).await;
         drop(appender);
@@ -577,7 +565,7 @@ mod tests {
         for size in [1, 23, 5, 4, 40, 2] {
             let mut outbox = Outbox::default();
             for _ in 0..size {
-                tickets.extend(outbox.push(stream.clone(), PutRecord::new("k", format!("{i}")), true));
+                tickets.push(outbox.push(stream.clone(), PutRecord::new("k", format!("{i}"))));
                 i += 1;
             }
             assert_eq!(outbox.len(), size);
@@ -597,9 +585,7 @@ mod tests {
         task.abort();
         let _ = task.await;
         let mut outbox = Outbox::default();
-        let ticket = outbox
-            .push(stream.clone(), PutRecord::new("k", "late"), true)
-            .unwrap();
+        let ticket = outbox.push(stream.clone(), PutRecord::new("k", "late"));
         assert!(matches!(
             appender.send(&mut outbox).await,
             Err(AppendError::Stopped)
@@ -737,11 +723,10 @@ mod tests {
                 .append(
                     stream.clone(),
                     PutRecord::new(format!("k{}", i % 7), format!("{i}")),
-                    true,
                 )
                 .await
                 .unwrap();
-            tickets.extend(t);
+            tickets.push(t);
         }
         for t in tickets {
             t.await.unwrap().unwrap();
@@ -762,9 +747,8 @@ mod tests {
         let counters = Arc::new(Counters::default());
         let (appender, _task) = Appender::spawn(store, AppendConfig::default(), counters.clone());
         let t = appender
-            .append(StreamName::new("nope").unwrap(), PutRecord::new("k", "x"), true)
+            .append(StreamName::new("nope").unwrap(), PutRecord::new("k", "x"))
             .await
-            .unwrap()
             .unwrap();
         assert!(matches!(
             t.await.unwrap(),
@@ -790,9 +774,8 @@ mod tests {
         let (appender, task) = Appender::spawn(store.clone(), config, Arc::new(Counters::default()));
         let deadline = Duration::from_secs(20);
         let lone = appender
-            .append(stream.clone(), PutRecord::new("k", "lone"), true)
+            .append(stream.clone(), PutRecord::new("k", "lone"))
             .await
-            .unwrap()
             .unwrap();
         let put = tokio::time::timeout(deadline, lone)
             .await
@@ -802,10 +785,10 @@ mod tests {
         let mut tickets = Vec::new();
         for i in 0..200 {
             let t = appender
-                .append(stream.clone(), PutRecord::new("k", format!("{i}")), true)
+                .append(stream.clone(), PutRecord::new("k", format!("{i}")))
                 .await
                 .unwrap();
-            tickets.extend(t);
+            tickets.push(t);
         }
         let mut last = put.sequence_number;
         for t in tickets {

@@ -120,7 +120,7 @@ impl Sink {
                 let mut outbox = Outbox::default();
                 let tickets: Vec<_> = items
                     .into_iter()
-                    .filter_map(|(stream, record)| outbox.push(stream, record, true))
+                    .map(|(stream, record)| outbox.push(stream, record))
                     .collect();
                 appender.send(&mut outbox).await?;
                 Ok(Box::pin(async move {
