@@ -16,14 +16,18 @@ fn limits() -> RuleLimits {
     }
 }
 
-fn rule_set(sql: &str, key: &str) -> std::result::Result<RuleSet, String> {
-    let cfg = RuleConfig {
-        name: "r".into(),
+fn rule_config(name: &str, sql: &str, stream: &str, key: &str, error_stream: Option<&str>) -> RuleConfig {
+    RuleConfig {
+        name: name.into(),
         sql: sql.into(),
-        stream: "out".into(),
+        stream: stream.into(),
         partition_key: key.into(),
-        error_stream: None,
-    };
+        error_stream: error_stream.map(Into::into),
+    }
+}
+
+fn rule_set(sql: &str, key: &str) -> std::result::Result<RuleSet, String> {
+    let cfg = rule_config("r", sql, "out", key, None);
     RuleSet::new(&[cfg], &StreamName::new("errors").unwrap(), limits()).map_err(|e| e.to_string())
 }
 
@@ -499,13 +503,8 @@ fn newuuid_is_fresh_per_record() {
 
 #[test]
 fn several_rules_match_one_publish() {
-    let cfg = |name: &str, sql: &str, stream: &str| RuleConfig {
-        name: name.into(),
-        sql: sql.into(),
-        stream: stream.into(),
-        partition_key: "${topic(2)}".into(),
-        error_stream: Some("errs".into()),
-    };
+    let cfg =
+        |name: &str, sql: &str, stream: &str| rule_config(name, sql, stream, "${topic(2)}", Some("errs"));
     let set = RuleSet::new(
         &[
             cfg("all", "SELECT * FROM 'devices/#'", "raw"),
@@ -847,13 +846,7 @@ fn json_strings_are_written_as_serde_json_writes_them() {
 /// gives exactly what applying each publish with a fresh cache gives.
 #[test]
 fn one_cache_across_publishes_gives_what_a_fresh_apply_gives() {
-    let rule = |name: &str, sql: &str, key: &str| RuleConfig {
-        name: name.into(),
-        sql: sql.into(),
-        stream: "out".into(),
-        partition_key: key.into(),
-        error_stream: None,
-    };
+    let rule = |name: &str, sql: &str, key: &str| rule_config(name, sql, "out", key, None);
     let set = RuleSet::new(
         &[
             rule("plain", "SELECT * FROM 'devices/+/telemetry'", "${topic(2)}"),
