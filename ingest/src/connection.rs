@@ -357,7 +357,7 @@ struct Conn {
     next_batch: u64,
     /// The arrival time of the publishes of the read being handled (one clock read per read, not per publish).
     arrival_ms: Option<i64>,
-    /// The rules' work that depends on the topic only, kept from one publish to the next.
+    /// The rules' work that depends only on the topic, the client and the arrival time, kept between publishes.
     topic_cache: TopicCache,
 }
 

@@ -521,7 +521,8 @@ pub struct TopicCache {
     arrival_ms: Option<i64>,
     /// Indices of the rules whose topic filter matches the topic, in rule order.
     matching: Vec<usize>,
-    /// Per matching rule: its partition key, checked, when the key needs no payload (`${topic(2)}`).
+    /// Per matching rule: its partition key, checked, when the key is made of `topic(...)`, `clientid()` and text
+    /// only (`${topic(2)}`); `None` when it must be rendered per publish.
     keys: Vec<Option<std::result::Result<String, (FailureKind, String)>>>,
     /// The lineage fields as JSON, up to the arrival time's value: `"_topic":"…","_client_id":"…","_arrival_time":`.
     lineage: Vec<u8>,
@@ -561,16 +562,13 @@ impl TopicCache {
             }
         }
         self.lineage.clear();
-        write_json_str(&mut self.lineage, "_topic");
-        self.lineage.push(b':');
-        write_json_str(&mut self.lineage, ctx.topic);
-        self.lineage.push(b',');
-        write_json_str(&mut self.lineage, "_client_id");
-        self.lineage.push(b':');
-        write_json_str(&mut self.lineage, ctx.client_id);
-        self.lineage.push(b',');
-        write_json_str(&mut self.lineage, "_arrival_time");
-        self.lineage.push(b':');
+        for (name, value) in [("_topic", ctx.topic), ("_client_id", ctx.client_id)] {
+            write_json_str(&mut self.lineage, name);
+            self.lineage.push(b':');
+            write_json_str(&mut self.lineage, value);
+            self.lineage.push(b',');
+        }
+        self.lineage.extend_from_slice(br#""_arrival_time":"#);
     }
 }
 
