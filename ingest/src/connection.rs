@@ -641,12 +641,12 @@ impl Conn {
 
     fn publish(
         &mut self,
-        publish: Publish,
+        mut publish: Publish,
         props: Option<PublishProperties>,
         qos: u8,
         pkid: u16,
     ) -> Result<(), Close> {
-        let mut topic = publish.topic.clone();
+        let mut topic = std::mem::take(&mut publish.topic);
         let mut props = props;
         if let Some(alias) = props.as_mut().and_then(|p| p.topic_alias.take()) {
             if alias == 0 || alias > TOPIC_ALIASES_MAX {
@@ -698,7 +698,7 @@ impl Conn {
         let records = self.route(topic_str, &publish.payload);
         // MQTT subscribers get the publish through rumqttd's router (as QoS 0 from the router's point of view;
         // subscribers receive it at their subscription's QoS).
-        let forward = Publish::new(topic.clone(), publish.payload.clone(), publish.retain);
+        let forward = Publish::new(topic, publish.payload, publish.retain);
         self.stage_router(Packet::Publish(forward, props));
         if qos > 0 {
             self.pending.push_back(Pending {
