@@ -3,7 +3,7 @@
 //! keeps those fields crate-private, and the gateway needs them to answer with its own PUBACK).
 
 use bytes::BytesMut;
-use rumqttd::protocol::{self, Packet, Protocol};
+use rumqttd::protocol::{self, DisconnectProperties, DisconnectReasonCode, Packet, Protocol};
 
 /// The protocol a connection speaks, chosen from its CONNECT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +45,30 @@ impl Codec {
     pub fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, protocol::Error> {
         match self {
             Codec::V4(p) => p.write(packet, out),
-            Codec::V5(p) => p.write(packet, out),
+            Codec::V5(p) => p.write(with_disconnect_properties(packet), out),
         }
+    }
+}
+
+/// rumqttd 0.20 miscounts an MQTT 5 DISCONNECT with a reason code: without properties it writes `E0 01 <reason>
+/// 00` (a remaining length of 1, then 2 bytes: a strict client reads a malformed packet), and with empty properties
+/// `E0 00` (the reason is lost). With a reason string it counts and writes every byte, so every DISCONNECT with a
+/// reason that the gateway sends carries one: the reason code's name.
+fn with_disconnect_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Disconnect(d, None) if d.reason_code != DisconnectReasonCode::NormalDisconnection => {
+            let reason = format!("{:?}", d.reason_code);
+            Packet::Disconnect(
+                d,
+                Some(DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: Some(reason),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                }),
+            )
+        }
+        other => other,
     }
 }
 

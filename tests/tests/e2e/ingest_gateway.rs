@@ -943,3 +943,119 @@ async fn ingest_paho_over_websocket() {
     }
     gw.stop().await;
 }
+
+/// Read one MQTT packet: its first byte and its body (the remaining length decoded as a variable byte integer).
+async fn read_packet(socket: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    let read = async {
+        let first = socket.read_u8().await.unwrap();
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = socket.read_u8().await.unwrap();
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        socket.read_exact(&mut body).await.unwrap();
+        (first, body)
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("a packet in time")
+}
+
+/// An MQTT 5 QoS 1 PUBLISH with a topic alias property (an empty `topic` uses the alias alone).
+fn publish_v5_with_alias(topic: &str, pkid: u16, alias: u16, payload: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&pkid.to_be_bytes());
+    body.extend_from_slice(&[3, 0x23]); // properties: 3 bytes, Topic Alias
+    body.extend_from_slice(&alias.to_be_bytes());
+    body.extend_from_slice(payload.as_bytes());
+    assert!(body.len() < 128, "one-byte remaining length");
+    let mut packet = vec![0x32, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// MQTT 5 topic aliases: a publish that names its topic and sets an alias, then publishes by the alias alone, land
+/// with the full topic (lineage and partition key); an alias the client never set ends the connection with a
+/// protocol error, and the records before it stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_mqtt5_topic_aliases_resolve_to_the_topic() {
+    let gw = Gw::start(config(vec![telemetry_rule()]), &[("telemetry", 1)]).await;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    // CONNECT (5, clean start, keep-alive 30 s, no properties, client id "alias5").
+    socket
+        .write_all(&[
+            0x10, 19, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, 0, 0, 6, b'a', b'l', b'i', b'a', b's',
+            b'5',
+        ])
+        .await
+        .unwrap();
+    let (kind, connack) = read_packet(&mut socket).await;
+    assert_eq!((kind, connack[1]), (0x20, 0), "CONNACK success");
+    let topic = "devices/al/telemetry";
+    socket
+        .write_all(&publish_v5_with_alias(topic, 1, 1, r#"{"n":1}"#))
+        .await
+        .unwrap();
+    socket
+        .write_all(&publish_v5_with_alias("", 2, 1, r#"{"n":2}"#))
+        .await
+        .unwrap();
+    for pkid in [1u16, 2] {
+        let (kind, ack) = read_packet(&mut socket).await;
+        assert_eq!(kind, 0x40, "PUBACK");
+        assert_eq!(&ack[..2], &pkid.to_be_bytes());
+        assert!(ack.len() == 2 || ack[2] == 0, "success: {ack:?}");
+    }
+    let records = gw.wait_records("telemetry", 2).await;
+    let mut seen: Vec<(String, String, i64)> = records
+        .iter()
+        .map(|(_, key, v)| {
+            (
+                key.clone(),
+                v["_topic"].as_str().unwrap().to_string(),
+                v["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|s| s.2);
+    assert_eq!(
+        seen,
+        vec![
+            ("al".to_string(), topic.to_string(), 1),
+            ("al".to_string(), topic.to_string(), 2)
+        ]
+    );
+    // An alias never set: DISCONNECT with reason 0x82 (protocol error), then the connection closes.
+    socket
+        .write_all(&publish_v5_with_alias("", 3, 9, r#"{"n":3}"#))
+        .await
+        .unwrap();
+    // A well-formed DISCONNECT: reason 0x82, then properties whose length covers exactly the rest of the packet
+    // (a reason string, 0x1F), then the end of the stream.
+    let (kind, disconnect) = read_packet(&mut socket).await;
+    assert!(
+        kind == 0xE0 && disconnect.len() > 5,
+        "a DISCONNECT with a reason string: {disconnect:?}"
+    );
+    assert_eq!(disconnect[0], 0x82, "{disconnect:?}");
+    assert_eq!(usize::from(disconnect[1]), disconnect.len() - 2, "{disconnect:?}");
+    assert_eq!(disconnect[2], 0x1F, "a reason string: {disconnect:?}");
+    assert_eq!(String::from_utf8_lossy(&disconnect[5..]), "ProtocolError");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, socket.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "closed after the DISCONNECT: {closed:?} {rest:?}"
+    );
+    assert_eq!(gw.records("telemetry").await.len(), 2);
+    gw.stop().await;
+}
