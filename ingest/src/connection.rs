@@ -10,8 +10,11 @@
 //! - at most `max_inflight` publishes per connection await durability; beyond that the link stops reading the
 //!   socket, so a fast publisher is slowed by TCP backpressure instead of buffered without bound;
 //! - authentication and topic ACLs (publish and subscribe) are checked here ([`crate::auth`]);
-//! - a publish is also handed to rumqttd's router (as QoS 0) so that MQTT subscribers get it; SUBSCRIBE,
-//!   UNSUBSCRIBE and acknowledgements of the router's outgoing publishes travel through a rumqttd local link.
+//! - a publish is also delivered to MQTT subscribers: to QoS 0 subscriptions of clean sessions by the gateway
+//!   itself ([`crate::fanout`]), written into the subscriber's outbox; to every other subscription through
+//!   rumqttd's router (as QoS 0 from the router's point of view), whose SUBSCRIBE, UNSUBSCRIBE and
+//!   acknowledgements of its outgoing publishes travel through a rumqttd local link. The gateway answers
+//!   UNSUBSCRIBE itself (rumqttd 0.20 sends one UNSUBACK per filter it removed, none for a filter it did not have).
 //!
 //! Answers to bad input: a malformed packet or one over `max_packet_bytes` closes the connection (MQTT 5:
 //! after a DISCONNECT with reason 0x81 Malformed Packet / 0x95 Packet Too Large); a publish the ACL refuses is
@@ -20,7 +23,7 @@
 //! connection without PUBACK (3.1.1), so the client sends it again. Keep-alive 0 is accepted (the spec allows it).
 //! The will message is published (through the rules and to subscribers) when the connection ends without DISCONNECT.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,13 +36,14 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PingResp, PubAck,
     PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, SubAck,
-    Subscribe, SubscribeReasonCode,
+    Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
 use crate::auth::{Identity, Refusal};
 use crate::codec::{self, Codec, Peek, Version};
+use crate::fanout::{Fanout, Outbox, Targets};
 use crate::gateway::Shared;
 use crate::rules::{Message, TopicCache};
 use crate::sink::{Durable, Outcomes, Records};
@@ -117,7 +121,7 @@ where
         }
         Ok(Ok(ok)) => ok,
     };
-    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+    let Packet::Connect(connect, connect_props, will, _will_props, login) = packet else {
         return;
     };
     let v5 = codec.version() == Version::V5;
@@ -206,6 +210,8 @@ where
         }
     }
     shared.counters.connection_opened();
+    let max_packet = connect_props.and_then(|p| p.max_packet_size).filter(|_| v5);
+    let outbox = shared.fanout.outbox(codec.clone(), max_packet);
     let mut conn = Conn {
         shared: shared.clone(),
         codec,
@@ -222,6 +228,11 @@ where
         next_batch: 0,
         arrival_ms: None,
         topic_cache: TopicCache::default(),
+        outbox,
+        targets: Targets::default(),
+        touched: Vec::new(),
+        clean,
+        router_filters: HashSet::new(),
     };
     let result = match write_packet(&mut wr, &conn.codec, ack).await {
         Ok(()) => {
@@ -246,6 +257,10 @@ where
     }
     // Whatever was submitted is seen through (and counted), acknowledged or not.
     conn.settle_batches().await;
+    shared.fanout.remove(conn.outbox.conn());
+    if conn.clean {
+        shared.fanout.router_removed(conn.router_filters.len());
+    }
     // Tell the router this connection is gone (its Disconnect handling frees the session state).
     let _ = conn
         .link_tx
@@ -342,8 +357,8 @@ struct Conn {
     link_tx: LinkTx,
     link_rx: LinkRx,
     pending: VecDeque<Pending>,
-    /// SUBSCRIBE packet id → per-filter codes decided here (`Some`: refused by the ACL).
-    sub_splices: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// SUBSCRIBE packet id → what is decided here of a SUBSCRIBE that also went to the router.
+    sub_splices: HashMap<u16, Splice>,
     /// MQTT 5 topic aliases set by the client.
     aliases: HashMap<u16, Bytes>,
     out: BytesMut,
@@ -359,6 +374,24 @@ struct Conn {
     arrival_ms: Option<i64>,
     /// The rules' work that depends only on the topic, the client and the arrival time, kept between publishes.
     topic_cache: TopicCache,
+    /// Publishes for this connection's direct subscriptions (see [`crate::fanout`]).
+    outbox: Arc<Outbox>,
+    /// The direct subscribers of the last topic this connection published to.
+    targets: Targets,
+    /// Outboxes this read's publishes were written into, woken once the read is handled.
+    touched: Vec<Arc<Outbox>>,
+    /// A clean session: its subscriptions end with the connection.
+    clean: bool,
+    /// Filters this connection subscribed to through the router.
+    router_filters: HashSet<String>,
+}
+
+/// The part of a SUBACK decided by the gateway, for a SUBSCRIBE whose other filters went to the router.
+struct Splice {
+    /// Per filter, in order: `Some` decided here (refused, or a direct subscription), `None` the router's.
+    codes: Vec<Option<SubscribeReasonCode>>,
+    /// Retained messages for the direct subscriptions, sent after the SUBACK.
+    retained: Vec<(Publish, Option<PublishProperties>)>,
 }
 
 impl Conn {
@@ -392,6 +425,7 @@ impl Conn {
                 self.flush(wr).await.ok();
                 return close;
             }
+            self.outbox.take_into(&mut self.out);
             if let Err(e) = self.flush(wr).await {
                 return Close::Abrupt(e);
             }
@@ -441,6 +475,7 @@ impl Conn {
                         // A packet bigger than the limit is refused by the codec on parse; this only guards memory.
                     }
                 }
+                () = self.outbox.ready() => self.outbox.take_into(&mut self.out),
                 notification = self.link_rx.next() => {
                     match notification {
                         Ok(Some(n)) => {
@@ -495,6 +530,7 @@ impl Conn {
         let parsed = self.parse_packets(buf, inflight_max).await;
         let sent = self.submit().await;
         let woken = self.wake_router().await;
+        self.wake_subscribers();
         // Publishes without records (denied, or matched by no rule) at the front need no wait.
         let acked = self.ack_ready(u64::MAX, &Outcomes::default());
         parsed.and(sent).and(woken).and(acked)
@@ -591,9 +627,8 @@ impl Conn {
                 ));
                 Ok(())
             }
-            p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::Unsubscribe(..)) => {
-                self.send_router(p).await
-            }
+            p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => self.send_router(p).await,
+            Packet::Unsubscribe(unsub, _) => self.unsubscribe(unsub).await,
             Packet::Subscribe(sub, props) => self.subscribe(sub, props).await,
             Packet::PingReq(_) => {
                 self.queue(Packet::PingResp(PingResp));
@@ -628,6 +663,43 @@ impl Conn {
         match last {
             Some(packet) => self.send_router(packet).await,
             None => Ok(()),
+        }
+    }
+
+    /// Wake the direct subscribers this read's publishes were written for.
+    fn wake_subscribers(&mut self) {
+        for outbox in self.touched.drain(..) {
+            outbox.wake();
+        }
+    }
+
+    /// Deliver a publish to MQTT subscribers: the direct ones now, the router's (if any may exist, or when it is
+    /// retained, so that the router keeps it for its subscribers) staged for the router.
+    fn forward(
+        &mut self,
+        topic: &Bytes,
+        topic_str: &str,
+        payload: &Bytes,
+        retain: bool,
+        props: Option<PublishProperties>,
+    ) {
+        let fanout = &self.shared.fanout;
+        fanout.deliver(
+            &mut self.targets,
+            self.outbox.conn(),
+            topic,
+            topic_str,
+            payload,
+            retain,
+            props.as_ref(),
+            &mut self.touched,
+        );
+        if retain {
+            fanout.retain(topic, topic_str, payload, props.as_ref());
+        }
+        if retain || fanout.router_in_use() {
+            let publish = Publish::new(topic.clone(), payload.clone(), retain);
+            self.stage_router(Packet::Publish(publish, props));
         }
     }
 
@@ -696,10 +768,7 @@ impl Conn {
             return Ok(());
         }
         let records = self.route(topic_str, &publish.payload);
-        // MQTT subscribers get the publish through rumqttd's router (as QoS 0 from the router's point of view;
-        // subscribers receive it at their subscription's QoS).
-        let forward = Publish::new(topic, publish.payload, publish.retain);
-        self.stage_router(Packet::Publish(forward, props));
+        self.forward(&topic, topic_str, &publish.payload, publish.retain, props);
         if qos > 0 {
             self.pending.push_back(Pending {
                 pkid,
@@ -775,7 +844,9 @@ impl Conn {
         props: Option<protocol::SubscribeProperties>,
     ) -> Result<(), Close> {
         let v5 = self.v5();
+        let subscription_id = props.as_ref().and_then(|p| p.id);
         let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut retained = Vec::new();
         let mut allowed = Vec::new();
         for f in sub.filters {
             if !protocol::valid_filter(&f.path) {
@@ -795,7 +866,20 @@ impl Conn {
                 } else {
                     SubscribeReasonCode::Failure
                 }));
+            } else if Fanout::eligible(self.clean, &f, subscription_id)
+                && !self.router_filters.contains(&f.path)
+            {
+                let existed = self.shared.fanout.subscribe(&self.outbox, &f);
+                if Fanout::sends_retained(&f, existed) {
+                    retained.extend(self.shared.fanout.retained_for(&f.path));
+                }
+                codes.push(Some(SubscribeReasonCode::QoS0));
             } else {
+                // Through the router from now on (a direct subscription on the same filter is replaced).
+                self.shared.fanout.unsubscribe(self.outbox.conn(), &f.path);
+                if self.router_filters.insert(f.path.clone()) {
+                    self.shared.fanout.router_added(1);
+                }
                 codes.push(None);
                 allowed.push(f);
             }
@@ -809,10 +893,11 @@ impl Conn {
                 },
                 None,
             ));
+            self.queue_retained(retained);
             return Ok(());
         }
         if codes.iter().any(Option::is_some) {
-            self.sub_splices.insert(sub.pkid, codes);
+            self.sub_splices.insert(sub.pkid, Splice { codes, retained });
         }
         self.send_router(Packet::Subscribe(
             Subscribe {
@@ -820,6 +905,54 @@ impl Conn {
                 filters: allowed,
             },
             props,
+        ))
+        .await
+    }
+
+    fn queue_retained(&mut self, retained: Vec<(Publish, Option<PublishProperties>)>) {
+        let v5 = self.v5();
+        for (publish, props) in retained {
+            self.queue(Packet::Publish(publish, props.filter(|_| v5)));
+        }
+    }
+
+    /// Answered here for every filter: direct subscriptions end here, the router is told about the rest.
+    async fn unsubscribe(&mut self, unsub: Unsubscribe) -> Result<(), Close> {
+        let mut reasons = Vec::with_capacity(unsub.filters.len());
+        let mut to_router = Vec::new();
+        for filter in unsub.filters {
+            let direct = self.shared.fanout.unsubscribe(self.outbox.conn(), &filter);
+            let routed = self.router_filters.remove(&filter);
+            if routed && self.clean {
+                self.shared.fanout.router_removed(1);
+            }
+            // A resumed session's router subscriptions from an earlier connection are not known here.
+            let known = direct || routed || !self.clean;
+            reasons.push(if known {
+                UnsubAckReason::Success
+            } else {
+                UnsubAckReason::NoSubscriptionExisted
+            });
+            if routed || !self.clean {
+                to_router.push(filter);
+            }
+        }
+        self.queue(Packet::UnsubAck(
+            UnsubAck {
+                pkid: unsub.pkid,
+                reasons,
+            },
+            None,
+        ));
+        if to_router.is_empty() {
+            return Ok(());
+        }
+        self.send_router(Packet::Unsubscribe(
+            Unsubscribe {
+                pkid: unsub.pkid,
+                filters: to_router,
+            },
+            None,
         ))
         .await
     }
@@ -847,7 +980,9 @@ impl Conn {
         }
         match Option::<Packet>::from(n) {
             Some(Packet::SubAck(mut ack, props)) => {
-                if let Some(codes) = self.sub_splices.remove(&ack.pkid) {
+                let splice = self.sub_splices.remove(&ack.pkid);
+                let mut retained = Vec::new();
+                if let Some(Splice { codes, retained: r }) = splice {
                     let mut from_router = ack.return_codes.into_iter();
                     ack.return_codes = codes
                         .into_iter()
@@ -856,10 +991,14 @@ impl Conn {
                                 .unwrap_or(SubscribeReasonCode::Failure)
                         })
                         .collect();
+                    retained = r;
                 }
                 let props = if self.v5() { props } else { None };
                 self.queue(Packet::SubAck(ack, props));
+                self.queue_retained(retained);
             }
+            // Answered by the gateway (see [`Conn::unsubscribe`]).
+            Some(Packet::UnsubAck(..)) => {}
             Some(Packet::Disconnect(d, props)) => {
                 if self.v5() {
                     self.queue(Packet::Disconnect(d, props));
@@ -872,7 +1011,6 @@ impl Conn {
                 let props = if self.v5() { props } else { None };
                 self.queue(Packet::Publish(p, props));
             }
-            Some(Packet::UnsubAck(u, _)) if !self.v5() => self.queue(Packet::UnsubAck(u, None)),
             Some(p) => self.queue(p),
             None => {}
         }
@@ -898,9 +1036,9 @@ impl Conn {
         }
         self.route(&topic_str, &message);
         let _ = self.submit().await;
-        let _ = self
-            .send_router(Packet::Publish(Publish::new(topic, message, retain), None))
-            .await;
+        self.forward(&topic, &topic_str, &message, retain, None);
+        let _ = self.wake_router().await;
+        self.wake_subscribers();
     }
 }
 

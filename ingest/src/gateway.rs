@@ -1,4 +1,5 @@
-//! The gateway: listeners, rumqttd's router for MQTT subscribers, the rules, the sink into the store (see
+//! The gateway: listeners, delivery to MQTT subscribers (its own for QoS 0 in clean sessions, rumqttd's router
+//! for the rest), the rules, the sink into the store (see
 //! [`crate::sink`]), and their lifecycle.
 //!
 //! [`start`] checks everything that can be checked before a client connects, and fails with a clear error
@@ -27,6 +28,7 @@ use tokio::task::JoinSet;
 use crate::appender::AppendConfig;
 use crate::auth::{AuthConfig, Authenticator};
 use crate::error::{IngestError, Result};
+use crate::fanout::Fanout;
 use crate::metrics::{Counters, Stats};
 use crate::rules::{RuleConfig, RuleLimits, RuleSet};
 use crate::sink::Sink;
@@ -119,7 +121,8 @@ pub struct TlsConfig {
     pub key_path: PathBuf,
 }
 
-/// Bounds of rumqttd's in-memory log per subscription filter.
+/// Delivery to MQTT subscribers: bounds of rumqttd's in-memory log per subscription filter, and of the
+/// gateway's own direct delivery (see [`crate::fanout`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouterLimits {
@@ -127,6 +130,9 @@ pub struct RouterLimits {
     pub segment_count_max: usize,
     /// Publishes forwarded to one QoS 0 subscriber per router sweep.
     pub outgoing_packets_max: u64,
+    /// Bytes of publishes waiting for one direct subscriber's socket; beyond them its publishes are dropped
+    /// and counted (`freshet_ingest_subscriber_dropped_total`).
+    pub subscriber_buffer_bytes: usize,
 }
 
 impl Default for RouterLimits {
@@ -135,6 +141,7 @@ impl Default for RouterLimits {
             segment_bytes_max: 1024 * 1024,
             segment_count_max: 10,
             outgoing_packets_max: 200,
+            subscriber_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -194,6 +201,7 @@ pub(crate) struct Shared {
     pub(crate) sink: Sink,
     pub(crate) counters: Arc<Counters>,
     pub(crate) links: LinkFactory,
+    pub(crate) fanout: Fanout,
     pub(crate) takeover: Takeover,
 }
 
@@ -322,6 +330,7 @@ pub async fn start(config: GatewayConfig, store: Arc<dyn StreamStore>) -> Result
     });
 
     let counters = Arc::new(Counters::default());
+    let fanout = Fanout::new(config.router.subscriber_buffer_bytes, counters.clone());
     let (sink, batcher) = Sink::new(store, config.append.clone(), counters.clone(), &streams);
     let max_connections = config.max_connections;
     let shared = Arc::new(Shared {
@@ -331,6 +340,7 @@ pub async fn start(config: GatewayConfig, store: Arc<dyn StreamStore>) -> Result
         sink,
         counters: counters.clone(),
         links,
+        fanout,
         takeover: Takeover::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -31,7 +31,8 @@
 //! only for MQTT subscribers; the store path never passes through the router's log, so no cursor jump can lose a
 //! record bound for the store. Memory is bounded by `max_inflight` per connection, `max_connections`, and the
 //! appender's queue; when the store is slow, connections stop reading their sockets (TCP backpressure).
-//! MQTT *subscribers* still read from rumqttd's in-memory log, with its usual limits.
+//! MQTT *subscribers* of QoS 0 in clean sessions get publishes from the gateway directly ([`fanout`]); all other
+//! subscribers still read from rumqttd's in-memory log, with its usual limits.
 
 pub mod appender;
 pub mod auth;
@@ -39,6 +40,7 @@ pub mod bench;
 pub mod codec;
 pub mod connection;
 pub mod error;
+mod fanout;
 pub mod gateway;
 pub mod metrics;
 pub mod rules;

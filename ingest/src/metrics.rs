@@ -13,6 +13,7 @@
 //! | `freshet_ingest_append_retries_total` | counter | record appends retried after a retryable store error |
 //! | `freshet_ingest_queue_depth` | gauge | records handed to the store and not yet durable (embedded store), or waiting in the appender's input queue (any other store) |
 //! | `freshet_ingest_append_latency_seconds` | histogram | from queueing a record to it being durable |
+//! | `freshet_ingest_subscriber_dropped_total` | counter | QoS 0 publishes not sent to a direct MQTT subscriber: its outbox was full (it reads too slowly) or the publish was over its maximum packet size (see `fanout`) |
 //! | `freshet_ingest_connections` | gauge | open client connections |
 //! | `freshet_ingest_connections_refused_total{reason}` | counter | connections refused (auth, limit, protocol) |
 
@@ -33,6 +34,7 @@ pub struct Counters {
     connections: AtomicU64,
     refused: AtomicU64,
     queued: AtomicU64,
+    subscriber_dropped: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -50,6 +52,8 @@ pub struct Stats {
     pub refused: u64,
     /// The queue depth now (see `freshet_ingest_queue_depth`).
     pub queued: u64,
+    /// See `freshet_ingest_subscriber_dropped_total`.
+    pub subscriber_dropped: u64,
 }
 
 impl Counters {
@@ -139,6 +143,11 @@ impl Counters {
         metrics::gauge!("freshet_ingest_connections").set(n as f64);
     }
 
+    pub fn subscriber_dropped(&self) {
+        self.subscriber_dropped.fetch_add(1, Relaxed);
+        metrics::counter!("freshet_ingest_subscriber_dropped_total").increment(1);
+    }
+
     pub fn refused(&self, reason: &'static str) {
         self.refused.fetch_add(1, Relaxed);
         metrics::counter!("freshet_ingest_connections_refused_total", "reason" => reason).increment(1);
@@ -157,6 +166,7 @@ impl Counters {
             connections: self.connections.load(Relaxed),
             refused: self.refused.load(Relaxed),
             queued: self.queued.load(Relaxed),
+            subscriber_dropped: self.subscriber_dropped.load(Relaxed),
         }
     }
 }

@@ -644,6 +644,33 @@ async fn ingest_subscribers_get_publishes_through_the_router() {
     gw.stop().await;
 }
 
+/// paho-mqtt subscribers of both kinds side by side (QoS 0 in clean sessions, delivered by the gateway; QoS 1
+/// and a persistent session, through rumqttd's router), with retained messages, overlapping filters,
+/// UNSUBSCRIBE and MQTT 5's no-local option (the scenario and its assertions are in `py/ingest_subscribe.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_subscribers_direct_and_through_the_router() {
+    let gw = Gw::start(config(vec![telemetry_rule()]), &[("telemetry", 1)]).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/ingest_subscribe.py");
+    let port = gw.port.to_string();
+    for proto in ["311", "5"] {
+        let out = run("python3", &[script.to_str().unwrap(), "127.0.0.1", &port, proto]).await;
+        assert!(out.status.success(), "MQTT {proto}: {}", text(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // 1 retained + 5 live + the marker, in order.
+        let direct = report["direct"].as_array().unwrap();
+        assert_eq!(direct.len(), 7, "{report}");
+        assert_eq!(direct[0]["retain"], true);
+        assert_eq!(direct[6]["topic"], "marker/x");
+        // The router's subscriber stayed subscribed: it also got what came after.
+        let routed = report["routed"].as_array().unwrap();
+        assert_eq!(routed[6]["payload"], r#"{"seq":99}"#, "{report}");
+        assert_eq!(routed.last().unwrap()["payload"], r#"{"seq":100}"#, "{report}");
+    }
+    let stats = gw.handle().stats();
+    assert_eq!(stats.subscriber_dropped, 0);
+    gw.stop().await;
+}
+
 fn openssl(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")
         .current_dir(dir)
