@@ -26,6 +26,18 @@
 //! when a group would not fit. Most syncs are then data only (measured in BENCHMARKS.md). The zeros are not part of
 //! the log: the durable length never covers them, a clean stop and a roll cut them off, and after a crash
 //! recovery cuts them off like any torn tail (quietly when the tail is all zeros).
+//!
+//! # Writes past the page cache (policy `always`)
+//!
+//! With policy `always` every group is synced at once, so the page cache only adds work: a copy into it, and the
+//! sync's search for dirty pages. The writer therefore opens the active segment with `O_DIRECT` and writes whole
+//! 4 KiB blocks from block-aligned memory: each group's write starts at the block its records' end falls in (the
+//! bytes of that block before the end are kept in memory, read back from the file at open) and pads its last block
+//! with zeros, which lie in the zeroed room anyway. `fdatasync` then only flushes the device's cache. Measured in
+//! BENCHMARKS.md (ingest, "Writes past the page cache"). Where the file system refuses `O_DIRECT` (the open fails)
+//! or the device refuses these writes (`EINVAL`: it wants larger blocks; nothing is written), the writer writes
+//! through the page cache as with the other policies. Readers keep reading through the page cache; Linux drops cached pages a direct write
+//! covers, so they read what was written.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -56,6 +68,70 @@ const READ_CHUNK_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub const ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
 /// What zeroed room is written from.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// The unit of `O_DIRECT` writes: offsets, lengths and memory are multiples of it.
+const BLOCK: usize = 4096;
+
+/// Open the active segment (whose records end at `active_len`) for writing at offsets; with `direct` (policy
+/// `always`), bypassing the page cache with `O_DIRECT` where the file system takes it.
+fn open_active(path: &Path, active_len: u64, direct: bool) -> StoreResult<(File, Option<Direct>)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if direct {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(file) => return Ok((file, Some(Direct::load(path, active_len)?))),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "no O_DIRECT; writing through the page cache")
+            }
+        }
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::from_io(path, "opening segment for append", e))?;
+    Ok((file, None))
+}
+
+/// `len` bytes of `v` starting at a block boundary in memory (`v` grows as needed).
+fn aligned(v: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if v.len() < len + BLOCK {
+        v.resize(len + BLOCK, 0);
+    }
+    let at = v.as_ptr().align_offset(BLOCK);
+    &mut v[at..at + len]
+}
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(BLOCK as u64) * BLOCK as u64
+}
+
+fn align_down(n: u64) -> u64 {
+    n / BLOCK as u64 * BLOCK as u64
+}
+
+/// Writing with `O_DIRECT` (policy `always`): every write covers whole blocks, from the block holding the records'
+/// end, so the bytes of that block before the end are kept here and written again with the next group.
+struct Direct {
+    /// The active segment's bytes from `align_down(active_len)` to `active_len`.
+    tail: Vec<u8>,
+    staging: Vec<u8>,
+}
+
+impl Direct {
+    fn load(path: &Path, active_len: u64) -> StoreResult<Self> {
+        let start = align_down(active_len);
+        let mut tail = vec![0; (active_len - start) as usize];
+        File::open(path)
+            .and_then(|f| f.read_exact_at(&mut tail, start))
+            .map_err(|e| StoreError::from_io(path, "reading the segment's last block", e))?;
+        Ok(Self {
+            tail,
+            staging: Vec::new(),
+        })
+    }
+}
 
 /// When the writer calls fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -660,10 +736,7 @@ impl Shard {
             )
         };
         // Written at offsets (records at the durable length, zeros past them), not in append mode.
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::from_io(&path, "opening segment for append", e))?;
+        let (file, direct) = open_active(&path, active_len, config.fsync == FsyncPolicy::Always)?;
         let (tx, rx) = mpsc::channel(config.writer_queue_depth.max(1));
         let mut writer = Writer {
             core: core.clone(),
@@ -681,6 +754,7 @@ impl Shard {
             last_sync: Instant::now(),
             poisoned: None,
             buf: Vec::new(),
+            direct,
         };
         let thread = std::thread::Builder::new()
             .name(format!("shard-{}", core.id.0))
@@ -778,6 +852,7 @@ struct Writer {
     last_sync: Instant,
     poisoned: Option<StoreError>,
     buf: Vec<u8>,
+    direct: Option<Direct>,
 }
 
 impl Writer {
@@ -883,10 +958,12 @@ impl Writer {
             .map_err(|e| StoreError::from_io(&self.active_path, "syncing segment", e))?;
         self.zeroed_end = self.active_len;
         let (path, read_file) = create_segment(&self.core.dir, base)?;
-        let append = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::from_io(&path, "opening segment for append", e))?;
+        let (append, direct) = open_active(
+            &path,
+            segment::HEADER_BYTES,
+            self.config.fsync == FsyncPolicy::Always,
+        )?;
+        self.direct = direct;
         self.core.segments.lock().unwrap().push_back(Segment {
             base,
             path: path.clone(),
@@ -1009,13 +1086,24 @@ impl Writer {
         if self.config.fsync != FsyncPolicy::Always || end <= self.zeroed_end {
             return Ok(());
         }
-        let target = end + ZERO_AHEAD_BYTES;
-        // The group's own bytes are written right after; zeros go past them.
+        let target = align_up(end + ZERO_AHEAD_BYTES);
+        // The group's own bytes are written right after; zeros go past them (with O_DIRECT, from the block after
+        // the group's last: the group's write fills its last block with zeros).
         let mut at = self.zeroed_end.max(end);
-        while at < target {
-            let n = (target - at).min(ZEROS.len() as u64) as usize;
-            self.active.write_all_at(&ZEROS[..n], at)?;
-            at += n as u64;
+        if self.direct.is_some() {
+            // One write for the whole room: each O_DIRECT write waits for the device.
+            at = align_up(at);
+            if at < target {
+                let mut zeros = vec![0; (target - at) as usize + BLOCK];
+                let len = (target - at) as usize;
+                self.active.write_all_at(aligned(&mut zeros, len), at)?;
+            }
+        } else {
+            while at < target {
+                let n = (target - at).min(ZEROS.len() as u64) as usize;
+                self.active.write_all_at(&ZEROS[..n], at)?;
+                at += n as u64;
+            }
         }
         self.zeroed_end = target;
         Ok(())
@@ -1031,23 +1119,58 @@ impl Writer {
             tracing::debug!(shard = %self.core.id, error = %e, "no zeroed room ahead");
             self.zeroed_end = self.active_len;
         }
-        let result = self
-            .active
-            .write_all_at(&self.buf, self.active_len)
-            .and_then(|()| match self.config.fsync {
-                FsyncPolicy::Always => self.active.sync_data(),
-                FsyncPolicy::Interval(ms) if self.last_sync.elapsed() >= Duration::from_millis(ms) => {
-                    self.last_sync = Instant::now();
-                    self.active.sync_data()
+        let written = match &mut self.direct {
+            Some(direct) => {
+                let start = align_down(self.active_len);
+                let head = direct.tail.len();
+                let total = align_up((head + self.buf.len()) as u64) as usize;
+                let block = aligned(&mut direct.staging, total);
+                block[..head].copy_from_slice(&direct.tail);
+                block[head..head + self.buf.len()].copy_from_slice(&self.buf);
+                block[head + self.buf.len()..].fill(0);
+                match self.active.write_all_at(block, start) {
+                    // The device wants larger blocks than these (or the file system changed its mind): write
+                    // through the page cache from now on. Nothing was written.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        tracing::warn!(shard = %self.core.id, error = %e, "O_DIRECT write refused; writing through the page cache");
+                        self.direct = None;
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&self.active_path)
+                            .and_then(|file| {
+                                self.active = file;
+                                self.active.write_all_at(&self.buf, self.active_len)
+                            })
+                    }
+                    r => r,
                 }
-                _ => {
-                    self.unsynced = true;
-                    Ok(())
-                }
-            });
+            }
+            None => self.active.write_all_at(&self.buf, self.active_len),
+        };
+        let result = written.and_then(|()| match self.config.fsync {
+            FsyncPolicy::Always => self.active.sync_data(),
+            FsyncPolicy::Interval(ms) if self.last_sync.elapsed() >= Duration::from_millis(ms) => {
+                self.last_sync = Instant::now();
+                self.active.sync_data()
+            }
+            _ => {
+                self.unsynced = true;
+                Ok(())
+            }
+        });
         let Err(e) = result else {
             if self.config.fsync == FsyncPolicy::Always {
                 self.last_sync = Instant::now();
+            }
+            if let Some(direct) = &mut self.direct {
+                // The new last block's bytes are where the write took them from.
+                let start = align_down(self.active_len);
+                let total = align_up((direct.tail.len() + self.buf.len()) as u64) as usize;
+                let new_end = self.active_len + self.buf.len() as u64;
+                let (from, to) = ((align_down(new_end) - start) as usize, (new_end - start) as usize);
+                let block = aligned(&mut direct.staging, total);
+                direct.tail.clear();
+                direct.tail.extend_from_slice(&block[from..to]);
             }
             return Ok(());
         };
