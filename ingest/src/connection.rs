@@ -45,7 +45,7 @@ use crate::auth::{Identity, Refusal};
 use crate::codec::{self, Codec, Peek, Version};
 use crate::fanout::{Fanout, Outbox, Targets};
 use crate::gateway::Shared;
-use crate::rules::{Message, TopicCache};
+use crate::rules::{Applied, Message, TopicCache};
 use crate::sink::{Durable, Outcomes, Records};
 
 /// Why a connection ends.
@@ -228,6 +228,7 @@ where
         next_batch: 0,
         arrival_ms: None,
         topic_cache: TopicCache::default(),
+        applied: Applied::default(),
         outbox,
         targets: Targets::default(),
         touched: Vec::new(),
@@ -374,6 +375,8 @@ struct Conn {
     arrival_ms: Option<i64>,
     /// The rules' work that depends only on the topic, the client and the arrival time, kept between publishes.
     topic_cache: TopicCache,
+    /// The rules' outputs for one publish (kept for its room).
+    applied: Applied,
     /// Publishes for this connection's direct subscriptions (see [`crate::fanout`]).
     outbox: Arc<Outbox>,
     /// The direct subscribers of the last topic this connection published to.
@@ -789,7 +792,10 @@ impl Conn {
             arrival_ms: *self.arrival_ms.get_or_insert_with(now_ms),
             payload,
         };
-        let applied = self.shared.rules.apply_cached(&message, &mut self.topic_cache);
+        let applied = &mut self.applied;
+        self.shared
+            .rules
+            .apply_into(&message, &mut self.topic_cache, applied);
         if applied.matched == 0 {
             self.shared.counters.unmatched();
         } else {
@@ -799,7 +805,7 @@ impl Conn {
             self.shared.counters.failed();
         }
         let start = self.records.len();
-        for out in applied.outputs {
+        for out in applied.outputs.drain(..) {
             self.records.push(out.stream, out.record);
         }
         start..self.records.len()

@@ -109,7 +109,9 @@ impl Sink {
     /// Queue `records` (emptying it), in order, and return the future of their outcomes. Waits while the store's
     /// queues are full. Fails only when the store or the appender has stopped; then nothing more can be written.
     pub(crate) async fn submit(&self, records: &mut Records) -> Result<Durable, AppendError> {
-        let items = std::mem::take(&mut records.items);
+        // The next read's records usually number about as many: start them with that room.
+        let room = records.items.len();
+        let items = std::mem::replace(&mut records.items, Vec::with_capacity(room));
         match self {
             Sink::Direct {
                 store,
@@ -174,10 +176,12 @@ async fn submit_direct(
             // The first group is no longer "every record so far and after": give it its positions.
             first.positions = Some((0..first.records.len()).collect());
         }
+        let mut records = Vec::with_capacity(count - i);
+        records.push(record);
         groups.push(Group {
             stream,
             positions,
-            records: vec![record],
+            records,
         });
     }
     let mut queued = Vec::with_capacity(groups.len());

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -32,10 +33,11 @@ pub const RETENTION_HOURS_MAX: u32 = 8_760;
 /// Most shards in one stream (a sanity bound; each open shard has a writer thread).
 pub const SHARDS_PER_STREAM_MAX: u32 = 1_024;
 
-/// A stream name: 1–128 characters of `[a-zA-Z0-9_.-]`, as Kinesis allows.
+/// A stream name: 1–128 characters of `[a-zA-Z0-9_.-]`, as Kinesis allows. Shared, not copied, when cloned (the
+/// gateway names a record's stream once per publish).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct StreamName(String);
+pub struct StreamName(Arc<str>);
 
 impl StreamName {
     pub fn new(name: impl Into<String>) -> StoreResult<Self> {
@@ -48,7 +50,7 @@ impl StreamName {
                 "stream name {name:?} must be 1-128 characters of [a-zA-Z0-9_.-]"
             )));
         }
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -78,7 +80,7 @@ impl TryFrom<String> for StreamName {
 
 impl From<StreamName> for String {
     fn from(n: StreamName) -> String {
-        n.0
+        n.0.to_string()
     }
 }
 

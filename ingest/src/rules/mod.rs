@@ -366,6 +366,15 @@ impl RuleSet {
     /// from the previous publish (a connection keeps one: devices publish to the same topic again and again).
     pub fn apply_cached(&self, msg: &Message<'_>, cache: &mut TopicCache) -> Applied {
         let mut applied = Applied::default();
+        self.apply_into(msg, cache, &mut applied);
+        applied
+    }
+
+    /// [`RuleSet::apply_cached`] into `applied` (cleared first), so that a connection reuses one `Vec` of outputs.
+    pub fn apply_into(&self, msg: &Message<'_>, cache: &mut TopicCache, applied: &mut Applied) {
+        applied.matched = 0;
+        applied.filtered = 0;
+        applied.outputs.clear();
         let ctx = Context {
             topic: msg.topic,
             client_id: msg.client_id,
@@ -392,7 +401,7 @@ impl RuleSet {
                     Some(key) => key.clone().and_then(|key| self.check_size(key, data)),
                     None => self.key_and_check(rule, &Value::Null, &ctx, data),
                 };
-                push_output(&mut applied, idx, rule, result, msg);
+                push_output(applied, idx, rule, result, msg);
                 continue;
             }
             let payload = parsed.get_or_insert_with(|| {
@@ -414,9 +423,8 @@ impl RuleSet {
                 Ok(value) => self.apply_rule(rule, value, &ctx),
                 Err((kind, message)) => Err((*kind, message.clone())),
             };
-            push_output(&mut applied, idx, rule, result, msg);
+            push_output(applied, idx, rule, result, msg);
         }
-        applied
     }
 
     /// Select and key one record; `Ok(None)` when WHERE is false.
@@ -639,8 +647,8 @@ fn verbatim_record(
     lineage: &[u8],
     arrival_text: &[u8],
 ) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let top: TopKeys = serde_json::from_str(text).ok()?;
+    // From the bytes: the parser checks UTF-8 inside strings, and anything else that is not ASCII is no JSON.
+    let top: TopKeys = serde_json::from_slice(payload).ok()?;
     let keys = top.keys();
     let repeated = if keys.len() <= 32 {
         keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k))
@@ -658,11 +666,11 @@ fn verbatim_record(
     if repeated || keys.iter().any(overridden) {
         return None;
     }
-    let body = text.trim_end();
-    let open = body.strip_suffix('}')?;
+    let body = payload.trim_ascii_end();
+    let open = body.strip_suffix(b"}")?;
     // Exact when there are no expressions (the usual `SELECT *`), so the record needs no second allocation.
     let mut data = Vec::with_capacity(open.len() + 1 + lineage.len() + arrival_text.len() + 1);
-    data.extend_from_slice(open.as_bytes());
+    data.extend_from_slice(open);
     let mut first = keys.is_empty();
     let mut field = |data: &mut Vec<u8>, name: &str| -> Option<()> {
         if !std::mem::take(&mut first) {
