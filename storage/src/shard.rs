@@ -34,10 +34,11 @@
 //! 4 KiB blocks from block-aligned memory: each group's write starts at the block its records' end falls in (the
 //! bytes of that block before the end are kept in memory, read back from the file at open) and pads its last block
 //! with zeros, which lie in the zeroed room anyway. `fdatasync` then only flushes the device's cache. Measured in
-//! BENCHMARKS.md (ingest, "Writes past the page cache"). Where the file system refuses `O_DIRECT` (the open fails)
-//! or the device refuses these writes (`EINVAL`: it wants larger blocks; nothing is written), the writer writes
-//! through the page cache as with the other policies. Readers keep reading through the page cache; Linux drops cached pages a direct write
-//! covers, so they read what was written.
+//! BENCHMARKS.md (ingest, twelfth session, "Writes past the page cache"). Where the file system refuses `O_DIRECT`
+//! (the open fails) or the device refuses these writes (`EINVAL`: it wants larger blocks; nothing is written), the
+//! writer writes through the page cache as with the other policies. Readers keep reading through the page cache;
+//! Linux drops the cached pages a direct write covers, so they read what was written, but a reader catching up on
+//! what was just written now reads it from the disk.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
