@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -269,9 +271,16 @@ pub fn start_bare_rumqttd(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A subscriber that drains `filter` at QoS 0 and counts the publishes it receives, until it has `expected`
-/// of them or `timeout` passes. Returns the count.
-pub async fn drain(addr: SocketAddr, filter: &str, expected: u64, timeout: Duration) -> std::io::Result<u64> {
+/// A subscriber that drains `filter` at `qos` (0 or 1; at 1 it acknowledges every publish, once per read) and
+/// counts the publishes it receives in `count`, until it has `expected` of them or `timeout` passes.
+pub async fn drain(
+    addr: SocketAddr,
+    filter: &str,
+    qos: u8,
+    expected: u64,
+    timeout: Duration,
+    count: Arc<AtomicU64>,
+) -> std::io::Result<()> {
     let mut socket = TcpStream::connect(addr).await?;
     socket
         .write_all(&connect_packet(&format!("bench-drain-{}", std::process::id())))
@@ -283,13 +292,13 @@ pub async fn drain(addr: SocketAddr, filter: &str, expected: u64, timeout: Durat
     sub.extend_from_slice(&[0, 1]);
     sub.extend_from_slice(&(filter.len() as u16).to_be_bytes());
     sub.extend_from_slice(filter.as_bytes());
-    sub.push(0);
+    sub.push(qos.min(1));
     socket.write_all(&sub).await?;
+    let mut acks: Vec<u8> = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 256 * 1024];
-    let mut count = 0u64;
-    while count < expected {
+    while count.load(Ordering::Relaxed) < expected {
         let n = match tokio::time::timeout_at(deadline, socket.read(&mut chunk)).await {
             Err(_) => break,
             Ok(r) => r?,
@@ -315,13 +324,24 @@ pub async fn drain(addr: SocketAddr, filter: &str, expected: u64, timeout: Durat
                 break;
             }
             if first >> 4 == 3 {
-                count += 1;
+                count.fetch_add(1, Ordering::Relaxed);
+                if first & 0x06 == 0x02 {
+                    // QoS 1: the packet id follows the topic.
+                    let body = at + 1 + used;
+                    let topic_len = usize::from(u16::from_be_bytes([buf[body], buf[body + 1]]));
+                    let pkid = &buf[body + 2 + topic_len..body + 4 + topic_len];
+                    acks.extend_from_slice(&[0x40, 0x02, pkid[0], pkid[1]]);
+                }
             }
             at += 1 + used + len;
         }
         buf.drain(..at);
+        if !acks.is_empty() {
+            socket.write_all(&acks).await?;
+            acks.clear();
+        }
     }
-    Ok(count)
+    Ok(())
 }
 
 #[cfg(test)]
