@@ -74,10 +74,9 @@ impl Outbox {
     /// Move whatever is waiting onto the end of `out` (without copying when `out` is empty).
     pub(crate) fn take_into(&self, out: &mut BytesMut) {
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-        if buf.is_empty() {
-        } else if out.is_empty() {
+        if out.is_empty() {
             std::mem::swap(&mut *buf, out);
-        } else {
+        } else if !buf.is_empty() {
             out.extend_from_slice(&buf);
             buf.clear();
         }

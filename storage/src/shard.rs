@@ -1095,8 +1095,8 @@ impl Writer {
             // One write for the whole room: each O_DIRECT write waits for the device.
             at = align_up(at);
             if at < target {
-                let mut zeros = vec![0; (target - at) as usize + BLOCK];
                 let len = (target - at) as usize;
+                let mut zeros = Vec::new();
                 self.active.write_all_at(aligned(&mut zeros, len), at)?;
             }
         } else {
