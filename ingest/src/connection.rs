@@ -10,8 +10,9 @@
 //! - at most `max_inflight` publishes per connection await durability; beyond that the link stops reading the
 //!   socket, so a fast publisher is slowed by TCP backpressure instead of buffered without bound;
 //! - authentication and topic ACLs (publish and subscribe) are checked here ([`crate::auth`]);
-//! - a publish is also delivered to MQTT subscribers: to QoS 0 subscriptions of clean sessions by the gateway
-//!   itself ([`crate::fanout`]), written into the subscriber's outbox; to every other subscription through
+//! - a publish is also delivered to MQTT subscribers: to QoS 0 and 1 subscriptions of clean sessions by the
+//!   gateway itself ([`crate::fanout`]), written into the subscriber's outbox (a PUBACK for one of those, told
+//!   apart by its packet id, frees a place in the subscriber's window); to every other subscription through
 //!   rumqttd's router (as QoS 0 from the router's point of view), whose SUBSCRIBE, UNSUBSCRIBE and
 //!   acknowledgements of its outgoing publishes travel through a rumqttd local link. The gateway answers
 //!   UNSUBSCRIBE itself (rumqttd 0.20 sends one UNSUBACK per filter it removed, none for a filter it did not have).
@@ -43,7 +44,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::auth::{Identity, Refusal};
 use crate::codec::{self, Codec, Peek, Version};
-use crate::fanout::{Fanout, Outbox, Targets};
+use crate::fanout::{Fanout, Outbox, ROUTER_PKID_MAX, Targets};
 use crate::gateway::Shared;
 use crate::rules::{Applied, Message, TopicCache};
 use crate::sink::{Durable, Outcomes, Records};
@@ -210,8 +211,16 @@ where
         }
     }
     shared.counters.connection_opened();
-    let max_packet = connect_props.and_then(|p| p.max_packet_size).filter(|_| v5);
-    let outbox = shared.fanout.outbox(codec.clone(), max_packet);
+    let connect_props = connect_props.filter(|_| v5);
+    let max_packet = connect_props.as_ref().and_then(|p| p.max_packet_size);
+    // QoS 1 publishes this client gets from the gateway's own delivery wait for its PUBACK, at most its Receive
+    // Maximum of them (MQTT 5) and never more than the gateway's own `max_inflight`.
+    let window = connect_props
+        .as_ref()
+        .and_then(|p| p.receive_maximum)
+        .unwrap_or(u16::MAX)
+        .min(shared.config.max_inflight);
+    let outbox = shared.fanout.outbox(codec.clone(), max_packet, window);
     let mut conn = Conn {
         shared: shared.clone(),
         codec,
@@ -393,8 +402,8 @@ struct Conn {
 struct Splice {
     /// Per filter, in order: `Some` decided here (refused, or a direct subscription), `None` the router's.
     codes: Vec<Option<SubscribeReasonCode>>,
-    /// Retained messages for the direct subscriptions, sent after the SUBACK.
-    retained: Vec<(Publish, Option<PublishProperties>)>,
+    /// Retained messages for the direct subscriptions (with the QoS to send them at), sent after the SUBACK.
+    retained: Vec<(Publish, Option<PublishProperties>, u8)>,
 }
 
 impl Conn {
@@ -636,6 +645,17 @@ impl Conn {
                 ));
                 Ok(())
             }
+            // The gateway's own QoS 1 publishes have packet ids above the router's (see `ROUTER_PKID_MAX`).
+            Packet::PubAck(ack, _) if ack.pkid > ROUTER_PKID_MAX => {
+                if !self.outbox.acked(ack.pkid) {
+                    tracing::debug!(
+                        client_id = self.identity.client_id,
+                        pkid = ack.pkid,
+                        "PUBACK for no publish in flight"
+                    );
+                }
+                Ok(())
+            }
             p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => self.send_router(p).await,
             Packet::Unsubscribe(unsub, _) => self.unsubscribe(unsub).await,
             Packet::Subscribe(sub, props) => self.subscribe(sub, props).await,
@@ -690,6 +710,7 @@ impl Conn {
         topic_str: &str,
         payload: &Bytes,
         retain: bool,
+        qos: u8,
         props: Option<PublishProperties>,
     ) {
         let fanout = &self.shared.fanout;
@@ -700,11 +721,12 @@ impl Conn {
             topic_str,
             payload,
             retain,
+            qos,
             props.as_ref(),
             &mut self.touched,
         );
         if retain {
-            fanout.retain(topic, topic_str, payload, props.as_ref());
+            fanout.retain(topic, topic_str, payload, qos, props.as_ref());
         }
         if retain || fanout.router_in_use() {
             let publish = Publish::new(topic.clone(), payload.clone(), retain);
@@ -777,7 +799,14 @@ impl Conn {
             return Ok(());
         }
         let records = self.route(topic_str, &publish.payload);
-        self.forward(&topic, topic_str, &publish.payload, publish.retain, props);
+        self.forward(
+            &topic,
+            topic_str,
+            &publish.payload,
+            publish.retain,
+            qos.min(1),
+            props,
+        );
         if qos > 0 {
             self.pending.push_back(Pending {
                 pkid,
@@ -882,10 +911,16 @@ impl Conn {
                 && !self.router_filters.contains(&f.path)
             {
                 let existed = self.shared.fanout.subscribe(&self.outbox, &f);
+                let qos = f.qos as u8;
                 if Fanout::sends_retained(&f, existed) {
-                    retained.extend(self.shared.fanout.retained_for(&f.path));
+                    let found = self.shared.fanout.retained_for(&f.path);
+                    retained.extend(found.into_iter().map(|(p, props, q)| (p, props, q.min(qos))));
                 }
-                codes.push(Some(SubscribeReasonCode::QoS0));
+                codes.push(Some(if qos == 0 {
+                    SubscribeReasonCode::QoS0
+                } else {
+                    SubscribeReasonCode::QoS1
+                }));
             } else {
                 // Through the router from now on (a direct subscription on the same filter is replaced).
                 self.shared.fanout.unsubscribe(self.outbox.conn(), &f.path);
@@ -921,10 +956,10 @@ impl Conn {
         .await
     }
 
-    fn queue_retained(&mut self, retained: Vec<(Publish, Option<PublishProperties>)>) {
-        let v5 = self.v5();
-        for (publish, props) in retained {
-            self.queue(Packet::Publish(publish, props.filter(|_| v5)));
+    /// Send the retained messages for direct subscriptions, right behind what is queued (their SUBACK).
+    fn queue_retained(&mut self, retained: Vec<(Publish, Option<PublishProperties>, u8)>) {
+        for (publish, props, qos) in retained {
+            self.outbox.send_into(&mut self.out, publish, props, qos);
         }
     }
 
@@ -1035,7 +1070,7 @@ impl Conn {
             topic,
             message,
             retain,
-            ..
+            qos,
         } = will;
         let Ok(topic_str) = std::str::from_utf8(&topic) else {
             return;
@@ -1048,7 +1083,7 @@ impl Conn {
         }
         self.route(&topic_str, &message);
         let _ = self.submit().await;
-        self.forward(&topic, &topic_str, &message, retain, None);
+        self.forward(&topic, &topic_str, &message, retain, (qos as u8).min(1), None);
         let _ = self.wake_router().await;
         self.wake_subscribers();
     }

@@ -1,6 +1,7 @@
-"""MQTT subscribers of the freshet gateway, with paho-mqtt (the real Python MQTT client): QoS 0 subscriptions of
-clean sessions (delivered by the gateway itself) next to QoS 1 and persistent-session subscriptions (delivered
-through rumqttd's router), retained messages, overlapping filters, UNSUBSCRIBE, and MQTT 5's no-local option.
+"""MQTT subscribers of the freshet gateway, with paho-mqtt (the real Python MQTT client): QoS 0 and 1 subscriptions
+of clean sessions (delivered by the gateway itself) next to persistent-session and shared subscriptions (delivered
+through rumqttd's router, also on one connection together with the gateway's own), retained messages, overlapping
+filters, UNSUBSCRIBE, MQTT 5's no-local option and Receive Maximum.
 
 usage: ingest_subscribe.py HOST PORT PROTOCOL(311|5)
 Asserts as it goes (exit 1 with the reason) and prints what each subscriber received as JSON on stdout."""
@@ -23,13 +24,14 @@ def wait(cond, what):
 
 
 class Client:
-    def __init__(self, host, port, proto, cid, clean=True):
+    def __init__(self, host, port, proto, cid, clean=True, receive_maximum=None):
         self.proto = proto
         self.got = []
+        self.mids = []
         self.subacks = {}
         self.unsubacks = set()
         self.lock = threading.Lock()
-        kwargs = {"client_id": cid, "protocol": proto}
+        kwargs = {"client_id": cid, "protocol": proto, "manual_ack": receive_maximum is not None}
         if proto != mqtt.MQTTv5:
             kwargs["clean_session"] = clean
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
@@ -44,6 +46,8 @@ class Client:
             from paho.mqtt.packettypes import PacketTypes
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0 if clean else 3600
+            if receive_maximum is not None:
+                props.ReceiveMaximum = receive_maximum
             self.c.connect(host, port, keepalive=30, clean_start=clean, properties=props)
         else:
             self.c.connect(host, port, keepalive=30)
@@ -52,7 +56,9 @@ class Client:
 
     def on_message(self, c, u, msg):
         with self.lock:
-            self.got.append({"topic": msg.topic, "payload": msg.payload.decode(), "retain": bool(msg.retain)})
+            self.got.append({"topic": msg.topic, "payload": msg.payload.decode(), "retain": bool(msg.retain),
+                             "qos": msg.qos})
+            self.mids.append(msg.mid)
 
     def messages(self):
         with self.lock:
@@ -77,6 +83,12 @@ class Client:
         info.wait_for_publish(timeout=DEADLINE)
         assert info.is_published(), f"publish to {topic} not acknowledged"
 
+    def ack(self, i):
+        """Acknowledge the i-th message received (manual_ack clients)."""
+        with self.lock:
+            mid, qos = self.mids[i], self.got[i]["qos"]
+        self.c.ack(mid, qos)
+
     def wait_for(self, n, what):
         wait(lambda: len(self.messages()) >= n, f"{n} messages at {what}")
         return self.messages()
@@ -94,6 +106,7 @@ def main():
     pub.publish("devices/r/telemetry", '{"retained":1}', retain=True)
 
     direct = Client(host, port, proto, f"direct-{tag}")
+    # QoS 1 in a clean session: delivered by the gateway too, at QoS 1 with its own packet ids.
     routed = Client(host, port, proto, f"routed-{tag}")
     overlap = Client(host, port, proto, f"overlap-{tag}")
     assert direct.subscribe("devices/+/telemetry", 0) == [0]
@@ -101,16 +114,18 @@ def main():
     assert overlap.subscribe("devices/#", 0) == [0]
     assert overlap.subscribe("devices/+/telemetry", 0) == [0]
     # The retained message comes first, flagged as retained (once per matching subscription).
-    retained = {"topic": "devices/r/telemetry", "payload": '{"retained":1}', "retain": True}
+    retained = {"topic": "devices/r/telemetry", "payload": '{"retained":1}', "retain": True, "qos": 0}
     assert direct.wait_for(1, "direct")[0] == retained, direct.messages()
-    assert routed.wait_for(1, "routed")[0] == retained, routed.messages()
+    assert routed.wait_for(1, "routed")[0] == dict(retained, qos=1), routed.messages()
     assert overlap.wait_for(2, "overlap")[:2] == [retained, retained], overlap.messages()
 
     for i in range(5):
         pub.publish("devices/p/telemetry", json.dumps({"seq": i}))
-    live = [{"topic": "devices/p/telemetry", "payload": json.dumps({"seq": i}), "retain": False} for i in range(5)]
+    live = [{"topic": "devices/p/telemetry", "payload": json.dumps({"seq": i}), "retain": False, "qos": 0}
+            for i in range(5)]
     assert direct.wait_for(6, "direct")[1:] == live, direct.messages()
-    assert routed.wait_for(6, "routed")[1:] == live, routed.messages()
+    got = routed.wait_for(6, "routed")
+    assert [dict(m, qos=0) for m in got[1:]] == live and {m["qos"] for m in got} == {1}, got
     # Overlapping subscriptions of one client: each publish once.
     assert overlap.wait_for(7, "overlap")[2:] == live, overlap.messages()
 
@@ -142,7 +157,56 @@ def main():
     got = late.wait_for(1, "late")
     assert got[0]["payload"] == '{"seq":100}', got
 
+    # One connection with a subscription of each kind: the router's (a shared subscription) and the gateway's own
+    # (QoS 1, clean session). Each publish arrives once per subscription, and every PUBACK finds its way back:
+    # 150 publishes take the router's packet ids around more than once (it has 100), so a PUBACK sent to the
+    # wrong side would stall one of the two.
+    mixed = Client(host, port, proto, f"mixed-{tag}")
+    assert mixed.subscribe("$share/g/mix/#", 1) == [1]
+    assert mixed.subscribe("mix/#", 1) == [1]
+    for i in range(150):
+        pub.c.publish("mix/a", json.dumps({"n": i}), qos=1)
+    got = mixed.wait_for(300, "mixed")
+    counts = {}
+    for m in got:
+        counts[m["payload"]] = counts.get(m["payload"], 0) + 1
+    assert len(got) == 300 and set(counts.values()) == {2} and len(counts) == 150, counts
+    assert {m["qos"] for m in got} == {1}, got[:3]
+    # The two sides' packet ids do not overlap: the router's are 1-100, the gateway's above.
+    with mixed.lock:
+        low = sum(1 for mid in mixed.mids[:300] if 1 <= mid <= 100)
+    assert low == 150, f"{low} of 300 packet ids at or below 100"
+    pub.publish("mix/a", '{"n":"last"}')
+    assert len(mixed.wait_for(302, "mixed, after")) == 302
+
     if proto == mqtt.MQTTv5:
+        # Receive Maximum: at most 3 QoS 1 publishes wait for this client's PUBACK; the rest wait at the gateway,
+        # in order. The QoS 0 marker, published after all of them, does not wait: once it is here, so is
+        # everything the window lets through.
+        slow = Client(host, port, proto, "slow-v5", receive_maximum=3)
+        assert slow.subscribe("win/#", 1) == [1]
+        for i in range(10):
+            pub.c.publish("win/a", str(i), qos=1)
+        pub.publish("win/mark", "mark", qos=0)
+        wait(lambda: any(m["topic"] == "win/mark" for m in slow.messages()), "the marker")
+        got = [m["payload"] for m in slow.messages() if m["topic"] == "win/a"]
+        assert got == ["0", "1", "2"], got
+        slow.ack(0)
+        assert slow.wait_for(5, "one more after a PUBACK")[4]["payload"] == "3", slow.messages()
+        acked = {0}
+
+        def ack_all():
+            msgs = slow.messages()
+            for i, m in enumerate(msgs):
+                if i not in acked and m["qos"] == 1:
+                    slow.ack(i)
+                    acked.add(i)
+            return sum(m["topic"] == "win/a" for m in msgs) == 10
+        wait(ack_all, "all ten through the window")
+        got = [m["payload"] for m in slow.messages() if m["topic"] == "win/a"]
+        assert got == [str(i) for i in range(10)], got
+        slow.stop()
+
         # No-local: a client's own publishes do not come back on a no-local subscription.
         me = Client(host, port, proto, "nolocal-v5")
         assert me.subscribe("self/#", 0, noLocal=True) == [0]
@@ -154,8 +218,9 @@ def main():
         me.stop()
 
     report = {name: c.messages() for name, c in
-              [("direct", direct), ("routed", routed), ("overlap", overlap), ("keeper", keeper), ("late", late)]}
-    for c in (pub, direct, routed, overlap, keeper, late):
+              [("direct", direct), ("routed", routed), ("overlap", overlap), ("keeper", keeper), ("late", late),
+               ("mixed", mixed)]}
+    for c in (pub, direct, routed, overlap, keeper, late, mixed):
         c.stop()
     print(json.dumps(report))
 

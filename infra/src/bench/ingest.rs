@@ -49,8 +49,8 @@ pub struct IngestBenchArgs {
     /// Shards of the `bench` stream.
     #[arg(long, default_value_t = 4)]
     pub shards: u32,
-    /// QoS of the one subscriber on each broker (0 or 1). freshet delivers QoS 0 subscriptions of clean sessions
-    /// itself and QoS 1 ones through rumqttd's router, as the bare rumqttd does all of them.
+    /// QoS of the one subscriber on each broker (0 or 1). freshet delivers both (clean sessions) itself; the bare
+    /// rumqttd through its router.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub subscriber_qos: u8,
     /// fsync policy of freshet's store: always (the default and the durable one), interval:<ms>, never.

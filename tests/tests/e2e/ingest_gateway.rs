@@ -644,9 +644,10 @@ async fn ingest_subscribers_get_publishes_through_the_router() {
     gw.stop().await;
 }
 
-/// paho-mqtt subscribers of both kinds side by side (QoS 0 in clean sessions, delivered by the gateway; QoS 1
-/// and a persistent session, through rumqttd's router), with retained messages, overlapping filters,
-/// UNSUBSCRIBE and MQTT 5's no-local option (the scenario and its assertions are in `py/ingest_subscribe.py`).
+/// paho-mqtt subscribers of both kinds side by side (QoS 0 and 1 in clean sessions, delivered by the gateway; a
+/// persistent session and a shared subscription, through rumqttd's router, the latter on a connection that also
+/// has a gateway subscription), with retained messages, overlapping filters, UNSUBSCRIBE, MQTT 5's no-local
+/// option and Receive Maximum (the scenario and its assertions are in `py/ingest_subscribe.py`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_subscribers_direct_and_through_the_router() {
     let gw = Gw::start(config(vec![telemetry_rule()]), &[("telemetry", 1)]).await;
@@ -661,9 +662,12 @@ async fn ingest_subscribers_direct_and_through_the_router() {
         assert_eq!(direct.len(), 7, "{report}");
         assert_eq!(direct[0]["retain"], true);
         assert_eq!(direct[6]["topic"], "marker/x");
-        // The router's subscriber stayed subscribed: it also got what came after (the script waited for it).
+        // The QoS 1 subscriber stayed subscribed: it also got what came after (the script waited for it).
         let routed = report["routed"].as_array().unwrap();
         assert_eq!(routed[6]["payload"], r#"{"seq":99}"#, "{report}");
+        assert_eq!(routed[6]["qos"], 1, "{report}");
+        // Both subscriptions of the mixed connection got every publish.
+        assert_eq!(report["mixed"].as_array().unwrap().len(), 302, "{report}");
     }
     let stats = gw.handle().stats();
     assert_eq!(stats.subscriber_dropped, 0);
