@@ -385,7 +385,10 @@ impl Store {
             let key = record
                 .explicit_hash_key
                 .unwrap_or_else(|| hash_key_cached(&record.partition_key));
-            let group = groups.entry(topology.route(key)).or_default();
+            // A connection's records usually share one partition key, so the first shard's room is all of them.
+            let group = groups
+                .entry(topology.route(key))
+                .or_insert_with(|| (Vec::with_capacity(count - i), Vec::with_capacity(count - i)));
             group.0.push(i);
             group.1.push(record);
         }
