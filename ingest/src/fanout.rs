@@ -493,18 +493,8 @@ mod tests {
         got
     }
 
+    /// Deliver a publish of QoS `qos` from connection `from`; the outboxes written to.
     fn publish(
-        fanout: &Fanout,
-        targets: &mut Targets,
-        from: u64,
-        topic: &str,
-        payload: &str,
-        retain: bool,
-    ) -> Vec<Arc<Outbox>> {
-        publish_qos(fanout, targets, from, topic, payload, retain, 0)
-    }
-
-    fn publish_qos(
         fanout: &Fanout,
         targets: &mut Targets,
         from: u64,
@@ -557,10 +547,10 @@ mod tests {
         );
         fanout.subscribe(&b, &filter("d/x/t"));
         let mut targets = Targets::default();
-        let touched = publish(&fanout, &mut targets, 99, "d/x/t", "1", false);
+        let touched = publish(&fanout, &mut targets, 99, "d/x/t", "1", false, 0);
         assert_eq!(touched.len(), 2);
-        publish(&fanout, &mut targets, 99, "d/y/t", "2", true);
-        publish(&fanout, &mut targets, 99, "e/y/t", "3", false);
+        publish(&fanout, &mut targets, 99, "d/y/t", "2", true, 0);
+        publish(&fanout, &mut targets, 99, "e/y/t", "3", false, 0);
         // Overlapping subscriptions deliver once; RETAIN is cleared for established subscriptions.
         let a_got = drain(&a);
         assert_eq!(
@@ -576,10 +566,10 @@ mod tests {
         // The same cached topic notices an unsubscribe and a connection's end.
         assert!(fanout.unsubscribe(a.conn(), "d/#"));
         assert!(!fanout.unsubscribe(a.conn(), "d/#"));
-        publish(&fanout, &mut targets, 99, "d/x/t", "4", false);
+        publish(&fanout, &mut targets, 99, "d/x/t", "4", false, 0);
         assert_eq!(drain(&a), vec![("d/x/t".to_string(), b"4".to_vec(), false)]);
         fanout.remove(a.conn());
-        publish(&fanout, &mut targets, 99, "d/x/t", "5", false);
+        publish(&fanout, &mut targets, 99, "d/x/t", "5", false, 0);
         assert!(drain(&a).is_empty());
         assert_eq!(drain(&b).len(), 2);
     }
@@ -593,9 +583,9 @@ mod tests {
         f.preserve_retain = true;
         fanout.subscribe(&a, &f);
         let mut targets = Targets::default();
-        publish(&fanout, &mut targets, a.conn(), "d/1", "own", false);
+        publish(&fanout, &mut targets, a.conn(), "d/1", "own", false, 0);
         let mut other = Targets::default();
-        publish(&fanout, &mut other, 7, "d/1", "kept", true);
+        publish(&fanout, &mut other, 7, "d/1", "kept", true, 0);
         assert_eq!(drain(&a), vec![("d/1".to_string(), b"kept".to_vec(), true)]);
 
         let t = |s: &str| Bytes::copy_from_slice(s.as_bytes());
@@ -628,7 +618,7 @@ mod tests {
         let mut targets = Targets::default();
         let payload = "x".repeat(30);
         for _ in 0..5 {
-            publish(&fanout, &mut targets, 1, "t", &payload, false);
+            publish(&fanout, &mut targets, 1, "t", &payload, false, 0);
         }
         // Each packet is 35-36 bytes, within the small client's maximum of 40; an outbox refuses once it holds
         // 100 bytes or more, so each takes three and drops two.
@@ -636,7 +626,7 @@ mod tests {
         assert_eq!(drain(&big).len(), 3);
         assert_eq!(counters.snapshot().subscriber_dropped, 4);
         let long = "y".repeat(60);
-        publish(&fanout, &mut targets, 1, "t", &long, false);
+        publish(&fanout, &mut targets, 1, "t", &long, false, 0);
         assert!(drain(&small).is_empty(), "over the client's maximum packet size");
         assert_eq!(drain(&big).len(), 1);
         assert_eq!(counters.snapshot().subscriber_dropped, 5);
@@ -654,9 +644,9 @@ mod tests {
         fanout.subscribe(&zero, &filter("d/#"));
         let mut targets = Targets::default();
         for i in 0..4 {
-            publish_qos(&fanout, &mut targets, 9, "d/1", &i.to_string(), false, 1);
+            publish(&fanout, &mut targets, 9, "d/1", &i.to_string(), false, 1);
         }
-        publish_qos(&fanout, &mut targets, 9, "d/1", "q0", false, 0);
+        publish(&fanout, &mut targets, 9, "d/1", "q0", false, 0);
         let m = |p: &str, qos, pkid| (p.to_string(), qos, pkid);
         // Two fill the window; a QoS 0 publish does not wait behind the others.
         assert_eq!(
@@ -684,7 +674,7 @@ mod tests {
         let mut targets = Targets::default();
         let payload = "x".repeat(30);
         for _ in 0..5 {
-            publish_qos(&small, &mut targets, 9, "d/t", &payload, false, 1);
+            publish(&small, &mut targets, 9, "d/t", &payload, false, 1);
         }
         assert_eq!(counters.snapshot().subscriber_dropped, 2);
         let mut got = Vec::new();
