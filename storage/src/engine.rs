@@ -38,6 +38,7 @@ use crate::StreamStore;
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
 use crate::hash::{hash_key_cached, uniform_ranges};
+use crate::pool::WriterPool;
 use crate::shard::{LogConfig, Shard, ShardCore};
 use crate::types::*;
 
@@ -144,6 +145,8 @@ struct Inner {
     streams: RwLock<BTreeMap<StreamName, Arc<Stream>>>,
     /// Serialises creating and deleting streams.
     catalog: tokio::sync::Mutex<()>,
+    /// The thread that writes every shard (declared after `streams`, which it outlives).
+    writers: Arc<WriterPool>,
     _lock: File,
 }
 
@@ -265,6 +268,7 @@ impl Store {
                 return Err(StoreError::from_io(&lock_path, "locking", e));
             }
         }
+        let writers = Arc::new(WriterPool::start(config.log.io_uring)?);
         let mut streams = BTreeMap::new();
         let entries =
             std::fs::read_dir(&streams_dir).map_err(|e| StoreError::from_io(&streams_dir, "listing", e))?;
@@ -280,7 +284,7 @@ impl Store {
                 std::fs::remove_dir_all(&dir).map_err(|e| StoreError::from_io(&dir, "removing", e))?;
                 continue;
             }
-            let stream = Stream::recover(dir, &config, &clock)?;
+            let stream = Stream::recover(dir, &config, &clock, &writers)?;
             streams.insert(stream.name.clone(), Arc::new(stream));
         }
         Ok(Self {
@@ -290,6 +294,7 @@ impl Store {
                 streams_dir,
                 streams: RwLock::new(streams),
                 catalog: tokio::sync::Mutex::new(()),
+                writers,
                 _lock: lock,
             }),
         })
@@ -476,6 +481,7 @@ impl Store {
                     stream.counter.clone(),
                     self.inner.clock.clone(),
                     &self.inner.config.log,
+                    &self.inner.writers,
                 )?;
                 topology.shards.insert(*id, shard);
             }
@@ -550,6 +556,7 @@ impl Store {
                 stream.counter.clone(),
                 self.inner.clock.clone(),
                 &self.inner.config.log,
+                &self.inner.writers,
             )?;
             topology.shards.insert(id, shard);
         }
@@ -625,7 +632,12 @@ impl Store {
 }
 
 impl Stream {
-    fn recover(dir: PathBuf, config: &StoreConfig, clock: &Arc<dyn Clock>) -> StoreResult<Self> {
+    fn recover(
+        dir: PathBuf,
+        config: &StoreConfig,
+        clock: &Arc<dyn Clock>,
+        writers: &Arc<WriterPool>,
+    ) -> StoreResult<Self> {
         let path = dir.join(STREAM_FILE);
         let bytes = std::fs::read(&path).map_err(|e| StoreError::from_io(&path, "reading", e))?;
         let file: StreamFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
@@ -679,7 +691,7 @@ impl Stream {
             let shard = if closed {
                 Shard::closed(core)
             } else {
-                Shard::open(core, counter.clone(), clock.clone(), &config.log)?
+                Shard::open(core, counter.clone(), clock.clone(), &config.log, writers)?
             };
             shards.insert(id, shard);
         }
@@ -820,6 +832,7 @@ impl StreamStore for Store {
                         counter.clone(),
                         self.inner.clock.clone(),
                         &self.inner.config.log,
+                        &self.inner.writers,
                     )?,
                 );
             }

@@ -17,10 +17,12 @@ pub mod consumer;
 pub mod engine;
 pub mod error;
 pub mod hash;
+pub mod pool;
 pub mod remote;
 pub mod segment;
 pub mod shard;
 pub mod types;
+mod uring;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

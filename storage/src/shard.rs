@@ -3,10 +3,10 @@
 //!
 //! # Write path
 //!
-//! Each open shard has one writer thread. Producers send append requests over a bounded channel (that is the
-//! backpressure); the writer takes every request waiting, up to [`GROUP_BYTES_MAX`], encodes them into one
-//! buffer, writes it with one `write`, and with fsync policy `always` calls `fdatasync` once for the whole
-//! group. Only then does it publish the new durable length to readers and answer the requests. So:
+//! Producers send append requests over each shard's bounded channel (that is the backpressure). The store's one
+//! writer thread ([`crate::pool`]) takes every request a shard has waiting, up to [`GROUP_BYTES_MAX`], encodes them
+//! into one buffer, writes it with one `write`, and with fsync policy `always` makes it durable (with `fdatasync`)
+//! before it publishes the new durable length to readers and answers the requests. So:
 //!
 //! - an append that returned `Ok` is on disk (policy `always`);
 //! - readers never see a record that a crash could take back (policy `always`), so a sequence number once read
@@ -54,8 +54,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
+use crate::pool::WriterPool;
 use crate::segment::{self, CorruptRange, IndexEntry};
 use crate::types::{PutRecord, ReadLimits, Record, SequenceNumber, ShardId};
+use crate::uring::Ring;
 
 /// Most bytes of record data one group commit takes.
 pub const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -156,6 +158,9 @@ pub struct LogConfig {
     pub segment_age_max_ms: i64,
     pub index_interval_bytes: u64,
     pub writer_queue_depth: usize,
+    /// Submit the shards' writes together through io_uring where the kernel offers it (see [`crate::pool`]);
+    /// `false` writes them one after the other, as where it does not.
+    pub io_uring: bool,
 }
 
 impl Default for LogConfig {
@@ -166,6 +171,7 @@ impl Default for LogConfig {
             segment_age_max_ms: 60 * 60 * 1000,
             index_interval_bytes: 64 * 1024,
             writer_queue_depth: 1024,
+            io_uring: true,
         }
     }
 }
@@ -207,10 +213,13 @@ pub struct ShardCore {
 pub struct Shard {
     pub core: Arc<ShardCore>,
     writer: Option<mpsc::Sender<WriterMsg>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Answers (or closes) once the writer thread has stopped this shard's writer.
+    done: Option<Mutex<std::sync::mpsc::Receiver<()>>>,
+    /// The writer thread lives as long as any shard it writes.
+    _pool: Option<Arc<WriterPool>>,
 }
 
-type AppendReply = oneshot::Sender<StoreResult<AppendOutcome>>;
+pub(crate) type AppendReply = oneshot::Sender<StoreResult<AppendOutcome>>;
 
 /// Sequence numbers given to one append request, in request order, and their shared arrival time.
 #[derive(Debug)]
@@ -227,7 +236,7 @@ impl AppendOutcome {
 }
 
 #[derive(Debug)]
-enum WriterMsg {
+pub(crate) enum WriterMsg {
     Append {
         records: Vec<PutRecord>,
         reply: AppendReply,
@@ -720,6 +729,7 @@ impl Shard {
         counter: Arc<AtomicU64>,
         clock: Arc<dyn Clock>,
         config: &LogConfig,
+        pool: &Arc<WriterPool>,
     ) -> StoreResult<Self> {
         let (path, active_len, active_first_ms, last_ms) = {
             let segments = core.segments.lock().unwrap();
@@ -739,7 +749,7 @@ impl Shard {
         // Written at offsets (records at the durable length, zeros past them), not in append mode.
         let (file, direct) = open_active(&path, active_len, config.fsync == FsyncPolicy::Always)?;
         let (tx, rx) = mpsc::channel(config.writer_queue_depth.max(1));
-        let mut writer = Writer {
+        let writer = Writer {
             core: core.clone(),
             active: file,
             active_path: path,
@@ -756,15 +766,14 @@ impl Shard {
             poisoned: None,
             buf: Vec::new(),
             direct,
+            grew: false,
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("shard-{}", core.id.0))
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::io("spawning shard writer", e))?;
+        let done = pool.register(writer, rx)?;
         Ok(Self {
             core,
             writer: Some(tx),
-            thread: Some(thread),
+            done: Some(Mutex::new(done)),
+            _pool: Some(pool.clone()),
         })
     }
 
@@ -774,7 +783,8 @@ impl Shard {
         Self {
             core,
             writer: None,
-            thread: None,
+            done: None,
+            _pool: None,
         }
     }
 
@@ -807,21 +817,18 @@ impl Shard {
     }
 
     /// Stop the writer after every queued append is written, and mark the shard closed for readers.
-    /// Blocks until the writer thread has exited.
+    /// Blocks until the writer thread has stopped this shard's writer.
     pub fn close(&mut self) {
-        self.writer = None; // the writer drains its queue, then exits
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
         self.core.mark_closed();
     }
 
     /// Stop the writer after every queued append is written, leaving the shard open on disk
     /// (used at shutdown).
     pub fn stop(&mut self) {
-        self.writer = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        self.writer = None; // the writer drains its queue, then stops
+        if let Some(done) = self.done.take() {
+            let _ = done.into_inner().map(|done| done.recv());
         }
     }
 }
@@ -836,7 +843,7 @@ fn closed_error(id: ShardId) -> StoreError {
     StoreError::ResourceInUse(format!("shard {id} is closed"))
 }
 
-struct Writer {
+pub(crate) struct Writer {
     core: Arc<ShardCore>,
     active: File,
     active_path: PathBuf,
@@ -854,67 +861,52 @@ struct Writer {
     poisoned: Option<StoreError>,
     buf: Vec<u8>,
     direct: Option<Direct>,
+    /// The prepared group's write (with its zeroed room) makes the file longer.
+    grew: bool,
+}
+
+/// One shard's group in a cycle of the writer thread: encoded, waiting for its write and sync.
+pub(crate) struct Prepared {
+    group: Vec<(Vec<PutRecord>, AppendReply)>,
+    first_seq: u64,
+    next_seq: u64,
+    count: usize,
+    now: i64,
+    index: Vec<IndexEntry>,
+    last_indexed_saved: Option<u64>,
+    /// The segment written to, and where the group's records start and end in it (set once written).
+    segment_base: u64,
+    start: u64,
+    end: u64,
+}
+
+/// What a shard's write still needs before its group is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterWrite {
+    /// Nothing (policies `interval` and `never`, or the writer synced by itself).
+    Done,
+    /// A flush of the device's cache; any `fdatasync` on the same file system issues one, as the group's write
+    /// changed only data (see [`crate::pool`]).
+    Flush,
+    /// An `fdatasync` of its own file: the write made the file longer, so its new size must be committed too.
+    SyncOwn,
 }
 
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<WriterMsg>) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build();
-        let Ok(runtime) = runtime else {
-            tracing::error!(shard = %self.core.id, "cannot start the shard writer's timer");
-            return;
-        };
-        let mut pending: Option<WriterMsg> = None;
-        loop {
-            let first = match pending.take() {
-                Some(msg) => msg,
-                None => {
-                    let msg = match (self.unsynced, self.config.fsync) {
-                        (true, FsyncPolicy::Interval(ms)) => {
-                            let wait = Duration::from_millis(ms).saturating_sub(self.last_sync.elapsed());
-                            match runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                                Ok(msg) => msg,
-                                Err(_) => {
-                                    self.sync_quietly();
-                                    continue;
-                                }
-                            }
-                        }
-                        _ => rx.blocking_recv(),
-                    };
-                    match msg {
-                        Some(msg) => msg,
-                        None => break,
-                    }
-                }
-            };
-            match first {
-                WriterMsg::Roll { reply } => {
-                    let _ = reply.send(self.roll_if_used());
-                }
-                WriterMsg::Append { records, reply } => {
-                    let mut group = vec![(records, reply)];
-                    let mut bytes: usize = group[0].0.iter().map(|r| r.data.len()).sum();
-                    while bytes < GROUP_BYTES_MAX {
-                        match rx.try_recv() {
-                            Ok(WriterMsg::Append { records, reply }) => {
-                                bytes += records.iter().map(|r| r.data.len()).sum::<usize>();
-                                group.push((records, reply));
-                            }
-                            Ok(other) => {
-                                pending = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.write_group(group);
-                }
-            }
+    pub(crate) fn id(&self) -> ShardId {
+        self.core.id
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.active
+    }
+
+    /// The policy `interval`'s next sync, when there is something to sync.
+    pub(crate) fn sync_due(&self) -> Option<Instant> {
+        match (self.unsynced, self.config.fsync) {
+            (true, FsyncPolicy::Interval(ms)) => Some(self.last_sync + Duration::from_millis(ms)),
+            _ => None,
         }
-        self.sync_quietly();
-        self.cut_zeroed_room();
     }
 
     /// Drop the zeroed room past the last record (a clean stop or a roll), durably.
@@ -933,7 +925,13 @@ impl Writer {
         }
     }
 
-    fn sync_quietly(&mut self) {
+    /// A clean stop: whatever is written is synced and the zeroed room cut off.
+    pub(crate) fn stop(&mut self) {
+        self.sync_quietly();
+        self.cut_zeroed_room();
+    }
+
+    pub(crate) fn sync_quietly(&mut self) {
         if self.unsynced {
             if let Err(e) = self.active.sync_data() {
                 tracing::error!(shard = %self.core.id, error = %e, "fsync failed");
@@ -943,7 +941,7 @@ impl Writer {
         }
     }
 
-    fn roll_if_used(&mut self) -> StoreResult<()> {
+    pub(crate) fn roll_if_used(&mut self) -> StoreResult<()> {
         if self.active_len <= segment::HEADER_BYTES {
             return Ok(());
         }
@@ -986,12 +984,14 @@ impl Writer {
         Ok(())
     }
 
-    fn write_group(&mut self, group: Vec<(Vec<PutRecord>, AppendReply)>) {
+    /// Take sequence numbers for the group, roll when the segment is full or old, and encode the group ready for
+    /// [`Writer::to_write`]. `None` when the group has been answered already (with an error).
+    pub(crate) fn prepare(&mut self, group: Vec<(Vec<PutRecord>, AppendReply)>) -> Option<Prepared> {
         if let Some(err) = &self.poisoned {
             for (_, reply) in group {
                 let _ = reply.send(Err(err.clone()));
             }
-            return;
+            return None;
         }
         let count: usize = group.iter().map(|(r, _)| r.len()).sum();
         let first_seq = self.counter.fetch_add(count as u64, Ordering::SeqCst);
@@ -1012,7 +1012,7 @@ impl Writer {
             for (_, reply) in group {
                 let _ = reply.send(Err(e.clone()));
             }
-            return;
+            return None;
         }
 
         let last_indexed_saved = self.last_indexed;
@@ -1038,51 +1038,87 @@ impl Writer {
                 seq += 1;
             }
         }
-        if let Err(e) = self.write_and_sync() {
-            self.last_indexed = last_indexed_saved; // the failed write's index entries are gone with it
-            for (_, reply) in group {
-                let _ = reply.send(Err(e.clone()));
-            }
-            return;
+        let end = self.active_len + self.buf.len() as u64;
+        self.grew = false;
+        if let Err(e) = self.zero_ahead(end) {
+            // The room is an optimisation: without it (a nearly full disk) the group is written all the same.
+            // Whatever zeros were written stay harmless; the room is made again from the records' end next time.
+            tracing::debug!(shard = %self.core.id, error = %e, "no zeroed room ahead");
+            self.zeroed_end = self.active_len;
         }
-        let written = self.buf.len() as u64;
-        self.active_len += written;
-        self.last_ms = now;
-        self.active_first_ms.get_or_insert(now);
-        let last = IndexEntry {
-            seq: seq - 1,
-            offset: self.active_len - written,
-            arrival_ms: now,
-        };
-        {
-            let mut segments = self.core.segments.lock().unwrap();
-            let active = segments.back_mut().expect("an open shard has a segment");
-            active.durable_len = self.active_len;
-            active.index.extend(index.iter().copied());
-            if active.first.is_none() {
-                active.first = index.first().copied();
-            }
-            active.last = Some(last);
-            active.records += count as u64;
+        if self.zeroed_end < end {
+            self.grew = true; // the group's own write makes the file longer
         }
-        self.core.tip.send_modify(|t| {
-            t.last_seq = Some(last.seq);
-            t.last_arrival_ms = now;
-        });
-        let mut next = first_seq;
-        for (records, reply) in group {
-            let outcome = AppendOutcome {
-                first_seq: next,
-                count: records.len(),
-                arrival_ms: now,
-            };
-            next += records.len() as u64;
-            let _ = reply.send(Ok(outcome));
+        if let Some(direct) = &mut self.direct {
+            let head = direct.tail.len();
+            let total = align_up((head + self.buf.len()) as u64) as usize;
+            let block = aligned(&mut direct.staging, total);
+            block[..head].copy_from_slice(&direct.tail);
+            block[head..head + self.buf.len()].copy_from_slice(&self.buf);
+            block[head + self.buf.len()..].fill(0);
+        }
+        Some(Prepared {
+            group,
+            first_seq,
+            next_seq: seq,
+            count,
+            now,
+            index,
+            last_indexed_saved,
+            segment_base: self.core.segments.lock().unwrap().back().map_or(0, |s| s.base),
+            start: 0,
+            end: 0,
+        })
+    }
+
+    /// The prepared group's write: the file, the bytes and their offset.
+    fn write_job(&mut self) -> (&File, &[u8], u64) {
+        match &mut self.direct {
+            Some(direct) => {
+                let head = direct.tail.len();
+                let total = align_up((head + self.buf.len()) as u64) as usize;
+                (
+                    &self.active,
+                    aligned(&mut direct.staging, total),
+                    align_down(self.active_len),
+                )
+            }
+            None => (&self.active, &self.buf, self.active_len),
         }
     }
 
+    /// Start the prepared group's write: a direct one through `ring` when there is one (its answer comes from the
+    /// ring, tagged `tag`, with the buffer to give back through [`Writer::return_buffer`]), any other at once.
+    pub(crate) fn start_write(
+        &mut self,
+        ring: Option<&mut Ring>,
+        tag: usize,
+    ) -> Option<std::io::Result<usize>> {
+        if let (Some(ring), Some(direct)) = (ring, &mut self.direct) {
+            let head = direct.tail.len();
+            let total = align_up((head + self.buf.len()) as u64) as usize;
+            let at = aligned(&mut direct.staging, total).as_ptr() as usize - direct.staging.as_ptr() as usize;
+            let staging = std::mem::take(&mut direct.staging);
+            match ring.write(tag, &self.active, staging, at, total, align_down(self.active_len)) {
+                Ok(()) => return None,
+                Err((staging, e)) => {
+                    tracing::debug!(shard = %self.core.id, error = %e, "writing without the ring");
+                    direct.staging = staging;
+                }
+            }
+        }
+        let (file, bytes, offset) = self.write_job();
+        Some(file.write_at(bytes, offset))
+    }
+
+    /// The buffer of a write the ring has answered.
+    pub(crate) fn return_buffer(&mut self, buffer: Vec<u8>) {
+        if let Some(direct) = &mut self.direct {
+            direct.staging = buffer;
+        }
+    }
     /// With policy `always`, make sure zeroed room covers `end` (and [`ZERO_AHEAD_BYTES`] past it when it has to
-    /// grow); the caller's sync makes it durable with the group.
+    /// grow); the group's sync makes it durable with the group.
     fn zero_ahead(&mut self, end: u64) -> std::io::Result<()> {
         if self.config.fsync != FsyncPolicy::Always || end <= self.zeroed_end {
             return Ok(());
@@ -1091,6 +1127,7 @@ impl Writer {
         // The group's own bytes are written right after; zeros go past them (with O_DIRECT, from the block after
         // the group's last: the group's write fills its last block with zeros).
         let mut at = self.zeroed_end.max(end);
+        self.grew = true;
         if self.direct.is_some() {
             // One write for the whole room: each O_DIRECT write waits for the device.
             at = align_up(at);
@@ -1110,71 +1147,136 @@ impl Writer {
         Ok(())
     }
 
-    /// Write the buffer at the end of the records and, per policy, sync. On failure the file is cut back to its
-    /// last whole frame.
-    fn write_and_sync(&mut self) -> StoreResult<()> {
-        let end = self.active_len + self.buf.len() as u64;
-        if let Err(e) = self.zero_ahead(end) {
-            // The room is an optimisation: without it (a nearly full disk) the group is written all the same.
-            // Whatever zeros were written stay harmless; the room is made again from the records' end next time.
-            tracing::debug!(shard = %self.core.id, error = %e, "no zeroed room ahead");
-            self.zeroed_end = self.active_len;
+    /// The prepared group's write returned `result` (the bytes written): finish a short write, fall back to the
+    /// page cache where the device refuses direct writes, and sync per policy as far as this shard alone can.
+    pub(crate) fn written(&mut self, result: std::io::Result<usize>) -> std::io::Result<AfterWrite> {
+        if let Some(err) = &self.poisoned {
+            return Err(std::io::Error::other(err.to_string()));
         }
-        let written = match &mut self.direct {
-            Some(direct) => {
-                let start = align_down(self.active_len);
-                let head = direct.tail.len();
-                let total = align_up((head + self.buf.len()) as u64) as usize;
-                let block = aligned(&mut direct.staging, total);
-                block[..head].copy_from_slice(&direct.tail);
-                block[head..head + self.buf.len()].copy_from_slice(&self.buf);
-                block[head + self.buf.len()..].fill(0);
-                match self.active.write_all_at(block, start) {
-                    // The device wants larger blocks than these (or the file system changed its mind): write
-                    // through the page cache from now on. Nothing was written.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        tracing::warn!(shard = %self.core.id, error = %e, "O_DIRECT write refused; writing through the page cache");
-                        self.direct = None;
-                        OpenOptions::new()
-                            .write(true)
-                            .open(&self.active_path)
-                            .and_then(|file| {
-                                self.active = file;
-                                self.active.write_all_at(&self.buf, self.active_len)
-                            })
-                    }
-                    r => r,
-                }
-            }
-            None => self.active.write_all_at(&self.buf, self.active_len),
+        let (wanted, start) = {
+            let (_, bytes, start) = self.write_job();
+            (bytes.len(), start)
         };
-        let result = written.and_then(|()| match self.config.fsync {
-            FsyncPolicy::Always => self.active.sync_data(),
+        match result {
+            Ok(n) if n >= wanted => {}
+            Ok(n) => {
+                let (file, bytes, _) = self.write_job();
+                file.write_all_at(&bytes[n..], start + n as u64)?;
+            }
+            // The device wants larger blocks than these (or the file system changed its mind): write through the
+            // page cache from now on. Nothing was written.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.direct.is_some() => {
+                tracing::warn!(shard = %self.core.id, error = %e, "O_DIRECT write refused; writing through the page cache");
+                self.direct = None;
+                self.active = OpenOptions::new().write(true).open(&self.active_path)?;
+                self.active.write_all_at(&self.buf, self.active_len)?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(match self.config.fsync {
+            FsyncPolicy::Always if self.grew || self.direct.is_none() => AfterWrite::SyncOwn,
+            FsyncPolicy::Always => AfterWrite::Flush,
             FsyncPolicy::Interval(ms) if self.last_sync.elapsed() >= Duration::from_millis(ms) => {
+                self.active.sync_data()?;
                 self.last_sync = Instant::now();
-                self.active.sync_data()
+                AfterWrite::Done
             }
             _ => {
                 self.unsynced = true;
-                Ok(())
+                AfterWrite::Done
             }
-        });
-        let Err(e) = result else {
-            if self.config.fsync == FsyncPolicy::Always {
-                self.last_sync = Instant::now();
+        })
+    }
+
+    /// The prepared group is written: the next group goes after it (it is not durable yet).
+    pub(crate) fn wrote(&mut self, p: &mut Prepared) {
+        if let Some(direct) = &mut self.direct {
+            // The new last block's bytes are where the write took them from.
+            let start = align_down(self.active_len);
+            let total = align_up((direct.tail.len() + self.buf.len()) as u64) as usize;
+            let new_end = self.active_len + self.buf.len() as u64;
+            let (from, to) = ((align_down(new_end) - start) as usize, (new_end - start) as usize);
+            let block = aligned(&mut direct.staging, total);
+            direct.tail.clear();
+            direct.tail.extend_from_slice(&block[from..to]);
+        }
+        p.start = self.active_len;
+        self.active_len += self.buf.len() as u64;
+        self.last_ms = p.now;
+        self.active_first_ms.get_or_insert(p.now);
+        p.end = self.active_len;
+    }
+
+    /// The prepared group's write failed: cut the segment back to its last whole frame and answer the error.
+    pub(crate) fn fail_write(&mut self, p: Prepared, e: std::io::Error) {
+        let error = match &self.poisoned {
+            Some(poisoned) => poisoned.clone(),
+            None => {
+                self.last_indexed = p.last_indexed_saved; // the failed write's index entries are gone with it
+                self.cut_back(e)
             }
-            if let Some(direct) = &mut self.direct {
-                // The new last block's bytes are where the write took them from.
-                let start = align_down(self.active_len);
-                let total = align_up((direct.tail.len() + self.buf.len()) as u64) as usize;
-                let new_end = self.active_len + self.buf.len() as u64;
-                let (from, to) = ((align_down(new_end) - start) as usize, (new_end - start) as usize);
-                let block = aligned(&mut direct.staging, total);
-                direct.tail.clear();
-                direct.tail.extend_from_slice(&block[from..to]);
-            }
-            return Ok(());
         };
+        for (_, reply) in p.group {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
+    /// A written group is durable (`Ok`): publish it to readers and answer its requests. Or its sync failed: what
+    /// the file holds past the last durable record is unknown now (the kernel may have dropped the pages it could
+    /// not write), so the shard refuses writes until a restart recovers it, and the group gets the error.
+    pub(crate) fn durable(&mut self, p: Prepared, result: std::io::Result<()>) {
+        if let Err(e) = result {
+            let error = StoreError::from_io(&self.active_path, "syncing segment", e);
+            tracing::error!(shard = %self.core.id, %error, "sync failed; the shard refuses writes until restart");
+            let error = self.poisoned.get_or_insert(error).clone();
+            for (_, reply) in p.group {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        if self.config.fsync == FsyncPolicy::Always {
+            self.last_sync = Instant::now();
+        }
+        let now = p.now;
+        let last = IndexEntry {
+            seq: p.next_seq - 1,
+            offset: p.start,
+            arrival_ms: now,
+        };
+        {
+            // The group's segment: the active one, or the one a roll sealed since the group was written.
+            let mut segments = self.core.segments.lock().unwrap();
+            let segment = segments
+                .iter_mut()
+                .rev()
+                .find(|s| s.base == p.segment_base)
+                .expect("a written group's segment is kept until it is durable");
+            segment.durable_len = p.end;
+            segment.index.extend(p.index.iter().copied());
+            if segment.first.is_none() {
+                segment.first = p.index.first().copied();
+            }
+            segment.last = Some(last);
+            segment.records += p.count as u64;
+        }
+        self.core.tip.send_modify(|t| {
+            t.last_seq = Some(last.seq);
+            t.last_arrival_ms = now;
+        });
+        let mut next = p.first_seq;
+        for (records, reply) in p.group {
+            let outcome = AppendOutcome {
+                first_seq: next,
+                count: records.len(),
+                arrival_ms: now,
+            };
+            next += records.len() as u64;
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    /// A write or sync failed: cut the file back to its last whole frame, durably, or refuse writes until restart.
+    fn cut_back(&mut self, e: std::io::Error) -> StoreError {
         let error = StoreError::from_io(&self.active_path, "appending to segment", e);
         tracing::warn!(shard = %self.core.id, %error, "append failed; cutting the segment back to its last whole record");
         self.zeroed_end = self.active_len;
@@ -1190,7 +1292,7 @@ impl Writer {
                 cut,
             ));
         }
-        Err(error)
+        error
     }
 }
 
