@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::error::{StoreError, StoreResult};
-use crate::shard::{AfterWrite, GROUP_BYTES_MAX, Prepared, Writer, WriterMsg};
+use crate::shard::{AfterWrite, GROUP_BYTES_MAX, Prepared, Writer, WriterMsg, ZEROS_TAG};
 use crate::uring::Ring;
 
 /// `statfs` magic numbers of the file systems whose `fdatasync` flushes the device's cache even for a file with
@@ -112,7 +112,8 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(r: Register) -> Self {
+    fn new(mut r: Register, ring: bool) -> Self {
+        r.writer.zeros_later = ring;
         let flush_dev = shared_flush_dev(r.writer.file());
         tracing::debug!(shard = %r.writer.id(), ?flush_dev, "shard writer started");
         Self {
@@ -155,6 +156,7 @@ fn run(mut registrations: mpsc::UnboundedReceiver<Register>, io_uring: bool) {
         }
         None => None,
     };
+    let has_ring = ring.is_some();
     let mut open = true;
     while open || !slots.is_empty() {
         if !slots
@@ -168,7 +170,7 @@ fn run(mut registrations: mpsc::UnboundedReceiver<Register>, io_uring: bool) {
                     if open {
                         match registrations.poll_recv(cx) {
                             Poll::Ready(Some(r)) => {
-                                slots.push(Slot::new(r));
+                                slots.push(Slot::new(r, has_ring));
                                 any = true;
                             }
                             Poll::Ready(None) => {
@@ -245,8 +247,12 @@ fn cycle(slots: &mut [Slot], mut ring: Option<&mut Ring>) {
 
     if let Some(ring) = ring {
         for (i, result, buffer) in ring.wait_all() {
-            slots[i].writer.return_buffer(buffer);
-            answers[i] = Some(result);
+            if i >= ZEROS_TAG {
+                slots[i - ZEROS_TAG].writer.zeros_written(result);
+            } else {
+                slots[i].writer.return_buffer(buffer);
+                answers[i] = Some(result);
+            }
         }
     }
     for (slot, answer) in slots.iter_mut().zip(answers) {

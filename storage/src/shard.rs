@@ -61,6 +61,8 @@ use crate::uring::Ring;
 
 /// Most bytes of record data one group commit takes.
 pub const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Ring tags of zeroed-room writes: this plus the tag of the group written with them.
+pub(crate) const ZEROS_TAG: usize = 1 << 30;
 /// A read starts with a chunk this large; later chunks are sized from the frames read so far to what the read's
 /// limits still allow (up to the max), so a read of a few records at the tip costs a small buffer, a long catch-up
 /// read few syscalls, and neither reads far past what it returns (every byte read is kept alive by the records
@@ -767,6 +769,9 @@ impl Shard {
             buf: Vec::new(),
             direct,
             grew: false,
+            zeros_later: false,
+            zero_job: None,
+            zeros_in_flight: 0,
         };
         let done = pool.register(writer, rx)?;
         Ok(Self {
@@ -863,6 +868,11 @@ pub(crate) struct Writer {
     direct: Option<Direct>,
     /// The prepared group's write (with its zeroed room) makes the file longer.
     grew: bool,
+    /// Zeroed room is written through the ring with the group (set by the writer thread when it has a ring).
+    pub(crate) zeros_later: bool,
+    /// Zeroed room to write with the prepared group (offset, length), and the length of such a write under way.
+    zero_job: Option<(u64, usize)>,
+    zeros_in_flight: usize,
 }
 
 /// One shard's group in a cycle of the writer thread: encoded, waiting for its write and sync.
@@ -1100,15 +1110,50 @@ impl Writer {
             let at = aligned(&mut direct.staging, total).as_ptr() as usize - direct.staging.as_ptr() as usize;
             let staging = std::mem::take(&mut direct.staging);
             match ring.write(tag, &self.active, staging, at, total, align_down(self.active_len)) {
-                Ok(()) => return None,
+                Ok(()) => {
+                    if let Some((offset, len)) = self.zero_job.take() {
+                        let mut zeros = Vec::new();
+                        let start = aligned(&mut zeros, len).as_ptr() as usize - zeros.as_ptr() as usize;
+                        match ring.write(tag + ZEROS_TAG, &self.active, zeros, start, len, offset) {
+                            Ok(()) => self.zeros_in_flight = len,
+                            Err((zeros, _)) => {
+                                let written = self.active.write_all_at(&zeros[start..start + len], offset);
+                                if written.is_err() {
+                                    self.zeroed_end = self.active_len;
+                                }
+                            }
+                        }
+                    }
+                    return None;
+                }
                 Err((staging, e)) => {
                     tracing::debug!(shard = %self.core.id, error = %e, "writing without the ring");
                     direct.staging = staging;
                 }
             }
         }
+        if let Some((offset, len)) = self.zero_job.take() {
+            let mut zeros = Vec::new();
+            if let Err(e) = self.active.write_all_at(aligned(&mut zeros, len), offset) {
+                tracing::debug!(shard = %self.core.id, error = %e, "no zeroed room ahead");
+                self.zeroed_end = self.active_len;
+            }
+        }
         let (file, bytes, offset) = self.write_job();
         Some(file.write_at(bytes, offset))
+    }
+
+    /// The ring answered the zeroed room's write. Without it the next group makes the room again (this group
+    /// grew the file, so it syncs its own file, size included).
+    pub(crate) fn zeros_written(&mut self, result: std::io::Result<usize>) {
+        let len = std::mem::take(&mut self.zeros_in_flight);
+        match result {
+            Ok(n) if n == len => {}
+            other => {
+                tracing::debug!(shard = %self.core.id, result = ?other.map_err(|e| e.to_string()), "no zeroed room ahead");
+                self.zeroed_end = self.active_len;
+            }
+        }
     }
 
     /// The buffer of a write the ring has answered.
@@ -1133,8 +1178,14 @@ impl Writer {
             at = align_up(at);
             if at < target {
                 let len = (target - at) as usize;
-                let mut zeros = Vec::new();
-                self.active.write_all_at(aligned(&mut zeros, len), at)?;
+                if self.zeros_later {
+                    // Written by `start_write`, with the group: a synchronous 1 MiB write here would hold up every
+                    // shard's cycle.
+                    self.zero_job = Some((at, len));
+                } else {
+                    let mut zeros = Vec::new();
+                    self.active.write_all_at(aligned(&mut zeros, len), at)?;
+                }
             }
         } else {
             while at < target {
