@@ -1,5 +1,5 @@
-//! One shard's log: its segments (see [`crate::segment`] for the format), the writer thread that appends
-//! to it with group commit, and reads.
+//! One shard's log: its segments (see [`crate::segment`] for the format), the writer that appends to it with
+//! group commit (run by the store's writer thread), and reads.
 //!
 //! # Write path
 //!
@@ -725,7 +725,7 @@ fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> StoreResult<Byt
 }
 
 impl Shard {
-    /// Start the writer thread of an open shard.
+    /// Hand an open shard's writer to the store's writer thread.
     pub fn open(
         core: Arc<ShardCore>,
         counter: Arc<AtomicU64>,
@@ -733,7 +733,7 @@ impl Shard {
         config: &LogConfig,
         pool: &Arc<WriterPool>,
     ) -> StoreResult<Self> {
-        let (path, active_len, active_first_ms, last_ms) = {
+        let (path, active_base, active_len, active_first_ms, last_ms) = {
             let segments = core.segments.lock().unwrap();
             let active = segments.back().expect("an open shard has a segment");
             let last_ms = segments
@@ -743,6 +743,7 @@ impl Shard {
                 .map_or(i64::MIN, |l| l.arrival_ms);
             (
                 active.path.clone(),
+                active.base,
                 active.durable_len,
                 active.first.map(|f| f.arrival_ms),
                 last_ms,
@@ -755,6 +756,7 @@ impl Shard {
             core: core.clone(),
             active: file,
             active_path: path,
+            active_base,
             active_len,
             zeroed_end: active_len,
             active_first_ms,
@@ -852,6 +854,8 @@ pub(crate) struct Writer {
     core: Arc<ShardCore>,
     active: File,
     active_path: PathBuf,
+    /// The first sequence number of the active segment (its name).
+    active_base: u64,
     active_len: u64,
     /// The active segment's file length: `active_len` plus the zeroed room ahead, if any.
     zeroed_end: u64,
@@ -986,6 +990,7 @@ impl Writer {
         });
         self.active = append;
         self.active_path = path;
+        self.active_base = base;
         self.active_len = segment::HEADER_BYTES;
         self.zeroed_end = segment::HEADER_BYTES;
         self.active_first_ms = None;
@@ -1075,7 +1080,7 @@ impl Writer {
             now,
             index,
             last_indexed_saved,
-            segment_base: self.core.segments.lock().unwrap().back().map_or(0, |s| s.base),
+            segment_base: self.active_base,
             start: 0,
             end: 0,
         })

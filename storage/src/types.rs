@@ -30,7 +30,7 @@ pub const RECORD_BYTES_MAX_CEILING: usize = 10 * 1024 * 1024;
 pub const RETENTION_HOURS_DEFAULT: u32 = 24;
 pub const RETENTION_HOURS_MIN: u32 = 24;
 pub const RETENTION_HOURS_MAX: u32 = 8_760;
-/// Most shards in one stream (a sanity bound; each open shard has a writer thread).
+/// Most shards in one stream (a sanity bound; every open shard's writer is run by the store's writer thread).
 pub const SHARDS_PER_STREAM_MAX: u32 = 1_024;
 
 /// A stream name: 1–128 characters of `[a-zA-Z0-9_.-]`, as Kinesis allows. Shared, not copied, when cloned (the
