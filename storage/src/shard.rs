@@ -1000,7 +1000,7 @@ impl Writer {
     }
 
     /// Take sequence numbers for the group, roll when the segment is full or old, and encode the group ready for
-    /// [`Writer::to_write`]. `None` when the group has been answered already (with an error).
+    /// [`Writer::start_write`]. `None` when the group has been answered already (with an error).
     pub(crate) fn prepare(&mut self, group: Vec<(Vec<PutRecord>, AppendReply)>) -> Option<Prepared> {
         if let Some(err) = &self.poisoned {
             for (_, reply) in group {
